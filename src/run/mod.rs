@@ -1,0 +1,136 @@
+//! The run directory every `host run` writes to: `config.json` (the resolved configuration, seed,
+//! versions and status), and the metrics that `log(map)` appends to `metrics.jsonl` and
+//! `metrics.csv`. Files that are replaced as a whole are written to a temporary name and renamed,
+//! so a run killed at any moment never leaves a half-written file.
+use anyhow::{Context, Result};
+use serde_json::{Map, Value};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+/// Writes `bytes` to `path` atomically (temporary file in the same folder, then rename).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("")));
+    {
+        let mut f = File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+    Ok(())
+}
+
+/// `runs/<script stem>-<UTC time>`, with a numeric suffix if that folder already exists.
+pub fn default_dir(script: &Path, now: SystemTime) -> PathBuf {
+    let stem = script.file_stem().and_then(|s| s.to_str()).unwrap_or("run");
+    let stamp: String = humantime::format_rfc3339_seconds(now)
+        .to_string()
+        .chars()
+        .filter_map(|c| match c {
+            '-' | ':' | 'Z' => None,
+            'T' => Some('-'),
+            c => Some(c),
+        })
+        .collect();
+    let base = Path::new("runs").join(format!("{stem}-{stamp}"));
+    let mut dir = base.clone();
+    let mut n = 2;
+    while dir.exists() {
+        dir = PathBuf::from(format!("{}-{n}", base.display()));
+        n += 1;
+    }
+    dir
+}
+
+pub struct RunDir {
+    pub path: PathBuf,
+    /// `config.json` as it stands; rewritten whenever it changes.
+    config: Map<String, Value>,
+    columns: Vec<String>,
+    rows: Vec<Map<String, Value>>,
+    jsonl: File,
+    started: std::time::Instant,
+}
+
+impl RunDir {
+    /// Creates the folder and writes the first `config.json`.
+    pub fn create(path: &Path, header: Map<String, Value>) -> Result<Self> {
+        std::fs::create_dir_all(path).with_context(|| format!("cannot create run directory {}", path.display()))?;
+        let jsonl = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path.join("metrics.jsonl"))
+            .with_context(|| format!("cannot write {}", path.join("metrics.jsonl").display()))?;
+        let mut run = RunDir {
+            path: path.to_path_buf(),
+            config: header,
+            columns: Vec::new(),
+            rows: Vec::new(),
+            jsonl,
+            started: std::time::Instant::now(),
+        };
+        run.set("status", "running".into())?;
+        Ok(run)
+    }
+
+    /// Sets one top-level field of `config.json` and rewrites it.
+    pub fn set(&mut self, key: &str, value: Value) -> Result<()> {
+        self.config.insert(key.to_string(), value);
+        write_atomic(&self.path.join("config.json"), serde_json::to_string_pretty(&self.config)?.as_bytes())
+    }
+
+    /// Records a resolved `config(key, default)` value under `config` in `config.json`.
+    pub fn record_config(&mut self, key: &str, value: Value) -> Result<()> {
+        let mut map = self.config.get("config").and_then(Value::as_object).cloned().unwrap_or_default();
+        if map.get(key) == Some(&value) {
+            return Ok(());
+        }
+        map.insert(key.to_string(), value);
+        self.set("config", Value::Object(map))
+    }
+
+    /// Appends one metrics row. A row with a column never seen before rewrites `metrics.csv`
+    /// with the widened header (earlier rows get empty cells); otherwise the row is appended.
+    pub fn log(&mut self, row: Map<String, Value>) -> Result<()> {
+        writeln!(self.jsonl, "{}", Value::Object(row.clone()))?;
+        self.jsonl.flush()?;
+        let before = self.columns.len();
+        for k in row.keys() {
+            if !self.columns.contains(k) {
+                self.columns.push(k.clone());
+            }
+        }
+        self.rows.push(row);
+        let csv_path = self.path.join("metrics.csv");
+        if self.columns.len() != before {
+            let mut w = csv::Writer::from_writer(Vec::new());
+            w.write_record(&self.columns)?;
+            for r in &self.rows {
+                w.write_record(self.columns.iter().map(|c| cell(r.get(c))))?;
+            }
+            write_atomic(&csv_path, &w.into_inner()?)?;
+        } else {
+            let file = OpenOptions::new().append(true).open(&csv_path)?;
+            let mut w = csv::Writer::from_writer(file);
+            w.write_record(self.columns.iter().map(|c| cell(self.rows.last().and_then(|r| r.get(c)))))?;
+            w.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Marks the run finished (`ok`, `failed` or `interrupted`) with its wall time.
+    pub fn finish(&mut self, status: &str) -> Result<()> {
+        let elapsed = humantime::format_duration(std::time::Duration::from_secs(self.started.elapsed().as_secs())).to_string();
+        self.set("elapsed", elapsed.into())?;
+        self.set("status", status.into())
+    }
+}
+
+fn cell(v: Option<&Value>) -> String {
+    match v {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    }
+}

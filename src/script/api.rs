@@ -1,0 +1,87 @@
+//! The one place every script-visible function gets its doc line: `def` registers a native
+//! function together with its parameter names and a one-line description, and `host api`
+//! (`listing`, `write_definitions`) reads them back from the engine, so the docs cannot drift.
+use rhai::{Engine, EvalAltResult, FuncRegistration, RhaiNativeFunc, Variant};
+
+/// What native script functions return.
+pub type ScriptResult<T> = Result<T, Box<EvalAltResult>>;
+
+/// A runtime error for scripts; the engine fills in the position of the call.
+pub fn script_error(message: impl Into<String>) -> Box<EvalAltResult> {
+    EvalAltResult::ErrorRuntime(message.into().into(), rhai::Position::NONE).into()
+}
+
+/// A libtorch error as a script error: the first line of the C++ message, without its backtrace.
+pub fn torch_error(err: tch::TchError) -> Box<EvalAltResult> {
+    let text = err.to_string();
+    let text = text.split("Exception raised from").next().unwrap_or(&text);
+    let first = text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("unknown error");
+    let first = first.trim_start_matches("Internal torch error:").trim();
+    script_error(format!("libtorch: {first}"))
+}
+
+/// Registers `f` as the script function `name`. `params` follows Rhai's metadata convention:
+/// `"name: Type"` for each parameter, then the return type; `doc` is the one-line description.
+pub fn def<A: 'static, const N: usize, const X: bool, R: Variant + Clone, const F: bool, FUNC>(
+    engine: &mut Engine,
+    name: &str,
+    params: &[&str],
+    doc: &str,
+    f: FUNC,
+) where
+    FUNC: RhaiNativeFunc<A, N, X, R, F> + 'static,
+{
+    FuncRegistration::new(name)
+        .with_params_info(params)
+        .with_comments([format!("/// {doc}")])
+        .register_into_engine(engine, f);
+}
+
+/// One entry of `host api`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ApiEntry {
+    pub name: String,
+    pub signature: String,
+    pub doc: String,
+}
+
+/// Every function registered with `def`, sorted by name, read from the engine's metadata.
+pub fn listing(engine: &Engine) -> anyhow::Result<Vec<ApiEntry>> {
+    let json: serde_json::Value = serde_json::from_str(&engine.gen_fn_metadata_to_json(false)?)?;
+    let mut out = Vec::new();
+    for f in json["functions"].as_array().into_iter().flatten() {
+        let name = f["name"].as_str().unwrap_or_default().to_string();
+        let doc = f["docComments"]
+            .as_array()
+            .and_then(|d| d.first())
+            .and_then(|d| d.as_str())
+            .map(|d| d.trim_start_matches("///").trim().to_string())
+            .unwrap_or_default();
+        let params: Vec<(String, String)> = f["params"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| (p["name"].as_str().unwrap_or("_").to_string(), p["type"].as_str().unwrap_or("?").to_string()))
+            .collect();
+        let ret = f["returnType"].as_str().map(|r| format!(" -> {r}")).unwrap_or_default();
+        let signature = match (name.strip_prefix("get$"), name.as_str()) {
+            // Property getters are registered as `get$NAME`; show them as properties.
+            (Some(prop), _) => format!("{}.{prop}{ret}", params.first().map_or("?", |p| p.1.as_str())),
+            (None, "index$get$") => format!("{}[{}]{ret}", params[0].1, params.get(1).map_or("?", |p| p.1.as_str())),
+            _ => {
+                let list: Vec<String> = params.iter().map(|(n, t)| format!("{n}: {t}")).collect();
+                format!("{name}({}){ret}", list.join(", "))
+            }
+        };
+        out.push(ApiEntry { name, signature, doc });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name).then(a.signature.cmp(&b.signature)));
+    Ok(out)
+}
+
+/// Writes `.d.rhai` definition files for editor completion into `dir`.
+pub fn write_definitions(engine: &Engine, dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    engine.definitions().with_headers(true).include_standard_packages(false).write_to_dir(dir)?;
+    Ok(())
+}

@@ -1,0 +1,226 @@
+//! The Rhai engine `host` runs scripts with: registrations, the module resolver, limits, the
+//! stop flag, and the session state (`--set` overrides, seed, run directory) that native
+//! functions share.
+pub mod api;
+pub mod config;
+pub mod errors;
+pub mod resolver;
+pub mod tensor;
+
+use crate::{device, interrupt, run::RunDir};
+use api::{def, script_error, ScriptResult};
+use errors::ScriptError;
+use resolver::Resolver;
+use rhai::{ASTNode, Expr, Stmt};
+use rhai::{Dynamic, Engine, ImmutableString, Map, NativeCallContext, Position, AST, INT};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+/// State shared by the native functions of one script run.
+#[derive(Default)]
+pub struct Session {
+    /// `--set key=value` pairs, as typed.
+    pub overrides: BTreeMap<String, String>,
+    /// Keys the script has read with `config`.
+    pub read: BTreeSet<String>,
+    pub seed: i64,
+    pub run: Option<RunDir>,
+    /// Set when a `--set` value does not parse as the default's type: a usage error (exit 2).
+    pub usage_error: Option<String>,
+}
+
+pub type SharedSession = Rc<RefCell<Session>>;
+
+/// Engine limits, set explicitly because Rhai's defaults differ between debug and release builds.
+/// Operations are not capped (training runs are long); Ctrl-C is the way to stop a script.
+fn set_limits(engine: &mut Engine) {
+    engine
+        .set_max_call_levels(256)
+        .set_max_expr_depths(256, 128)
+        .set_max_operations(0)
+        .set_max_modules(1024)
+        .set_max_variables(100_000)
+        .set_max_functions(100_000)
+        .set_max_string_size(64 << 20)
+        .set_max_array_size(16 << 20)
+        .set_max_map_size(1 << 20);
+}
+
+/// Builds the engine for `script` (imports resolve next to it and in the stdlib).
+pub fn engine(script: &Path, session: SharedSession) -> Engine {
+    let mut engine = Engine::new();
+    set_limits(&mut engine);
+    engine.set_strict_variables(true);
+    engine.set_module_resolver(Resolver::new(script));
+    engine.on_progress(|_| interrupt::requested().then(|| Dynamic::from("interrupted")));
+    tensor::register(&mut engine);
+    register_session(&mut engine, session);
+    engine
+}
+
+fn register_session(engine: &mut Engine, session: SharedSession) {
+    let s = session.clone();
+    def(
+        engine,
+        "config",
+        &["key: string", "default: ?", "?"],
+        "The setting `key`: the value of `--set key=...` parsed as the default's type, else the default.",
+        move |ctx: NativeCallContext, key: ImmutableString, default: Dynamic| -> ScriptResult<Dynamic> {
+            let mut s = s.borrow_mut();
+            let value = match s.overrides.get(key.as_str()) {
+                Some(text) => config::parse_override(&key, text, &default).map_err(|msg| {
+                    let pos = ctx.call_position();
+                    let at = format!("{}:{}:{}", ctx.call_source().unwrap_or("script"), pos.line().unwrap_or(0), pos.position().unwrap_or(0));
+                    let msg = format!("{msg}; read by config at {at}");
+                    s.usage_error = Some(msg.clone());
+                    script_error(msg)
+                })?,
+                None => default,
+            };
+            s.read.insert(key.to_string());
+            let json = config::to_json(&value)?;
+            if let Some(run) = s.run.as_mut() {
+                run.record_config(&key, json).map_err(|e| script_error(format!("{e:#}")))?;
+            }
+            Ok(value)
+        },
+    );
+    let s = session.clone();
+    def(engine, "log", &["row: map", "()"], "Appends a row of numbers, strings or booleans to metrics.csv and metrics.jsonl.", move |row: Map| {
+        let mut fields = serde_json::Map::new();
+        for (k, v) in row {
+            let json = if let Some(t) = v.read_lock::<tensor::ScriptTensor>() {
+                serde_json::Value::from(tensor::item(&t)?)
+            } else if v.is_int() || v.is_float() || v.is_bool() || v.is_string() || v.is_unit() {
+                config::to_json(&v)?
+            } else {
+                return Err(script_error(format!("log: field `{k}` is {}; log numbers, strings or booleans", v.type_name())));
+            };
+            fields.insert(k.to_string(), json);
+        }
+        let line: Vec<String> = fields.iter().map(|(k, v)| format!("{k}={}", short(v))).collect();
+        println!("{}", line.join(" "));
+        if let Some(run) = s.borrow_mut().run.as_mut() {
+            run.log(fields).map_err(|e| script_error(format!("log: {e:#}")))?;
+        }
+        Ok(())
+    });
+    let s = session.clone();
+    def(engine, "seed", &["int"], "The run's random seed (--seed).", move || s.borrow().seed as INT);
+    def(engine, "device", &["string"], "The device tensors and models use: cpu or cuda:N (--device).", || device::name(device::current()));
+    let s = session;
+    def(engine, "run_dir", &["string"], "The run directory of this run (empty when there is none, as under `host check`).", move || {
+        s.borrow().run.as_ref().map(|r| r.path.display().to_string()).unwrap_or_default()
+    });
+}
+
+fn short(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Number(n) => match n.as_f64() {
+            Some(x) if n.is_f64() => format!("{x:.6}").trim_end_matches('0').trim_end_matches('.').to_string(),
+            _ => n.to_string(),
+        },
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Compiles the script file with its path as the source. Errors are located in the file.
+pub fn compile(engine: &Engine, script: &Path) -> Result<AST, ScriptError> {
+    let shown = script.display().to_string();
+    let text = std::fs::read_to_string(script).map_err(|e| ScriptError {
+        file: shown.clone(),
+        position: Position::NONE,
+        message: format!("cannot read: {e}"),
+        trace: vec![],
+        interrupted: false,
+    })?;
+    let mut ast = engine.compile(&text).map_err(|e| ScriptError::from_parse(e, &shown))?;
+    ast.set_source(shown);
+    Ok(ast)
+}
+
+/// What a static look at a script and everything it imports finds.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// Resolved files of every module imported, directly or not.
+    pub modules: Vec<PathBuf>,
+    /// Literal keys of `config("key", ...)` calls.
+    pub config_keys: BTreeSet<String>,
+    /// `config("key", default)` calls whose default is a literal: key, default, `file:line:col`.
+    pub literal_defaults: Vec<(String, Dynamic, String)>,
+}
+
+/// Parses every module the script imports (recursively) without running anything, and collects
+/// the literal `config` keys. Syntax errors and missing modules are reported where they are.
+pub fn scan(engine: &Engine, script: &Path, ast: &AST) -> Result<Scan, ScriptError> {
+    let resolver = Resolver::new(script);
+    let mut out = Scan::default();
+    let mut seen = BTreeSet::new();
+    scan_ast(engine, &resolver, ast, &script.display().to_string(), &mut out, &mut seen)?;
+    Ok(out)
+}
+
+fn scan_ast(engine: &Engine, resolver: &Resolver, ast: &AST, file: &str, out: &mut Scan, seen: &mut BTreeSet<PathBuf>) -> Result<(), ScriptError> {
+    let mut imports: Vec<(String, Position)> = Vec::new();
+    ast.walk(&mut |path: &[ASTNode]| {
+        match path.last() {
+            Some(ASTNode::Stmt(Stmt::Import(x, pos))) => {
+                if let Expr::StringConstant(p, _) = &x.0 {
+                    imports.push((p.to_string(), *pos));
+                }
+            }
+            Some(ASTNode::Expr(Expr::FnCall(call, pos))) if call.name == "config" && call.namespace.is_empty() => {
+                if let Some(Expr::StringConstant(key, _)) = call.args.first() {
+                    out.config_keys.insert(key.to_string());
+                    if let Some(default) = call.args.get(1).and_then(|d| d.get_literal_value(None)) {
+                        let at = format!("{file}:{}:{}", pos.line().unwrap_or(0), pos.position().unwrap_or(0));
+                        out.literal_defaults.push((key.to_string(), default, at));
+                    }
+                }
+            }
+            _ => {}
+        }
+        true
+    });
+    for (import, pos) in imports {
+        let err = |message: String| ScriptError { file: file.to_string(), position: pos, message, trace: vec![], interrupted: false };
+        let found = resolver.locate(Some(file), &import).ok_or_else(|| {
+            err(format!("module \"{import}\" not found next to {file} or in the stdlib ({})", resolver::stdlib_dir().map_or("missing".into(), |d| d.display().to_string())))
+        })?;
+        let found = found.canonicalize().unwrap_or(found);
+        if !seen.insert(found.clone()) {
+            continue;
+        }
+        let module_ast = resolver.compile(engine, &found, &import, pos).map_err(|e| ScriptError::from_eval(*e, file))?;
+        out.modules.push(found.clone());
+        scan_ast(engine, resolver, &module_ast, &found.display().to_string(), out, seen)?;
+    }
+    Ok(())
+}
+
+/// Checks `--set` overrides before anything runs: every key must be one the script reads (by
+/// the static scan), and a value must parse as the type of a literal default. Returns the one-line
+/// message to show.
+pub fn check_overrides(overrides: &BTreeMap<String, String>, scan: &Scan) -> Option<String> {
+    let unknown: Vec<&str> = overrides.keys().filter(|k| !scan.config_keys.contains(*k)).map(String::as_str).collect();
+    if !unknown.is_empty() {
+        let known: Vec<&str> = scan.config_keys.iter().map(String::as_str).collect();
+        return Some(format!(
+            "unknown --set key{} {}: the script reads {}",
+            if unknown.len() > 1 { "s" } else { "" },
+            unknown.join(", "),
+            if known.is_empty() { "no config keys".to_string() } else { known.join(", ") }
+        ));
+    }
+    for (key, default, at) in &scan.literal_defaults {
+        if let Some(text) = overrides.get(key) {
+            if let Err(msg) = config::parse_override(key, text, default) {
+                return Some(format!("{msg}; read by config at {at}"));
+            }
+        }
+    }
+    None
+}

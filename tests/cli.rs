@@ -1,0 +1,265 @@
+//! Integration tests: the real `host` binary on real scripts, checking exit codes, the exact
+//! `file:line:col` of errors, the run directory, `--set`, `host check` and `host api`.
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn host() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_host"))
+}
+
+/// A fresh scratch folder for one test.
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cli-{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn run_in(dir: &Path, args: &[&str]) -> Output {
+    host().current_dir(dir).args(args).output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The `error: ...` line and what follows it (a run prints its run directory first).
+fn error_text(o: &Output) -> String {
+    let err = stderr(o);
+    err[err.find("error: ").unwrap_or_else(|| panic!("no error line in {err}"))..].to_string()
+}
+
+fn assert_no_backtrace(text: &str) {
+    assert!(!text.contains("panicked") && !text.contains("RUST_BACKTRACE") && !text.contains("frame #"), "{text}");
+}
+
+#[test]
+fn passing_script_writes_config_and_metrics() {
+    let dir = scratch("pass");
+    write(&dir, "job.rhai", "let steps = config(\"steps\", 2);\nlet lr = config(\"lr\", 0.1);\nfor i in 0..steps { log(#{ step: i, loss: 1.0 / (i + 1) }); }\nlog(#{ step: steps, note: \"done\" });\n");
+    let o = run_in(&dir, &["run", "job.rhai", "--set", "steps=3", "--out", "out", "--seed", "7"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("out/config.json")).unwrap()).unwrap();
+    assert_eq!(config["status"], "ok");
+    assert_eq!(config["seed"], 7);
+    assert_eq!(config["config"]["steps"], 3);
+    assert_eq!(config["config"]["lr"], 0.1);
+    assert_eq!(config["overrides"]["steps"], "3");
+    assert_eq!(config["versions"]["libtorch"].as_str().unwrap().split('+').next().unwrap(), "2.11.0");
+    // Three rows with step and loss (Rhai maps keep keys sorted), then a row that adds the
+    // `note` column: the header widens and earlier rows get an empty cell.
+    let csv = std::fs::read_to_string(dir.join("out/metrics.csv")).unwrap();
+    assert_eq!(csv, "loss,step,note\n1.0,0,\n0.5,1,\n0.3333333333333333,2,\n,3,done\n");
+    let jsonl = std::fs::read_to_string(dir.join("out/metrics.jsonl")).unwrap();
+    assert_eq!(jsonl.lines().count(), 4);
+    assert_eq!(jsonl.lines().last().unwrap(), r#"{"note":"done","step":3}"#);
+}
+
+#[test]
+fn default_run_directory_is_named_after_the_script() {
+    let dir = scratch("default-dir");
+    write(&dir, "my_job.rhai", "log(#{ x: 1 });\n");
+    let o = run_in(&dir, &["run", "my_job.rhai"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let runs: Vec<String> = std::fs::read_dir(dir.join("runs")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert_eq!(runs.len(), 1);
+    assert!(runs[0].starts_with("my_job-") && runs[0].len() == "my_job-20261127-021659".len(), "{runs:?}");
+}
+
+#[test]
+fn syntax_error_reports_file_line_col_and_exits_1() {
+    let dir = scratch("syntax");
+    // Line 2, column 9 is the `;` where an expression was expected.
+    write(&dir, "bad.rhai", "let a = 1;\nlet b = ;\n");
+    let o = run_in(&dir, &["run", "bad.rhai", "--out", "out"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.starts_with("error: bad.rhai:2:9: "), "{err}");
+    assert!(err.contains("2 | let b = ;\n            ^"), "{err}");
+    assert_no_backtrace(&err);
+    // Nothing ran, so no run directory was made.
+    assert!(!dir.join("out").exists());
+}
+
+#[test]
+fn runtime_error_in_a_stdlib_module_points_into_the_module() {
+    // Run from a folder outside the repository: the stdlib must still resolve.
+    let dir = scratch("stdlib-error");
+    write(&dir, "uses_stats.rhai", "import \"stats\" as stats;\nlet s = stats::summary([]);\n");
+    let o = run_in(&dir, &["run", "uses_stats.rhai", "--out", "out"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = error_text(&o);
+    // stdlib/stats.rhai line 8 is `throw "stats::summary: ..."`, column 9 its `throw`.
+    let first = err.lines().next().unwrap();
+    assert!(first.ends_with("stdlib/stats.rhai:8:9: stats::summary: the array of values is empty"), "{err}");
+    assert!(err.contains("in call to `summary` at uses_stats.rhai:2:16"), "{err}");
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("out/config.json")).unwrap()).unwrap();
+    assert_eq!(config["status"], "failed");
+}
+
+#[test]
+fn module_next_to_the_script_is_imported_and_its_syntax_errors_located() {
+    let dir = scratch("local-module");
+    write(&dir, "helpers.rhai", "fn twice(x) { x * 2 }\n");
+    write(&dir, "main.rhai", "import \"helpers\" as h;\nlog(#{ y: h::twice(21) });\n");
+    let o = run_in(&dir, &["run", "main.rhai", "--out", "out"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(dir.join("out/metrics.csv")).unwrap(), "y\n42\n");
+
+    write(&dir, "broken.rhai", "fn f(x) {\n  x +\n}\n");
+    write(&dir, "main2.rhai", "import \"broken\" as b;\n");
+    let o = run_in(&dir, &["check", "main2.rhai"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.lines().next().unwrap().contains("broken.rhai:3:1: "), "{err}");
+    assert!(err.contains("broken.rhai\" at main2.rhai:1:1"), "{err}");
+}
+
+#[test]
+fn set_with_the_wrong_type_is_a_usage_error() {
+    let dir = scratch("set-type");
+    write(&dir, "job.rhai", "let n = config(\"samples\", 8);\nprint(n);\n");
+    let o = run_in(&dir, &["run", "job.rhai", "--set", "samples=lots", "--out", "out"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("--set samples=lots: expected an integer, the type of the script's default (8); read by config at job.rhai:1:9"), "{err}");
+    // Floats accept integers; booleans only true/false; arrays JSON.
+    write(&dir, "types.rhai", "let a = config(\"a\", 0.5); let b = config(\"b\", false); let c = config(\"c\", [1]);\nlog(#{ a: a, b: b, n: c.len() });\n");
+    let o = run_in(&dir, &["run", "types.rhai", "--set", "a=2", "--set", "b=true", "--set", "c=[1,2,3]", "--out", "out2"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(dir.join("out2/metrics.csv")).unwrap(), "a,b,n\n2.0,true,3\n");
+}
+
+#[test]
+fn unknown_set_key_names_the_keys_the_script_reads() {
+    let dir = scratch("set-unknown");
+    write(&dir, "job.rhai", "let t = config(\"threshold\", 1.0);\nlet s = config(\"dual_step\", 0.1);\n");
+    let o = run_in(&dir, &["run", "job.rhai", "--set", "treshold=2", "--out", "out"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(stderr(&o), "error: unknown --set key treshold: the script reads dual_step, threshold\n");
+    assert!(!dir.join("out").exists(), "nothing should run");
+    let o = run_in(&dir, &["run", "job.rhai", "--set", "novalue", "--out", "out"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(stderr(&o), "error: --set novalue: expected KEY=VALUE\n");
+}
+
+#[test]
+fn missing_script_is_one_line_and_exit_2() {
+    let dir = scratch("missing");
+    let o = run_in(&dir, &["run", "nope.rhai"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("error: nope.rhai: cannot read the script"), "{err}");
+    let o = run_in(&dir, &["frobnicate"]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn libtorch_error_becomes_a_script_error_at_the_call() {
+    let dir = scratch("torch-error");
+    write(&dir, "shapes.rhai", "let a = tensor([1.0, 2.0]);\nlet b = tensor([1.0, 2.0, 3.0]);\nlet c = a + b;\n");
+    let o = run_in(&dir, &["run", "shapes.rhai", "--out", "out"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = error_text(&o);
+    assert!(err.starts_with("error: shapes.rhai:3:11: libtorch: The size of tensor a (2) must match the size of tensor b (3)"), "{err}");
+    assert_no_backtrace(&err);
+}
+
+#[test]
+fn check_parses_without_running() {
+    let dir = scratch("check");
+    // If this ran it would fail at the throw; check must not run it.
+    write(&dir, "job.rhai", "import \"stats\" as stats;\nlet k = config(\"k\", 4);\nthrow \"ran\";\n");
+    let o = run_in(&dir, &["check", "job.rhai"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "ok: job.rhai (1 module imported; config keys: k)\n");
+    let o = run_in(&dir, &["check", "job.rhai", "--set", "kk=1"]);
+    assert_eq!(o.status.code(), Some(2));
+    // The shipped default job passes check.
+    let job = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/safe_align.rhai");
+    let o = host().arg("check").arg(&job).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+#[test]
+fn api_lists_registered_functions_with_docs() {
+    let o = host().arg("api").output().unwrap();
+    assert_eq!(o.status.code(), Some(0));
+    let text = stdout(&o);
+    let line = text.lines().find(|l| l.starts_with("config(key: string, default: ?) -> ?")).expect(&text);
+    assert!(line.ends_with("The setting `key`: the value of `--set key=...` parsed as the default's type, else the default."), "{line}");
+    assert!(text.lines().any(|l| l.starts_with("Tensor.shape -> array")), "{text}");
+
+    let o = host().args(["api", "--json"]).output().unwrap();
+    let entries: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+    let log = entries.iter().find(|e| e["name"] == "log").unwrap();
+    assert_eq!(log["signature"], "log(row: map)");
+    assert!(entries.iter().all(|e| !e["doc"].as_str().unwrap().is_empty()), "every function has a doc line");
+
+    let dir = scratch("definitions");
+    let o = host().args(["api", "--definitions"]).arg(dir.join("defs")).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let all: String = std::fs::read_dir(dir.join("defs")).unwrap().map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap()).collect();
+    assert!(all.contains("fn config(key: string, default: ?) -> ?;"), "{all}");
+}
+
+#[test]
+fn version_reports_libtorch_and_cuda() {
+    let o = host().arg("--version").output().unwrap();
+    assert_eq!(o.status.code(), Some(0));
+    let v = stdout(&o);
+    assert!(v.starts_with("host 0.1.0 (libtorch 2.11.0"), "{v}");
+    assert!(v.contains("CUDA available: "), "{v}");
+}
+
+#[test]
+fn ctrl_c_stops_a_running_script_cleanly() {
+    let dir = scratch("interrupt");
+    write(&dir, "forever.rhai", "log(#{ started: true });\nlet i = 0;\nloop { i += 1; }\n");
+    let child = host().current_dir(&dir).args(["run", "forever.rhai", "--out", "out"]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    // Wait until the script is running (its first metrics row exists), then send SIGINT.
+    let t0 = std::time::Instant::now();
+    while !dir.join("out/metrics.csv").exists() {
+        assert!(t0.elapsed().as_secs() < 60, "script never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    assert!(stderr(&out).contains("interrupted (Ctrl-C)"), "{}", stderr(&out));
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("out/config.json")).unwrap()).unwrap();
+    assert_eq!(config["status"], "interrupted");
+}
+
+#[test]
+fn set_type_is_checked_at_run_time_when_the_default_is_not_a_literal() {
+    let dir = scratch("set-runtime");
+    write(&dir, "job.rhai", "let base = 4;\nlet n = config(\"n\", base * 2);\n");
+    let o = run_in(&dir, &["run", "job.rhai", "--set", "n=x", "--out", "out"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(error_text(&o), "error: --set n=x: expected an integer, the type of the script's default (8); read by config at job.rhai:2:9\n");
+}
+
+#[test]
+fn default_job_runs_in_a_reduced_configuration() {
+    let dir = scratch("default-job");
+    let job = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/safe_align.rhai");
+    let o = host().current_dir(&dir).arg("run").arg(&job).args(["--set", "iterations=2", "--set", "samples=64", "--out", "out"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let csv = std::fs::read_to_string(dir.join("out/metrics.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+    assert!(csv.starts_with("iteration,lambda,reward,safety,safety_stderr,slack\n"), "{csv}");
+}
