@@ -75,7 +75,7 @@ pub fn listing(engine: &Engine) -> anyhow::Result<Vec<ApiEntry>> {
         };
         out.push(ApiEntry { name, signature, doc });
     }
-    out.sort_by(|a, b| a.name.cmp(&b.name).then(a.signature.cmp(&b.signature)));
+    out.sort_by_key(|e| e.signature.to_lowercase());
     Ok(out)
 }
 
