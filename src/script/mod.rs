@@ -4,6 +4,7 @@
 pub mod api;
 pub mod config;
 pub mod errors;
+pub mod model;
 pub mod resolver;
 pub mod tensor;
 
@@ -56,6 +57,7 @@ pub fn engine(script: &Path, session: SharedSession) -> Engine {
     engine.set_module_resolver(Resolver::new(script));
     engine.on_progress(|_| interrupt::requested().then(|| Dynamic::from("interrupted")));
     tensor::register(&mut engine);
+    model::register(&mut engine, session.clone());
     register_session(&mut engine, session);
     engine
 }

@@ -1,0 +1,275 @@
+//! Model configuration from HF `config.json` (or from GGUF metadata), validated so that a bad
+//! file fails at load with the field named, not later with a shape error.
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use serde_json::Value;
+use std::path::Path;
+
+/// RoPE frequency scaling (`rope_scaling` / `rope_parameters`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum RopeScaling {
+    /// Positions divided by `factor`.
+    Linear { factor: f64 },
+    /// Llama 3.1's frequency-dependent scaling.
+    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position_embeddings: f64 },
+}
+
+/// Which transformer family, and its hyper-parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Arch {
+    /// Llama, Qwen2, Mistral-style decoders: RMSNorm, RoPE, GQA, SwiGLU.
+    Llama,
+    Gpt2,
+}
+
+/// Everything the model files need, in one struct for both families.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub arch: Arch,
+    pub model_type: String,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub norm_eps: f64,
+    pub rope_theta: f64,
+    pub rope_scaling: Option<RopeScaling>,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+    /// Biases on q, k and v projections (Qwen2 always; Llama with `attention_bias`).
+    pub qkv_bias: bool,
+    /// Bias on the attention output projection (Llama with `attention_bias`).
+    pub o_bias: bool,
+    pub mlp_bias: bool,
+    pub bos_token_id: Option<i64>,
+    pub eos_token_ids: Vec<i64>,
+    pub pad_token_id: Option<i64>,
+    /// Number of outputs of a score head (`num_labels`), when the checkpoint has one.
+    pub num_labels: usize,
+}
+
+#[derive(Deserialize, Default)]
+struct Raw {
+    model_type: Option<String>,
+    vocab_size: Option<usize>,
+    hidden_size: Option<usize>,
+    intermediate_size: Option<usize>,
+    num_hidden_layers: Option<usize>,
+    num_attention_heads: Option<usize>,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    rms_norm_eps: Option<f64>,
+    rope_theta: Option<f64>,
+    rope_scaling: Option<Value>,
+    rope_parameters: Option<Value>,
+    max_position_embeddings: Option<usize>,
+    tie_word_embeddings: Option<bool>,
+    attention_bias: Option<bool>,
+    mlp_bias: Option<bool>,
+    bos_token_id: Option<Value>,
+    eos_token_id: Option<Value>,
+    pad_token_id: Option<Value>,
+    num_labels: Option<usize>,
+    id2label: Option<serde_json::Map<String, Value>>,
+    // GPT-2 names
+    n_positions: Option<usize>,
+    n_embd: Option<usize>,
+    n_layer: Option<usize>,
+    n_head: Option<usize>,
+    n_inner: Option<usize>,
+    layer_norm_epsilon: Option<f64>,
+    activation_function: Option<String>,
+}
+
+fn ids(v: &Option<Value>) -> Vec<i64> {
+    match v {
+        Some(Value::Number(n)) => n.as_i64().into_iter().collect(),
+        Some(Value::Array(a)) => a.iter().filter_map(Value::as_i64).collect(),
+        _ => vec![],
+    }
+}
+
+fn rope_scaling(v: &Value, file: &str) -> Result<Option<RopeScaling>> {
+    let kind = v.get("rope_type").or_else(|| v.get("type")).and_then(Value::as_str).unwrap_or("default");
+    let num = |k: &str| v.get(k).and_then(Value::as_f64).with_context(|| format!("{file}: rope_scaling.{k} is missing or not a number"));
+    Ok(match kind {
+        "default" => None,
+        "linear" => Some(RopeScaling::Linear { factor: num("factor")? }),
+        "llama3" => Some(RopeScaling::Llama3 {
+            factor: num("factor")?,
+            low_freq_factor: num("low_freq_factor")?,
+            high_freq_factor: num("high_freq_factor")?,
+            original_max_position_embeddings: num("original_max_position_embeddings")?,
+        }),
+        other => bail!("{file}: rope_scaling type \"{other}\" is not supported (supported: default, linear, llama3)"),
+    })
+}
+
+impl Config {
+    /// Reads and validates `config.json`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).with_context(|| format!("{file}: cannot read"))?;
+        Self::from_json(&text, &file)
+    }
+
+    /// Parses a `config.json` text; `file` names it in errors.
+    pub fn from_json(text: &str, file: &str) -> Result<Self> {
+        let raw: Raw = serde_json::from_str(text).map_err(|e| anyhow::anyhow!("{file}:{}:{}: {e}", e.line(), e.column()))?;
+        let model_type = raw.model_type.clone().with_context(|| format!("{file}: missing model_type"))?;
+        let need = |v: Option<usize>, k: &str| v.with_context(|| format!("{file}: missing {k}"));
+        let num_labels = raw.num_labels.or(raw.id2label.as_ref().map(|m| m.len())).unwrap_or(1);
+        let eos = ids(&raw.eos_token_id);
+        let cfg = match model_type.as_str() {
+            "llama" | "qwen2" | "mistral" => {
+                let hidden = need(raw.hidden_size, "hidden_size")?;
+                let heads = need(raw.num_attention_heads, "num_attention_heads")?;
+                let params = raw.rope_parameters.clone().unwrap_or(Value::Null);
+                let rope_theta = raw.rope_theta.or_else(|| params.get("rope_theta").and_then(Value::as_f64)).unwrap_or(10000.0);
+                let scaling = match (&raw.rope_scaling, &raw.rope_parameters) {
+                    (Some(v), _) if !v.is_null() => rope_scaling(v, file)?,
+                    (_, Some(p)) => rope_scaling(p, file)?,
+                    _ => None,
+                };
+                let qwen = model_type == "qwen2";
+                Config {
+                    arch: Arch::Llama,
+                    vocab_size: need(raw.vocab_size, "vocab_size")?,
+                    hidden_size: hidden,
+                    intermediate_size: need(raw.intermediate_size, "intermediate_size")?,
+                    num_layers: need(raw.num_hidden_layers, "num_hidden_layers")?,
+                    num_heads: heads,
+                    num_kv_heads: raw.num_key_value_heads.unwrap_or(heads),
+                    head_dim: raw.head_dim.unwrap_or(if heads > 0 { hidden / heads } else { 0 }),
+                    norm_eps: raw.rms_norm_eps.unwrap_or(1e-6),
+                    rope_theta,
+                    rope_scaling: scaling,
+                    max_position_embeddings: raw.max_position_embeddings.unwrap_or(2048),
+                    tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
+                    qkv_bias: qwen || raw.attention_bias.unwrap_or(false),
+                    o_bias: !qwen && raw.attention_bias.unwrap_or(false),
+                    mlp_bias: raw.mlp_bias.unwrap_or(false),
+                    bos_token_id: ids(&raw.bos_token_id).first().copied(),
+                    eos_token_ids: eos,
+                    pad_token_id: ids(&raw.pad_token_id).first().copied(),
+                    num_labels,
+                    model_type,
+                }
+            }
+            "gpt2" => {
+                let hidden = need(raw.n_embd, "n_embd")?;
+                let heads = need(raw.n_head, "n_head")?;
+                if let Some(act) = raw.activation_function.as_deref() {
+                    if act != "gelu_new" && act != "gelu_pytorch_tanh" && act != "gelu" {
+                        bail!("{file}: activation_function \"{act}\" is not supported (gelu_new, gelu_pytorch_tanh, gelu)");
+                    }
+                }
+                Config {
+                    arch: Arch::Gpt2,
+                    vocab_size: need(raw.vocab_size, "vocab_size")?,
+                    hidden_size: hidden,
+                    intermediate_size: raw.n_inner.unwrap_or(4 * hidden),
+                    num_layers: need(raw.n_layer, "n_layer")?,
+                    num_heads: heads,
+                    num_kv_heads: heads,
+                    head_dim: if heads > 0 { hidden / heads } else { 0 },
+                    norm_eps: raw.layer_norm_epsilon.unwrap_or(1e-5),
+                    rope_theta: 0.0,
+                    rope_scaling: None,
+                    max_position_embeddings: raw.n_positions.unwrap_or(1024),
+                    tie_word_embeddings: true,
+                    qkv_bias: true,
+                    o_bias: true,
+                    mlp_bias: true,
+                    bos_token_id: ids(&raw.bos_token_id).first().copied(),
+                    eos_token_ids: eos,
+                    pad_token_id: ids(&raw.pad_token_id).first().copied(),
+                    num_labels,
+                    model_type,
+                }
+            }
+            other => bail!("{file}: model_type \"{other}\" is not supported (supported: llama, qwen2, mistral, gpt2)"),
+        };
+        cfg.validate(file)?;
+        Ok(cfg)
+    }
+
+    /// Checks the relations the model code relies on.
+    pub fn validate(&self, file: &str) -> Result<()> {
+        let c = self;
+        for (name, v) in [("vocab_size", c.vocab_size), ("hidden_size", c.hidden_size), ("num_layers", c.num_layers), ("num_heads", c.num_heads), ("num_kv_heads", c.num_kv_heads), ("head_dim", c.head_dim)] {
+            if v == 0 {
+                bail!("{file}: {name} must be positive");
+            }
+        }
+        if c.num_heads % c.num_kv_heads != 0 {
+            bail!("{file}: num_attention_heads ({}) must be a multiple of num_key_value_heads ({})", c.num_heads, c.num_kv_heads);
+        }
+        if c.head_dim % 2 != 0 && c.arch == Arch::Llama {
+            bail!("{file}: head_dim ({}) must be even for rotary embeddings", c.head_dim);
+        }
+        if c.arch == Arch::Gpt2 && c.hidden_size % c.num_heads != 0 {
+            bail!("{file}: n_embd ({}) must be a multiple of n_head ({})", c.hidden_size, c.num_heads);
+        }
+        Ok(())
+    }
+
+    /// The JSON written by `save`, loadable by HF transformers.
+    pub fn to_hf_json(&self) -> Value {
+        let c = self;
+        match c.arch {
+            Arch::Gpt2 => serde_json::json!({
+                "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": c.vocab_size,
+                "n_embd": c.hidden_size, "n_layer": c.num_layers, "n_head": c.num_heads, "n_inner": c.intermediate_size,
+                "n_positions": c.max_position_embeddings, "layer_norm_epsilon": c.norm_eps, "activation_function": "gelu_new",
+                "bos_token_id": c.bos_token_id, "eos_token_id": c.eos_token_ids.first(), "tie_word_embeddings": true,
+            }),
+            Arch::Llama => {
+                let scaling = match &c.rope_scaling {
+                    None => Value::Null,
+                    Some(RopeScaling::Linear { factor }) => serde_json::json!({"rope_type": "linear", "factor": factor}),
+                    Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings }) => serde_json::json!({
+                        "rope_type": "llama3", "factor": factor, "low_freq_factor": low_freq_factor,
+                        "high_freq_factor": high_freq_factor, "original_max_position_embeddings": original_max_position_embeddings,
+                    }),
+                };
+                let qwen = c.model_type == "qwen2";
+                let mut j = serde_json::json!({
+                    "architectures": [if qwen { "Qwen2ForCausalLM" } else { "LlamaForCausalLM" }],
+                    "model_type": if qwen { "qwen2" } else { "llama" }, "vocab_size": c.vocab_size,
+                    "hidden_size": c.hidden_size, "intermediate_size": c.intermediate_size,
+                    "num_hidden_layers": c.num_layers, "num_attention_heads": c.num_heads,
+                    "num_key_value_heads": c.num_kv_heads, "head_dim": c.head_dim, "rms_norm_eps": c.norm_eps,
+                    "rope_theta": c.rope_theta, "rope_scaling": scaling, "max_position_embeddings": c.max_position_embeddings,
+                    "tie_word_embeddings": c.tie_word_embeddings, "hidden_act": "silu",
+                    "bos_token_id": c.bos_token_id, "eos_token_id": c.eos_token_ids.clone(), "pad_token_id": c.pad_token_id,
+                });
+                if !qwen {
+                    j["attention_bias"] = Value::Bool(c.qkv_bias);
+                    j["mlp_bias"] = Value::Bool(c.mlp_bias);
+                }
+                j
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_rope_theta_from_rope_parameters_and_rejects_unknown_types() {
+        let c = Config::from_json(r#"{"model_type":"llama","vocab_size":10,"hidden_size":8,"intermediate_size":16,"num_hidden_layers":1,"num_attention_heads":2,"num_key_value_heads":1,"rope_parameters":{"rope_theta":500000.0,"rope_type":"default"}}"#, "c.json").unwrap();
+        assert_eq!((c.rope_theta, c.head_dim, c.num_kv_heads, c.qkv_bias), (500000.0, 4, 1, false));
+        let e = Config::from_json(r#"{"model_type":"bert"}"#, "c.json").unwrap_err().to_string();
+        assert_eq!(e, "c.json: model_type \"bert\" is not supported (supported: llama, qwen2, mistral, gpt2)");
+        let e = Config::from_json(r#"{"model_type":"llama","vocab_size":10,"hidden_size":8,"intermediate_size":16,"num_hidden_layers":1,"num_attention_heads":3,"num_key_value_heads":2}"#, "c.json").unwrap_err().to_string();
+        assert!(e.contains("must be a multiple of num_key_value_heads"), "{e}");
+        let e = Config::from_json("{\"model_type\": \"llama\",\n \"vocab_size\": \"ten\"}", "c.json").unwrap_err().to_string();
+        assert!(e.starts_with("c.json:2:"), "{e}");
+    }
+}

