@@ -30,8 +30,8 @@ dualign_venv() {
 # Extra Python packages used only by the tests (parity with HF transformers, TRL).
 dualign_test_packages() {
   if [ -f "$DUALIGN_VENV/.test-packages" ]; then return 0; fi
-  say "installing test-only Python packages (transformers, safetensors) into $DUALIGN_VENV"
-  "$DUALIGN_VENV/bin/pip" install --quiet "transformers==5.*" safetensors
+  say "installing test-only Python packages (transformers, safetensors, gguf) into $DUALIGN_VENV"
+  "$DUALIGN_VENV/bin/pip" install --quiet "transformers==5.24.0" safetensors "gguf==0.19.0"
   touch "$DUALIGN_VENV/.test-packages"
 }
 

