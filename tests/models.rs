@@ -252,3 +252,83 @@ fn seeded_sampling_is_reproducible_and_respects_top_k() {
     let k1 = m.generate(&prompts, &SampleOptions { max_new_tokens: 10, temperature: 2.0, top_k: 1, seed: Some(1), ..Default::default() }, &|| false).unwrap();
     assert_eq!(greedy, k1);
 }
+
+#[test]
+fn lora_starts_at_the_base_model_merges_exactly_and_switches_off() {
+    let dir = reference("hf_models.py").join("llama_gqa_untied_rope3");
+    let ids = expected(&dir)["ids"].shallow_clone();
+    let mut m = CausalLM::load(dir.to_str().unwrap(), &cpu_f32()).unwrap();
+    let base = m.logits(&ids).unwrap();
+    m.add_lora(dualign::model::LoraConfig { rank: 4, alpha: 8.0, dropout: 0.0, targets: vec!["q_proj".into(), "v_proj".into(), "down_proj".into()] }).unwrap();
+    // B = 0 at initialisation (PEFT's init): the adapted model is the base model exactly.
+    assert_eq!(max_abs_diff(&m.logits(&ids).unwrap(), &base), 0.0);
+    let params = m.trainable_parameters().unwrap();
+    assert_eq!(params.len(), 2 * 3 * 2, "A and B for 3 targets in 2 layers");
+    assert!(params.iter().all(|(n, t)| t.requires_grad() && (n.ends_with("lora_A.weight") || n.ends_with("lora_B.weight"))));
+    tch::no_grad(|| {
+        for (name, t) in &params {
+            if name.ends_with("lora_B.weight") {
+                let mut t = t.shallow_clone();
+                t.copy_(&(Tensor::randn(t.size(), (Kind::Float, Device::Cpu)) * 0.1));
+            }
+        }
+    });
+    let adapted = m.logits(&ids).unwrap();
+    assert!(max_abs_diff(&adapted, &base) > 1e-3, "the adapter changes the output");
+    // Gradients reach the adapters.
+    adapted.sum(Kind::Float).backward();
+    let a = &params.iter().find(|(n, _)| n.ends_with("lora_A.weight")).unwrap().1;
+    assert!(a.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);
+    // Adapters off: the base model again, without a second copy of the weights.
+    m.set_adapters_enabled(false);
+    assert_eq!(max_abs_diff(&tch::no_grad(|| m.logits(&ids)).unwrap(), &base), 0.0);
+    m.set_adapters_enabled(true);
+    // Saving merges W + (alpha/r) B A; the reloaded plain model computes the adapted logits.
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("lora-merged");
+    tch::no_grad(|| m.save(&out)).unwrap();
+    let merged = CausalLM::load(out.to_str().unwrap(), &cpu_f32()).unwrap();
+    let diff = max_abs_diff(&merged.logits(&ids).unwrap(), &adapted.detach());
+    assert!(diff < 1e-5, "merged vs adapted: {diff}");
+    // The adapter alone, in PEFT's layout.
+    let adapter = Path::new(env!("CARGO_TARGET_TMPDIR")).join("lora-adapter");
+    m.save_adapter(&adapter).unwrap();
+    let saved: Vec<String> = Tensor::read_safetensors(adapter.join("adapter_model.safetensors")).unwrap().into_iter().map(|(n, _)| n).collect();
+    assert!(saved.contains(&"base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight".to_string()), "{saved:?}");
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!((cfg["r"].as_i64(), cfg["lora_alpha"].as_f64()), (Some(4), Some(8.0)));
+}
+
+#[test]
+fn full_fine_tuning_parameters_are_the_model_weights() {
+    // GPT-2 keeps its Conv1D weights transposed internally: training must update those tensors.
+    let dir = reference("hf_models.py").join("gpt2");
+    let ids = expected(&dir)["ids"].shallow_clone();
+    let mut m = CausalLM::load(dir.to_str().unwrap(), &cpu_f32()).unwrap();
+    let before = tch::no_grad(|| m.logits(&ids)).unwrap();
+    let params = m.trainable_parameters().unwrap();
+    assert!(params.iter().all(|(_, t)| t.requires_grad()));
+    tch::no_grad(|| {
+        for (name, t) in &params {
+            if name.ends_with("mlp.c_fc.weight") {
+                let mut t = t.shallow_clone();
+                t.copy_(&(t.detach() * 1.5));
+            }
+        }
+    });
+    let after = tch::no_grad(|| m.logits(&ids)).unwrap();
+    assert!(max_abs_diff(&before, &after) > 1e-3);
+}
+
+#[test]
+fn bf16_weights_track_f32_logits() {
+    let dir = reference("hf_models.py").join("qwen2_tied");
+    let ids = expected(&dir)["ids"].shallow_clone();
+    let f32m = CausalLM::load(dir.to_str().unwrap(), &cpu_f32()).unwrap();
+    let bf16m = CausalLM::load(dir.to_str().unwrap(), &LoadOptions { kind: Kind::BFloat16, ..cpu_f32() }).unwrap();
+    let (a, b) = (f32m.logits(&ids).unwrap(), bf16m.logits(&ids).unwrap());
+    assert_eq!(b.kind(), Kind::Float, "logits are returned in f32");
+    // bf16 keeps 8 bits of mantissa (relative error ~ 2^-8 per operation); two layers stay well
+    // within 5% of the logit scale.
+    let scale = a.abs().max().double_value(&[]);
+    assert!(max_abs_diff(&a, &b) < 0.05 * scale, "{} vs scale {scale}", max_abs_diff(&a, &b));
+}

@@ -30,7 +30,7 @@ pub struct Gpt2 {
 fn conv1d(w: &mut Weights, name: &str, inp: usize, out: usize) -> Result<Linear> {
     let weight = w.take(&format!("{name}.weight"), &[inp, out])?.f_t_copy()?;
     let bias = Some(w.take(&format!("{name}.bias"), &[out])?);
-    Ok(Linear { weight, bias })
+    Ok(Linear::new(weight, bias))
 }
 
 fn layer_norm(w: &mut Weights, name: &str, n: usize, eps: f64) -> Result<LayerNorm> {
@@ -98,7 +98,7 @@ impl Gpt2 {
             out.push((format!("{name}.bias"), n.bias.shallow_clone()));
         };
         let conv = |out: &mut Vec<(String, Tensor)>, name: String, l: &Linear| -> Result<()> {
-            out.push((format!("{name}.weight"), l.weight.f_t_copy()?));
+            out.push((format!("{name}.weight"), l.effective_weight()?.f_t_copy()?));
             if let Some(b) = &l.bias {
                 out.push((format!("{name}.bias"), b.shallow_clone()));
             }
@@ -115,5 +115,41 @@ impl Gpt2 {
         }
         ln(&mut out, format!("{p}ln_f"), &self.ln_f);
         Ok(out)
+    }
+
+    /// The model's own tensors (linear weights in `[out, in]` layout), for an optimizer.
+    pub fn own_tensors(&self) -> Vec<(String, Tensor)> {
+        let p = &self.prefix;
+        let mut out = vec![(format!("{p}wte.weight"), self.wte.shallow_clone()), (format!("{p}wpe.weight"), self.wpe.shallow_clone())];
+        let mut push = |name: String, t: &Tensor| out.push((name, t.shallow_clone()));
+        for (i, b) in self.blocks.iter().enumerate() {
+            let q = format!("{p}h.{i}");
+            for (n, norm) in [("ln_1", &b.ln_1), ("ln_2", &b.ln_2)] {
+                push(format!("{q}.{n}.weight"), &norm.weight);
+                push(format!("{q}.{n}.bias"), &norm.bias);
+            }
+            for (n, l) in [("attn.c_attn", &b.c_attn), ("attn.c_proj", &b.c_proj), ("mlp.c_fc", &b.c_fc), ("mlp.c_proj", &b.mlp_proj)] {
+                push(format!("{q}.{n}.weight"), &l.weight);
+                if let Some(bias) = &l.bias {
+                    push(format!("{q}.{n}.bias"), bias);
+                }
+            }
+        }
+        push(format!("{p}ln_f.weight"), &self.ln_f.weight);
+        push(format!("{p}ln_f.bias"), &self.ln_f.bias);
+        out
+    }
+
+    /// Every linear (`Conv1D`) layer with its HF module name, for attaching adapters.
+    pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        let p = self.prefix.clone();
+        let mut out = Vec::new();
+        for (i, b) in self.blocks.iter_mut().enumerate() {
+            out.push((format!("{p}h.{i}.attn.c_attn"), &mut b.c_attn));
+            out.push((format!("{p}h.{i}.attn.c_proj"), &mut b.c_proj));
+            out.push((format!("{p}h.{i}.mlp.c_fc"), &mut b.c_fc));
+            out.push((format!("{p}h.{i}.mlp.c_proj"), &mut b.mlp_proj));
+        }
+        out
     }
 }

@@ -1,17 +1,78 @@
 //! Building blocks shared by the model files: linear layers, norms, the KV cache and the
 //! attention mask for left-padded batches.
 use anyhow::Result;
+use std::cell::Cell;
+use std::rc::Rc;
 use tch::{Device, Kind, Tensor};
 
-/// `y = x Wᵀ + b` with `W` stored `[out, in]` as in PyTorch.
+/// Switches shared by every LoRA adapter of one model: adapters on or off (off gives the base
+/// model, which serves as the reference without a second copy), and training mode (dropout).
+#[derive(Clone)]
+pub struct AdapterState {
+    pub enabled: Rc<Cell<bool>>,
+    pub training: Rc<Cell<bool>>,
+}
+
+impl Default for AdapterState {
+    fn default() -> Self {
+        AdapterState { enabled: Rc::new(Cell::new(true)), training: Rc::new(Cell::new(false)) }
+    }
+}
+
+/// A LoRA adapter (Hu et al. 2021, as PEFT implements it): `ΔW = (alpha / rank) · B A`, with
+/// `A [rank, in]` Kaiming-uniform and `B [out, rank]` zero at initialisation, so training starts
+/// from the base model exactly.
+pub struct Lora {
+    pub a: Tensor,
+    pub b: Tensor,
+    pub scale: f64,
+    pub dropout: f64,
+    pub state: AdapterState,
+}
+
+/// `y = x Wᵀ + b` with `W` stored `[out, in]` as in PyTorch, plus an optional LoRA adapter.
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    pub lora: Option<Lora>,
 }
 
 impl Linear {
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Linear { weight, bias, lora: None }
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.f_linear(&self.weight, self.bias.as_ref())?)
+        let y = x.f_linear(&self.weight, self.bias.as_ref())?;
+        match &self.lora {
+            Some(l) if l.state.enabled.get() => {
+                let h = if l.state.training.get() && l.dropout > 0.0 { x.f_dropout(l.dropout, true)? } else { x.shallow_clone() };
+                let delta = h.f_linear::<Tensor>(&l.a, None)?.f_linear::<Tensor>(&l.b, None)?;
+                Ok(y.f_add(&delta.f_mul_scalar(l.scale)?)?)
+            }
+            _ => Ok(y),
+        }
+    }
+
+    /// The weight with the adapter merged in (`W + scale · B A`) while adapters are on, else the
+    /// weight itself.
+    pub fn effective_weight(&self) -> Result<Tensor> {
+        match &self.lora {
+            Some(l) if l.state.enabled.get() => Ok(self.weight.f_add(&l.b.f_matmul(&l.a)?.f_mul_scalar(l.scale)?.f_to_kind(self.weight.kind())?)?),
+            _ => Ok(self.weight.shallow_clone()),
+        }
+    }
+
+    /// Adds a fresh adapter of `rank` (A Kaiming-uniform with bound 1/sqrt(in), B zero).
+    pub fn add_lora(&mut self, rank: i64, alpha: f64, dropout: f64, state: AdapterState) -> Result<()> {
+        let size = self.weight.size();
+        let (out, inp) = (size[0], size[1]);
+        let opts = (Kind::Float, self.weight.device());
+        let bound = 1.0 / (inp as f64).sqrt();
+        let a = Tensor::f_rand([rank, inp], opts)?.f_mul_scalar(2.0 * bound)?.f_sub_scalar(bound)?.f_set_requires_grad(true)?;
+        let b = Tensor::f_zeros([out, rank], opts)?.f_set_requires_grad(true)?;
+        self.lora = Some(Lora { a, b, scale: alpha / rank as f64, dropout, state });
+        Ok(())
     }
 }
 

@@ -69,7 +69,7 @@ pub fn inverse_frequencies(cfg: &Config) -> Vec<f32> {
 fn linear(w: &mut Weights, name: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
     let weight = w.take(&format!("{name}.weight"), &[out, inp])?;
     let bias = if bias { Some(w.take(&format!("{name}.bias"), &[out])?) } else { w.take_opt(&format!("{name}.bias"), &[out])? };
-    Ok(Linear { weight, bias })
+    Ok(Linear::new(weight, bias))
 }
 
 fn rms(w: &mut Weights, name: &str, n: usize, eps: f64) -> Result<RmsNorm> {
@@ -175,29 +175,49 @@ impl Llama {
     }
 
     /// Every parameter with its HF name (the LM head only when untied).
-    pub fn named_parameters(&self, tied: bool) -> Vec<(String, Tensor)> {
+    /// LoRA adapters are merged into the weights they adapt.
+    pub fn named_parameters(&self, tied: bool) -> Result<Vec<(String, Tensor)>> {
         let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed_tokens.shallow_clone())];
-        let lin = |out: &mut Vec<(String, Tensor)>, name: String, l: &Linear| {
-            out.push((format!("{name}.weight"), l.weight.shallow_clone()));
+        let lin = |out: &mut Vec<(String, Tensor)>, name: String, l: &Linear| -> Result<()> {
+            out.push((format!("{name}.weight"), l.effective_weight()?));
             if let Some(b) = &l.bias {
                 out.push((format!("{name}.bias"), b.shallow_clone()));
             }
+            Ok(())
         };
         for (i, layer) in self.layers.iter().enumerate() {
             let p = format!("model.layers.{i}");
             out.push((format!("{p}.input_layernorm.weight"), layer.input_layernorm.weight.shallow_clone()));
-            lin(&mut out, format!("{p}.self_attn.q_proj"), &layer.self_attn.q_proj);
-            lin(&mut out, format!("{p}.self_attn.k_proj"), &layer.self_attn.k_proj);
-            lin(&mut out, format!("{p}.self_attn.v_proj"), &layer.self_attn.v_proj);
-            lin(&mut out, format!("{p}.self_attn.o_proj"), &layer.self_attn.o_proj);
+            lin(&mut out, format!("{p}.self_attn.q_proj"), &layer.self_attn.q_proj)?;
+            lin(&mut out, format!("{p}.self_attn.k_proj"), &layer.self_attn.k_proj)?;
+            lin(&mut out, format!("{p}.self_attn.v_proj"), &layer.self_attn.v_proj)?;
+            lin(&mut out, format!("{p}.self_attn.o_proj"), &layer.self_attn.o_proj)?;
             out.push((format!("{p}.post_attention_layernorm.weight"), layer.post_attention_layernorm.weight.shallow_clone()));
-            lin(&mut out, format!("{p}.mlp.gate_proj"), &layer.mlp.gate_proj);
-            lin(&mut out, format!("{p}.mlp.up_proj"), &layer.mlp.up_proj);
-            lin(&mut out, format!("{p}.mlp.down_proj"), &layer.mlp.down_proj);
+            lin(&mut out, format!("{p}.mlp.gate_proj"), &layer.mlp.gate_proj)?;
+            lin(&mut out, format!("{p}.mlp.up_proj"), &layer.mlp.up_proj)?;
+            lin(&mut out, format!("{p}.mlp.down_proj"), &layer.mlp.down_proj)?;
         }
         out.push(("model.norm.weight".to_string(), self.norm.weight.shallow_clone()));
         if !tied {
             out.push(("lm_head.weight".to_string(), self.lm_head.shallow_clone()));
+        }
+        Ok(out)
+    }
+
+    /// Every linear layer with its HF module name, for attaching adapters.
+    pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        let mut out = Vec::new();
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let p = format!("model.layers.{i}");
+            let a = &mut layer.self_attn;
+            out.push((format!("{p}.self_attn.q_proj"), &mut a.q_proj));
+            out.push((format!("{p}.self_attn.k_proj"), &mut a.k_proj));
+            out.push((format!("{p}.self_attn.v_proj"), &mut a.v_proj));
+            out.push((format!("{p}.self_attn.o_proj"), &mut a.o_proj));
+            let m = &mut layer.mlp;
+            out.push((format!("{p}.mlp.gate_proj"), &mut m.gate_proj));
+            out.push((format!("{p}.mlp.up_proj"), &mut m.up_proj));
+            out.push((format!("{p}.mlp.down_proj"), &mut m.down_proj));
         }
         out
     }

@@ -2,16 +2,36 @@
 //! `encode`, `decode`, `chat`, `logprobs`, `generate`, `score`, `save`).
 use super::api::{def, script_error, ScriptResult};
 use super::SharedSession;
-use crate::model::{CausalLM, LoadOptions, SampleOptions};
+use crate::model::{CausalLM, LoadOptions, LoraConfig, SampleOptions};
 use crate::{device, interrupt};
 use rhai::{Array, Dynamic, Engine, Map, INT};
 use std::cell::RefCell;
 use std::path::{Component, Path, PathBuf};
 use std::rc::Rc;
 
-/// A model held by a script. Clones share the same weights; `frozen()` makes an independent copy.
+/// A model held by a script. Clones share the same weights. `frozen()` makes an independent
+/// copy, or, for a model with LoRA adapters, a view of the same weights with the adapters off.
 #[derive(Clone)]
-pub struct ScriptModel(pub Rc<RefCell<CausalLM>>);
+pub struct ScriptModel {
+    pub model: Rc<RefCell<CausalLM>>,
+    /// True for the adapters-off view of a LoRA model (the reference).
+    pub base_only: bool,
+}
+
+impl ScriptModel {
+    pub fn new(m: CausalLM) -> Self {
+        ScriptModel { model: Rc::new(RefCell::new(m)), base_only: false }
+    }
+
+    /// Runs `f` with the adapters switched as this handle says.
+    pub fn with<R>(&self, f: impl FnOnce(&CausalLM) -> R) -> R {
+        let m = self.model.borrow();
+        m.set_adapters_enabled(!self.base_only);
+        let r = f(&m);
+        m.set_adapters_enabled(true);
+        r
+    }
+}
 
 fn err(e: anyhow::Error) -> Box<rhai::EvalAltResult> {
     script_error(format!("{e:#}"))
@@ -47,8 +67,31 @@ fn check_keys(m: &Map, known: &[&str], what: &str) -> ScriptResult<()> {
     Ok(())
 }
 
+fn lora_options(v: &Dynamic) -> ScriptResult<LoraConfig> {
+    let m = v.read_lock::<Map>().ok_or_else(|| script_error("option lora: expected a map #{rank, alpha, dropout, targets}"))?;
+    check_keys(&m, &["rank", "alpha", "dropout", "targets"], "lora")?;
+    let d = LoraConfig::default();
+    let targets = match m.get("targets") {
+        None => d.targets,
+        Some(t) => strings(&t.clone().into_array().map_err(|t| script_error(format!("lora.targets: expected an array of strings, found {t}")))?, "lora.targets")?,
+    };
+    let rank = opt_int(&m, "rank", d.rank)?;
+    if rank < 1 {
+        return Err(script_error("lora.rank must be at least 1"));
+    }
+    Ok(LoraConfig { rank, alpha: opt_f64(&m, "alpha", d.alpha)?, dropout: opt_f64(&m, "dropout", d.dropout)?, targets })
+}
+
+fn load(src: &str, opts: &Map, session: &SharedSession) -> ScriptResult<CausalLM> {
+    let mut m = CausalLM::load(src, &load_options(opts, session)?).map_err(err)?;
+    if let Some(l) = opts.get("lora") {
+        m.add_lora(lora_options(l)?).map_err(err)?;
+    }
+    Ok(m)
+}
+
 fn load_options(opts: &Map, session: &SharedSession) -> ScriptResult<LoadOptions> {
-    check_keys(opts, &["dtype", "device", "seed"], "load_model")?;
+    check_keys(opts, &["dtype", "device", "seed", "lora"], "load_model")?;
     let kind = match opts.get("dtype") {
         None => tch::Kind::Float,
         Some(v) => super::tensor::parse_kind(&v.clone().into_string().map_err(|t| script_error(format!("option dtype: expected a string, found {t}")))?)?,
@@ -104,45 +147,45 @@ pub fn output_path(session: &SharedSession, path: &str) -> ScriptResult<PathBuf>
 pub fn register(engine: &mut Engine, session: SharedSession) {
     engine.register_type_with_name::<ScriptModel>("Model");
     let s = session.clone();
-    def(engine, "load_model", &["source: string", "Model"], "Loads a causal LM: an HF folder, a .gguf file, builtin:tiny or builtin:smollm2-135m.", move |src: &str| -> ScriptResult<ScriptModel> {
-        let opts = load_options(&Map::new(), &s)?;
-        Ok(ScriptModel(Rc::new(RefCell::new(CausalLM::load(src, &opts).map_err(err)?))))
-    });
+    def(engine, "load_model", &["source: string", "Model"], "Loads a causal LM: an HF folder, a .gguf file, builtin:tiny or builtin:smollm2-135m.", move |src: &str| -> ScriptResult<ScriptModel> { Ok(ScriptModel::new(load(src, &Map::new(), &s)?)) });
     let s = session.clone();
-    def(engine, "load_model", &["source: string", "opts: map", "Model"], "Loads a causal LM with options #{dtype: \"f32\"|\"bf16\"|\"f16\", device, seed}.", move |src: &str, opts: Map| -> ScriptResult<ScriptModel> {
-        let opts = load_options(&opts, &s)?;
-        Ok(ScriptModel(Rc::new(RefCell::new(CausalLM::load(src, &opts).map_err(err)?))))
+    def(engine, "load_model", &["source: string", "opts: map", "Model"], "Loads a causal LM with options #{dtype: \"f32\"|\"bf16\"|\"f16\", device, seed, lora: #{rank, alpha, dropout, targets}}.", move |src: &str, opts: Map| -> ScriptResult<ScriptModel> {
+        Ok(ScriptModel::new(load(src, &opts, &s)?))
     });
     let s = session.clone();
     def(engine, "load_scorer", &["source: string", "Model"], "Loads a score model (transformer body plus a `score` or `score_head` linear head).", move |src: &str| -> ScriptResult<ScriptModel> {
-        let opts = load_options(&Map::new(), &s)?;
-        let m = CausalLM::load(src, &opts).map_err(err)?;
+        let m = load(src, &Map::new(), &s)?;
         if m.score_head.is_none() {
             return Err(script_error(format!("{src}: no score head (score.weight or score_head.weight) in this checkpoint")));
         }
-        Ok(ScriptModel(Rc::new(RefCell::new(m))))
+        Ok(ScriptModel::new(m))
     });
-    def(engine, "frozen", &["m: Model", "Model"], "An independent copy of the model's current weights, to use as the fixed reference.", |m: &mut ScriptModel| -> ScriptResult<ScriptModel> {
-        Ok(ScriptModel(Rc::new(RefCell::new(m.0.borrow().deep_copy().map_err(err)?))))
+    def(engine, "frozen", &["m: Model", "Model"], "The fixed reference: a copy of the current weights, or for a LoRA model the same base weights with adapters off.", |m: &mut ScriptModel| -> ScriptResult<ScriptModel> {
+        if m.model.borrow().lora.is_some() {
+            return Ok(ScriptModel { model: m.model.clone(), base_only: true });
+        }
+        Ok(ScriptModel::new(m.with(|m| m.deep_copy()).map_err(err)?))
     });
     def(engine, "encode", &["m: Model", "text: string", "array"], "Token ids of the text (control tokens written in it are recognised).", |m: &mut ScriptModel, text: &str| -> ScriptResult<Array> {
-        let ids = m.0.borrow().tokenizer.encode(text, true).map_err(err)?;
+        let ids = m.with(|m| m.tokenizer.encode(text, true)).map_err(err)?;
         Ok(ids.into_iter().map(Dynamic::from_int).collect())
     });
     def(engine, "decode", &["m: Model", "ids: array", "string"], "The text of token ids (control tokens kept).", |m: &mut ScriptModel, ids: Array| -> ScriptResult<String> {
         let ids: Vec<i64> = ids.iter().map(|v| v.as_int().map_err(|t| script_error(format!("decode: expected integers, found {t}")))).collect::<ScriptResult<_>>()?;
-        m.0.borrow().tokenizer.decode(&ids, false).map_err(err)
+        m.with(|m| m.tokenizer.decode(&ids, false)).map_err(err)
     });
-    def(engine, "chat", &["m: Model", "user_text: string", "string"], "The prompt for one user message in the model's chat format, ready for the reply.", |m: &mut ScriptModel, text: &str| m.0.borrow().tokenizer.chat(text));
+    def(engine, "chat", &["m: Model", "user_text: string", "string"], "The prompt for one user message in the model's chat format, ready for the reply.", |m: &mut ScriptModel, text: &str| m.with(|m| m.tokenizer.chat(text)));
     def(engine, "logprobs", &["m: Model", "prompts: array", "responses: array", "array"], "Summed log-probability of each response given its prompt (prompt tokens not scored).", |m: &mut ScriptModel, prompts: Array, responses: Array| -> ScriptResult<Array> {
-        let m = m.0.borrow();
-        let (p, r) = encode_pairs(&m, &prompts, &responses)?;
-        batched(&p, &r, |ps, rs| m.sequence_logprobs(ps, rs, 256))
+        m.with(|m| {
+            let (p, r) = encode_pairs(m, &prompts, &responses)?;
+            batched(&p, &r, |ps, rs| m.sequence_logprobs(ps, rs, 256))
+        })
     });
     def(engine, "score", &["s: Model", "prompts: array", "responses: array", "array"], "The score head's output for each prompt and response, read at the last token.", |m: &mut ScriptModel, prompts: Array, responses: Array| -> ScriptResult<Array> {
-        let m = m.0.borrow();
-        let (p, r) = encode_pairs(&m, &prompts, &responses)?;
-        batched(&p, &r, |ps, rs| m.scores(ps, rs))
+        m.with(|m| {
+            let (p, r) = encode_pairs(m, &prompts, &responses)?;
+            batched(&p, &r, |ps, rs| m.scores(ps, rs))
+        })
     });
     def(engine, "generate", &["m: Model", "prompts: array", "opts: map", "array"], "Samples responses: opts #{n, max_new_tokens, temperature (0 = greedy), top_p, top_k, seed, batch_size}; n per prompt, prompt by prompt.", |m: &mut ScriptModel, prompts: Array, opts: Map| -> ScriptResult<Array> {
         check_keys(&opts, &["n", "max_new_tokens", "temperature", "top_p", "top_k", "seed", "batch_size"], "generate")?;
@@ -156,7 +199,7 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
             seed: opts.get("seed").map(|_| opt_int(&opts, "seed", 0)).transpose()?,
             batch_size: opt_int(&opts, "batch_size", d.batch_size as INT)?.max(1) as usize,
         };
-        let m = m.0.borrow();
+        m.with(|m| {
         let ids: Vec<Vec<i64>> = strings(&prompts, "prompts")?.iter().map(|s| m.tokenizer.encode(s, true)).collect::<anyhow::Result<_>>().map_err(err)?;
         let out = m.generate(&ids, &o, &interrupt::requested).map_err(|e| {
             if interrupt::requested() {
@@ -166,10 +209,22 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
             }
         })?;
         out.iter().map(|t| m.tokenizer.decode(t, true).map(Dynamic::from).map_err(err)).collect()
+        })
+    });
+    let s = session.clone();
+    def(engine, "save", &["m: Model", "dir: string", "()"], "Writes the model as an HF folder (config.json, model.safetensors, tokenizer.json; LoRA merged) inside the run directory.", move |m: &mut ScriptModel, dir: &str| -> ScriptResult<()> {
+        let path = output_path(&s, dir)?;
+        m.with(|m| m.save(&path)).map_err(err)
     });
     let s = session;
-    def(engine, "save", &["m: Model", "dir: string", "()"], "Writes the model as an HF folder (config.json, model.safetensors, tokenizer.json) inside the run directory.", move |m: &mut ScriptModel, dir: &str| -> ScriptResult<()> {
+    def(engine, "save", &["m: Model", "dir: string", "opts: map", "()"], "Writes the model inside the run directory; #{merge: false} writes only the LoRA adapter in PEFT's layout.", move |m: &mut ScriptModel, dir: &str, opts: Map| -> ScriptResult<()> {
+        check_keys(&opts, &["merge"], "save")?;
         let path = output_path(&s, dir)?;
-        m.0.borrow().save(&path).map_err(err)
+        let merge = opts.get("merge").map(|v| v.as_bool().map_err(|t| script_error(format!("option merge: expected true or false, found {t}")))).transpose()?.unwrap_or(true);
+        if merge || m.base_only {
+            m.with(|m| m.save(&path)).map_err(err)
+        } else {
+            m.model.borrow_mut().save_adapter(&path).map_err(err)
+        }
     });
 }
