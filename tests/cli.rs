@@ -263,3 +263,42 @@ fn default_job_runs_in_a_reduced_configuration() {
     assert_eq!(csv.lines().count(), 3, "{csv}");
     assert!(csv.starts_with("iteration,lambda,reward,safety,safety_stderr,slack\n"), "{csv}");
 }
+
+#[test]
+fn model_api_from_a_script() {
+    let dir = scratch("model-api");
+    write(&dir, "m.rhai", r#"
+let m = load_model("builtin:tiny", #{ lora: #{ rank: 2 } });
+let ref = m.frozen();
+let p = m.chat("hi");
+if p != "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n" { throw `chat: ${p}`; }
+let ids = m.encode("héllo");
+if m.decode(ids) != "héllo" { throw "decode(encode(x)) != x"; }
+if ids.len() != 6 { throw `byte tokenizer: ${ids.len()} ids`; }
+let out = m.generate([p, "abc"], #{ n: 2, max_new_tokens: 5, temperature: 1.0, seed: 3 });
+if out.len() != 4 { throw `generate returned ${out.len()}`; }
+let lp = m.logprobs([p, p], ["yes", "no"]);
+let lp_ref = ref.logprobs([p, p], ["yes", "no"]);
+log(#{ lp0: lp[0], same: lp[0] == lp_ref[0] });
+m.save("model");
+m.save("adapter", #{ merge: false });
+"#);
+    let o = run_in(&dir, &["run", "m.rhai", "--out", "out"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    // A fresh adapter (B = 0) leaves the model equal to its reference.
+    let csv = std::fs::read_to_string(dir.join("out/metrics.csv")).unwrap();
+    assert!(csv.lines().nth(1).unwrap().ends_with(",true"), "{csv}");
+    for f in ["model/config.json", "model/model.safetensors", "model/tokenizer.json", "adapter/adapter_model.safetensors", "adapter/adapter_config.json"] {
+        assert!(dir.join("out").join(f).is_file(), "{f}");
+    }
+    // Scripts write only inside the run directory.
+    write(&dir, "escape.rhai", "let m = load_model(\"builtin:tiny\");\nm.save(\"../outside\");\n");
+    let o = run_in(&dir, &["run", "escape.rhai", "--out", "out2"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(error_text(&o).starts_with("error: escape.rhai:2:3: ../outside: scripts write only inside the run directory"), "{}", error_text(&o));
+    // A missing model is one clear error at the call.
+    write(&dir, "missing.rhai", "let m = load_model(\"no/such/model\");\n");
+    let o = run_in(&dir, &["run", "missing.rhai", "--out", "out3"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(error_text(&o).starts_with("error: missing.rhai:1:9: no/such/model: no such model folder or GGUF file"), "{}", error_text(&o));
+}

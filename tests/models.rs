@@ -332,3 +332,32 @@ fn bf16_weights_track_f32_logits() {
     let scale = a.abs().max().double_value(&[]);
     assert!(max_abs_diff(&a, &b) < 0.05 * scale, "{} vs scale {scale}", max_abs_diff(&a, &b));
 }
+
+#[test]
+fn sharded_safetensors_load_like_a_single_file() {
+    let src = reference("hf_models.py").join("llama_gqa_untied_rope3");
+    let ids = expected(&src)["ids"].shallow_clone();
+    let one = CausalLM::load(src.to_str().unwrap(), &cpu_f32()).unwrap();
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sharded");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let tensors = Tensor::read_safetensors(src.join("model.safetensors")).unwrap();
+    let (a, b) = tensors.split_at(tensors.len() / 2);
+    let mut weight_map = serde_json::Map::new();
+    for (file, part) in [("model-00001-of-00002.safetensors", a), ("model-00002-of-00002.safetensors", b)] {
+        Tensor::write_safetensors(part, dir.join(file)).unwrap();
+        for (name, _) in part {
+            weight_map.insert(name.clone(), file.into());
+        }
+    }
+    std::fs::write(dir.join("model.safetensors.index.json"), serde_json::json!({"metadata": {}, "weight_map": weight_map}).to_string()).unwrap();
+    let sharded = CausalLM::load(dir.to_str().unwrap(), &cpu_f32()).unwrap();
+    assert_eq!(max_abs_diff(&one.logits(&ids).unwrap(), &sharded.logits(&ids).unwrap()), 0.0);
+    // A shard listed in the index but absent is named.
+    std::fs::remove_file(dir.join("model-00002-of-00002.safetensors")).unwrap();
+    let e = format!("{:#}", CausalLM::load(dir.to_str().unwrap(), &cpu_f32()).err().unwrap());
+    assert!(e.contains("model-00002-of-00002.safetensors: weight file is missing"), "{e}");
+}
