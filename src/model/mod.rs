@@ -437,39 +437,47 @@ impl CausalLM {
         let hidden = self.hidden(&ids, &positions, &attention_mask(&key_valid, 0, l)?, Some(&mut cache))?;
         let mut last_h = hidden.f_select(1, l - 1)?;
         let mut pos = positions.f_select(1, l - 1)?;
-        let eos = Tensor::f_from_slice(&self.tokenizer.eos_ids)?.f_to_device(dev)?;
-        let mut finished = Tensor::f_zeros([b], (Kind::Bool, dev))?;
-        let mut generated: Vec<Tensor> = Vec::new();
         let head_t = self.lm_head().f_tr()?;
+        let eos_ids = &self.tokenizer.eos_ids;
+        let mut out: Vec<Vec<i64>> = vec![Vec::new(); b as usize];
+        // Rows still decoding, by their index in `out`; finished rows leave the batch (and the
+        // KV cache), so the remaining steps cost only what the unfinished rows need.
+        let mut active: Vec<usize> = (0..b as usize).collect();
         for step in 0..max_new {
             if stop() {
                 bail!("interrupted");
             }
             let logits = last_h.f_matmul(&head_t)?.f_to_kind(Kind::Float)?;
             let next = sample(&logits, opts)?;
-            let next = next.f_where_self(&finished.f_logical_not()?, &Tensor::from(pad).f_to_device(dev)?)?;
-            generated.push(next.shallow_clone());
-            finished = finished.f_logical_or(&Tensor::f_isin(&next, &eos, false, false)?)?;
-            if finished.f_all()?.int64_value(&[]) != 0 || step == max_new - 1 {
+            let mut tokens = vec![0i64; active.len()];
+            next.f_to_device(Device::Cpu)?.f_copy_data(&mut tokens, active.len())?;
+            let mut keep = Vec::with_capacity(active.len());
+            for (k, (&row, &tok)) in active.iter().zip(&tokens).enumerate() {
+                if eos_ids.contains(&tok) {
+                    continue;
+                }
+                out[row].push(tok);
+                keep.push(k as i64);
+            }
+            if keep.is_empty() || step == max_new - 1 {
                 break;
             }
-            key_valid = Tensor::f_cat(&[&key_valid, &Tensor::f_ones([b, 1], (Kind::Int64, dev))?], 1)?;
+            let mut next = next;
+            if keep.len() < active.len() {
+                let index = Tensor::f_from_slice(&keep)?.f_to_device(dev)?;
+                cache.select_rows(&index)?;
+                key_valid = key_valid.f_index_select(0, &index)?;
+                pos = pos.f_index_select(0, &index)?;
+                next = next.f_index_select(0, &index)?;
+                active = keep.iter().map(|&k| active[k as usize]).collect();
+            }
+            key_valid = Tensor::f_cat(&[&key_valid, &Tensor::f_ones([active.len() as i64, 1], (Kind::Int64, dev))?], 1)?;
             pos = pos.f_add_scalar(1)?;
             let mask = attention_mask(&key_valid, cache.len, 1)?;
             let h = self.hidden(&next.f_unsqueeze(1)?, &pos.f_unsqueeze(1)?, &mask, Some(&mut cache))?;
             last_h = h.f_select(1, 0)?;
         }
-        let tokens = Tensor::f_stack(&generated, 1)?.f_to_device(Device::Cpu)?; // [B, steps]
-        let steps = tokens.size()[1] as usize;
-        let mut flat = vec![0i64; b as usize * steps];
-        let numel = flat.len();
-        tokens.f_contiguous()?.f_copy_data(&mut flat, numel)?;
-        let eos_ids = &self.tokenizer.eos_ids;
-        Ok(flat
-            .chunks(steps.max(1))
-            .take(b as usize)
-            .map(|row| row.iter().copied().take_while(|t| !eos_ids.contains(t)).collect())
-            .collect())
+        Ok(out)
     }
 
     /// A deep copy with its own weights (the reference model for training), sharing the tokenizer.
@@ -617,26 +625,35 @@ impl CausalLM {
 
 /// Picks the next token of each row from f32 logits `[B, V]`: greedy at temperature 0, else
 /// temperature, top-k, then top-p (nucleus) filtering and a multinomial draw.
+///
+/// The nucleus is found among the `k` most likely tokens for growing `k` (64, 1024, then all):
+/// once the top `k` hold at least `top_p` of the mass in every row, the nucleus lies inside them,
+/// so the result is exactly the full-sort definition without sorting the whole vocabulary.
 pub fn sample(logits: &Tensor, opts: &SampleOptions) -> Result<Tensor> {
     if opts.temperature <= 0.0 {
         return Ok(logits.f_argmax(-1, false)?);
     }
-    let mut logits = logits.f_div_scalar(opts.temperature)?;
     let v = logits.size()[1];
-    if opts.top_k > 0 && opts.top_k < v {
-        let (top, _) = logits.f_topk(opts.top_k, -1, true, true)?;
-        let kth = top.f_narrow(1, opts.top_k - 1, 1)?;
-        logits = logits.f_masked_fill(&logits.f_lt_tensor(&kth)?, f64::NEG_INFINITY)?;
-    }
-    if opts.top_p < 1.0 {
-        let (sorted, index) = logits.f_sort(-1, true)?;
-        let probs = sorted.f_softmax(-1, Kind::Float)?;
-        // Drop a token when the mass before it already reaches top_p (the first token always stays).
-        let before = probs.f_cumsum(-1, Kind::Float)?.f_sub(&probs)?;
-        let drop_sorted = before.f_gt(opts.top_p)?;
-        let drop = drop_sorted.f_scatter(-1, &index, &drop_sorted)?;
-        logits = logits.f_masked_fill(&drop, f64::NEG_INFINITY)?;
-    }
+    let logits = logits.f_div_scalar(opts.temperature)?;
+    let top_k = if opts.top_k > 0 && opts.top_k < v { opts.top_k } else { v };
     let probs = logits.f_softmax(-1, Kind::Float)?;
-    Ok(probs.f_multinomial(1, false)?.f_squeeze_dim(1)?)
+    if opts.top_p >= 1.0 && top_k == v {
+        return Ok(probs.f_multinomial(1, false)?.f_squeeze_dim(1)?);
+    }
+    let top_p = opts.top_p.min(1.0);
+    for k in [64, 1024, v] {
+        let k = k.min(top_k);
+        let (vals, idx) = probs.f_topk(k, -1, true, true)?;
+        let cum = vals.f_cumsum(-1, Kind::Float)?;
+        let covered = cum.f_select(1, k - 1)?.f_min()?.double_value(&[]) >= top_p;
+        if !(covered || k == top_k) {
+            continue;
+        }
+        // Keep a token while the mass before it is below top_p (the first one always stays).
+        let keep = cum.f_sub(&vals)?.f_lt(top_p)?;
+        let kept = vals.f_mul(&keep.f_to_kind(Kind::Float)?)?;
+        let choice = kept.f_multinomial(1, false)?;
+        return Ok(idx.f_gather(1, &choice, false)?.f_squeeze_dim(1)?);
+    }
+    unreachable!("the last candidate size is the whole top-k set")
 }
