@@ -331,6 +331,39 @@ pub fn dequantize(ty: GgmlType, raw: &[u8], n: usize) -> Vec<f32> {
 mod tests {
     use super::*;
 
+    /// A minimal GGUF v3 file: no metadata, one 1-d tensor `w` of 256 elements of `type_id`.
+    fn one_tensor_file(type_id: u32, data_len: usize) -> Vec<u8> {
+        let mut b = b"GGUF".to_vec();
+        b.extend(3u32.to_le_bytes());
+        b.extend(1u64.to_le_bytes()); // tensors
+        b.extend(0u64.to_le_bytes()); // metadata entries
+        b.extend(1u64.to_le_bytes());
+        b.extend(b"w");
+        b.extend(1u32.to_le_bytes());
+        b.extend(256u64.to_le_bytes());
+        b.extend(type_id.to_le_bytes());
+        b.extend(0u64.to_le_bytes());
+        b.resize(b.len().div_ceil(32) * 32, 0);
+        b.extend(vec![0u8; data_len]);
+        b
+    }
+
+    #[test]
+    fn unsupported_tensor_type_is_named_when_read() {
+        let dir = std::env::temp_dir().join(format!("dualign-gguf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("q4k.gguf");
+        std::fs::write(&path, one_tensor_file(12, 144)).unwrap(); // 12 = Q4_K
+        let g = Gguf::open(&path).unwrap();
+        let e = g.dequantize(&g.tensors[0]).unwrap_err().to_string();
+        assert!(e.ends_with("q4k.gguf: tensor w has type Q4_K, which this loader does not dequantise (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)"), "{e}");
+        // The same file declaring F32 needs 1024 bytes of data after the 64-byte header: 144 is a truncated file.
+        std::fs::write(&path, one_tensor_file(0, 144)).unwrap();
+        let e = format!("{:#}", Gguf::open(&path).err().unwrap());
+        assert!(e.contains("not a valid GGUF file: truncated: tensor w needs bytes 64..1088 but the file has 208"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn q4_blocks_follow_ggml_layout() {
         // One Q4_0 block with d = 2.0: byte 0x91 holds element 0 (low nibble 1 -> (1-8)*2 = -14)

@@ -68,6 +68,7 @@ impl Gpt2 {
         let mut x = Tensor::f_embedding(&self.wte, ids, -1, false, false)?.f_add(&Tensor::f_embedding(&self.wpe, positions, -1, false, false)?)?;
         let h = x.size()[2];
         let d = h / self.heads;
+        let mask = &super::layers::additive_mask(mask, x.kind())?;
         for (l, blk) in self.blocks.iter().enumerate() {
             let qkv = blk.c_attn.forward(&blk.ln_1.forward(&x)?)?;
             let parts = qkv.f_split(h, -1)?;

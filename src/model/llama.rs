@@ -91,11 +91,13 @@ impl Attention {
     fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: &Tensor, cache: Option<(&mut KvCache, usize)>) -> Result<Tensor> {
         let (b, t) = (x.size()[0], x.size()[1]);
         let shape = |n: i64| [b, t, n, self.head_dim];
-        let q = self.q_proj.forward(x)?.f_view(shape(self.heads))?.f_transpose(1, 2)?;
-        let k = self.k_proj.forward(x)?.f_view(shape(self.kv_heads))?.f_transpose(1, 2)?;
+        let q = self.q_proj.forward(x)?.f_view(shape(self.heads))?;
+        let k = self.k_proj.forward(x)?.f_view(shape(self.kv_heads))?;
         let v = self.v_proj.forward(x)?.f_view(shape(self.kv_heads))?.f_transpose(1, 2)?;
-        let q = apply_rope(&q, cos, sin)?;
-        let k = apply_rope(&k, cos, sin)?;
+        // Rotate q and k heads together: one set of element-wise ops instead of two.
+        let qk = apply_rope(&Tensor::f_cat(&[q, k], 2)?.f_transpose(1, 2)?, cos, sin)?;
+        let q = qk.f_narrow(1, 0, self.heads)?;
+        let k = qk.f_narrow(1, self.heads, self.kv_heads)?;
         let (k, v) = match cache {
             Some((cache, layer)) => cache.append(layer, &k, &v)?,
             None => (k, v),
@@ -161,6 +163,7 @@ impl Llama {
         let emb = Tensor::f_cat(&[&freqs, &freqs], -1)?;
         let cos = emb.f_cos()?.f_to_kind(kind)?.f_unsqueeze(1)?;
         let sin = emb.f_sin()?.f_to_kind(kind)?.f_unsqueeze(1)?;
+        let mask = &super::layers::additive_mask(mask, kind)?;
         for (l, layer) in self.layers.iter().enumerate() {
             let c = cache.as_deref_mut().map(|c| (c, l));
             let a = layer.self_attn.forward(&layer.input_layernorm.forward(&x)?, &cos, &sin, mask, c)?;
