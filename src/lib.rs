@@ -2,6 +2,7 @@
 //!
 //! The `host` binary (src/main.rs) embeds a Rhai engine (`script`) whose native functions run on
 //! libtorch through `tch`; `run` owns the run directory every `host run` writes to.
+pub mod data;
 pub mod device;
 pub mod interrupt;
 pub mod model;

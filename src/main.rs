@@ -115,7 +115,8 @@ fn cmd_run(script_path: PathBuf, sets: Vec<String>, out: Option<PathBuf>, device
     tch::manual_seed(seed);
     interrupt::install();
 
-    let session = Rc::new(RefCell::new(Session { overrides: overrides.clone(), seed, ..Default::default() }));
+    let script_dir = script_path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let session = Rc::new(RefCell::new(Session { overrides: overrides.clone(), seed, script_dir, ..Default::default() }));
     let engine = script::engine(&script_path, session.clone());
     let ast = script::compile(&engine, &script_path).map_err(Failure::Script)?;
     let scan = script::scan(&engine, &script_path, &ast).map_err(Failure::Script)?;

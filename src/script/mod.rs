@@ -3,6 +3,7 @@
 //! functions share.
 pub mod api;
 pub mod config;
+pub mod data;
 pub mod errors;
 pub mod model;
 pub mod resolver;
@@ -30,6 +31,8 @@ pub struct Session {
     pub run: Option<RunDir>,
     /// Set when a `--set` value does not parse as the default's type: a usage error (exit 2).
     pub usage_error: Option<String>,
+    /// The folder of the script being run: data paths not found as given are looked up there.
+    pub script_dir: PathBuf,
 }
 
 pub type SharedSession = Rc<RefCell<Session>>;
@@ -58,6 +61,7 @@ pub fn engine(script: &Path, session: SharedSession) -> Engine {
     engine.on_progress(|_| interrupt::requested().then(|| Dynamic::from("interrupted")));
     tensor::register(&mut engine);
     model::register(&mut engine, session.clone());
+    data::register(&mut engine, session.clone());
     register_session(&mut engine, session);
     engine
 }

@@ -130,6 +130,14 @@ fn batched(p: &[Vec<i64>], r: &[Vec<i64>], f: impl Fn(&[&[i64]], &[&[i64]]) -> a
     Ok(out)
 }
 
+/// The score head's output for each (prompt, response).
+pub fn score(m: &ScriptModel, prompts: &Array, responses: &Array) -> ScriptResult<Array> {
+    m.with(|m| {
+        let (p, r) = encode_pairs(m, prompts, responses)?;
+        batched(&p, &r, |ps, rs| m.scores(ps, rs))
+    })
+}
+
 /// Resolves a path a script wants to write: relative paths go inside the run directory, and
 /// nothing may escape it (scripts write only there).
 pub fn output_path(session: &SharedSession, path: &str) -> ScriptResult<PathBuf> {
@@ -181,12 +189,7 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
             batched(&p, &r, |ps, rs| m.sequence_logprobs(ps, rs, 256))
         })
     });
-    def(engine, "score", &["s: Model", "prompts: array", "responses: array", "array"], "The score head's output for each prompt and response, read at the last token.", |m: &mut ScriptModel, prompts: Array, responses: Array| -> ScriptResult<Array> {
-        m.with(|m| {
-            let (p, r) = encode_pairs(m, &prompts, &responses)?;
-            batched(&p, &r, |ps, rs| m.scores(ps, rs))
-        })
-    });
+    def(engine, "score", &["s: Model", "prompts: array", "responses: array", "array"], "The score head's output for each prompt and response, read at the last token.", |m: &mut ScriptModel, prompts: Array, responses: Array| score(m, &prompts, &responses));
     def(engine, "generate", &["m: Model", "prompts: array", "opts: map", "array"], "Samples responses: opts #{n, max_new_tokens, temperature (0 = greedy), top_p, top_k, seed, batch_size}; n per prompt, prompt by prompt.", |m: &mut ScriptModel, prompts: Array, opts: Map| -> ScriptResult<Array> {
         check_keys(&opts, &["n", "max_new_tokens", "temperature", "top_p", "top_k", "seed", "batch_size"], "generate")?;
         let d = SampleOptions::default();

@@ -1,0 +1,238 @@
+//! Script access to preference data: `load_preferences`, `load_prompts`, and the `Pairs`
+//! operations (index, shuffle, split, take, skip, filter, prompts, score_with, relabel, with_label).
+use super::api::{def, script_error, ScriptResult};
+use super::model::ScriptModel;
+use super::SharedSession;
+use crate::data::{self, Pair, Report, Schema};
+use rhai::{Array, Dynamic, Engine, FnPtr, Map, NativeCallContext, INT};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::rc::Rc;
+
+/// Preference pairs held by a script, with the response each pair currently prefers.
+#[derive(Clone)]
+pub struct ScriptPairs {
+    pub pairs: Rc<Vec<Rc<Pair>>>,
+    /// Index of the chosen response of each pair.
+    pub chosen: Rc<Vec<usize>>,
+    /// Where the current labels came from: a label name, or `relabel`.
+    pub label: String,
+    pub report: Rc<Report>,
+}
+
+impl ScriptPairs {
+    fn subset(&self, idx: impl IntoIterator<Item = usize>) -> ScriptPairs {
+        let (p, c): (Vec<_>, Vec<_>) = idx.into_iter().map(|i| (self.pairs[i].clone(), self.chosen[i])).unzip();
+        ScriptPairs { pairs: Rc::new(p), chosen: Rc::new(c), label: self.label.clone(), report: self.report.clone() }
+    }
+}
+
+fn label_of(p: &Pair, label: &str) -> ScriptResult<usize> {
+    p.labels.get(label).copied().ok_or_else(|| script_error(format!("{}: the pair has no `{label}` label (it has: {})", p.origin, p.labels.keys().cloned().collect::<Vec<_>>().join(", "))))
+}
+
+fn to_map(pairs: &ScriptPairs, i: usize) -> Map {
+    let p = &pairs.pairs[i];
+    let c = pairs.chosen[i];
+    let mut m = Map::new();
+    for (k, v) in &p.extra {
+        if let Ok(d) = rhai::serde::to_dynamic(v) {
+            m.insert(k.into(), d);
+        }
+    }
+    m.insert("prompt".into(), p.prompt.clone().into());
+    m.insert("response_0".into(), p.responses[0].clone().into());
+    m.insert("response_1".into(), p.responses[1].clone().into());
+    m.insert("chosen".into(), p.responses[c].clone().into());
+    m.insert("rejected".into(), p.responses[1 - c].clone().into());
+    m.insert("chosen_id".into(), (c as INT).into());
+    for (k, v) in &p.labels {
+        m.insert(format!("{k}_response_id").into(), (*v as INT).into());
+    }
+    for (i, s) in p.safe.iter().enumerate() {
+        if let Some(s) = s {
+            m.insert(format!("is_response_{i}_safe").into(), (*s).into());
+        }
+    }
+    let scores: Map = p.scores.borrow().iter().map(|(k, v)| (k.into(), Dynamic::from_array(vec![v[0].into(), v[1].into()]))).collect();
+    m.insert("scores".into(), scores.into());
+    m.insert("origin".into(), p.origin.clone().into());
+    m
+}
+
+/// Resolves a data path: as given (relative to the working folder), else next to the script.
+fn data_path(session: &SharedSession, path: &str) -> PathBuf {
+    let p = PathBuf::from(path);
+    if p.is_absolute() || p.exists() {
+        return p;
+    }
+    let beside = session.borrow().script_dir.join(&p);
+    if beside.exists() {
+        beside
+    } else {
+        p
+    }
+}
+
+fn warn_report(what: &str, report: &Report) {
+    let show = |label: &str, items: &[String]| {
+        if !items.is_empty() {
+            let first: Vec<&str> = items.iter().take(5).map(String::as_str).collect();
+            eprintln!("{what}: {} {label}: {}{}", items.len(), first.join("; "), if items.len() > 5 { "; ..." } else { "" });
+        }
+    };
+    show("bad records skipped", &report.skipped);
+    show("warnings", &report.warnings);
+}
+
+fn load(session: &SharedSession, path: &str, opts: &Map) -> ScriptResult<ScriptPairs> {
+    for k in opts.keys() {
+        if !["schema", "fields", "skip_bad", "label"].contains(&k.as_str()) {
+            return Err(script_error(format!("load_preferences: unknown option `{k}` (known: schema, fields, skip_bad, label)")));
+        }
+    }
+    let schema = match opts.get("schema").map(|v| v.to_string()) {
+        None => None,
+        Some(s) => Some(match s.as_str() {
+            "pku" | "pku-saferlhf" => Schema::Pku,
+            "hh" | "hh-rlhf" => Schema::Hh,
+            "plain" => Schema::Plain,
+            other => return Err(script_error(format!("option schema: \"{other}\" is not one of pku, hh, plain"))),
+        }),
+    };
+    let mut fields = BTreeMap::new();
+    if let Some(f) = opts.get("fields") {
+        let f = f.read_lock::<Map>().ok_or_else(|| script_error("option fields: expected a map #{schema_field: \"file_field\"}"))?;
+        for (k, v) in f.iter() {
+            fields.insert(k.to_string(), v.to_string());
+        }
+    }
+    let skip_bad = opts.get("skip_bad").map(|v| v.as_bool().map_err(|t| script_error(format!("option skip_bad: expected true or false, found {t}")))).transpose()?.unwrap_or(false);
+    let o = data::LoadOptions { schema, fields, skip_bad };
+    let (pairs, report) = data::load_preferences(&data_path(session, path), &o).map_err(|e| script_error(format!("{e:#}")))?;
+    warn_report("load_preferences", &report);
+    let label = opts.get("label").map(|v| v.to_string()).unwrap_or_else(|| if pairs[0].labels.contains_key("better") { "better".into() } else { "safer".into() });
+    let chosen = pairs.iter().map(|p| label_of(p, &label)).collect::<ScriptResult<Vec<_>>>()?;
+    Ok(ScriptPairs { pairs: Rc::new(pairs), chosen: Rc::new(chosen), label, report: Rc::new(report) })
+}
+
+fn floats(values: &Array, what: &str, n: usize) -> ScriptResult<Vec<f64>> {
+    if values.len() != n {
+        return Err(script_error(format!("{what}: returned {} values for {n} responses", values.len())));
+    }
+    values
+        .iter()
+        .map(|v| v.as_float().or_else(|_| v.as_int().map(|i| i as f64)).map_err(|t| script_error(format!("{what}: expected numbers, found {t}"))))
+        .collect()
+}
+
+/// Attaches a score column from per-response values laid out as all response_0s then all
+/// response_1s.
+fn attach(pairs: &ScriptPairs, name: &str, values: &[f64]) {
+    let n = pairs.pairs.len();
+    for (i, p) in pairs.pairs.iter().enumerate() {
+        p.scores.borrow_mut().insert(name.to_string(), [values[i], values[n + i]]);
+    }
+}
+
+fn missing(pairs: &ScriptPairs, name: &str) -> bool {
+    pairs.pairs.iter().any(|p| !p.scores.borrow().contains_key(name))
+}
+
+fn both(pairs: &ScriptPairs) -> (Array, Array) {
+    let prompts: Array = pairs.pairs.iter().chain(pairs.pairs.iter()).map(|p| p.prompt.clone().into()).collect();
+    let responses: Array = pairs.pairs.iter().map(|p| p.responses[0].clone().into()).chain(pairs.pairs.iter().map(|p| p.responses[1].clone().into())).collect();
+    (prompts, responses)
+}
+
+pub fn register(engine: &mut Engine, session: SharedSession) {
+    engine.register_type_with_name::<ScriptPairs>("Pairs");
+    let s = session.clone();
+    def(engine, "load_preferences", &["path: string", "Pairs"], "Loads preference pairs (PKU-SafeRLHF, HH-RLHF or prompt/chosen/rejected; JSONL, .jsonl.gz, JSON or CSV).", move |path: &str| load(&s, path, &Map::new()));
+    let s = session.clone();
+    def(engine, "load_preferences", &["path: string", "opts: map", "Pairs"], "Loads preference pairs with #{schema: \"pku\"|\"hh\"|\"plain\", fields: #{prompt: \"question\"}, skip_bad, label}.", move |path: &str, opts: Map| load(&s, path, &opts));
+    let s = session;
+    def(engine, "load_prompts", &["path: string", "array"], "Prompts from a text file (one per line) or the `prompt` field of JSONL, JSON or CSV records.", move |path: &str| -> ScriptResult<Array> {
+        let prompts = data::load_prompts(&data_path(&s, path)).map_err(|e| script_error(format!("{e:#}")))?;
+        Ok(prompts.into_iter().map(Dynamic::from).collect())
+    });
+
+    def(engine, "len", &["p: Pairs", "int"], "The number of pairs.", |p: &mut ScriptPairs| p.pairs.len() as INT);
+    def(engine, "index$get$", &["p: Pairs", "i: int", "map"], "Pair i as a map: prompt, response_0/1, chosen, rejected, labels, safety flags, scores, extra fields.", |p: &mut ScriptPairs, i: INT| -> ScriptResult<Map> {
+        let n = p.pairs.len() as INT;
+        let j = if i < 0 { i + n } else { i };
+        if j < 0 || j >= n {
+            return Err(script_error(format!("index {i} out of range for {n} pairs")));
+        }
+        Ok(to_map(p, j as usize))
+    });
+    def(engine, "shuffle", &["p: Pairs", "seed: int", "Pairs"], "The pairs in a seeded random order.", |p: &mut ScriptPairs, seed: INT| {
+        let mut idx: Vec<usize> = (0..p.pairs.len()).collect();
+        data::Rng::new(seed as u64).shuffle(&mut idx);
+        p.subset(idx)
+    });
+    def(engine, "split", &["p: Pairs", "fraction: float", "array"], "[first, rest]: the first `fraction` of the pairs (rounded) and the others.", |p: &mut ScriptPairs, f: f64| -> ScriptResult<Array> {
+        if !(0.0..=1.0).contains(&f) {
+            return Err(script_error(format!("split: fraction {f} is not between 0 and 1")));
+        }
+        let k = ((p.pairs.len() as f64) * f).round() as usize;
+        Ok(vec![Dynamic::from(p.subset(0..k)), Dynamic::from(p.subset(k..p.pairs.len()))])
+    });
+    def(engine, "take", &["p: Pairs", "n: int", "Pairs"], "The first n pairs.", |p: &mut ScriptPairs, n: INT| p.subset(0..(n.max(0) as usize).min(p.pairs.len())));
+    def(engine, "skip", &["p: Pairs", "n: int", "Pairs"], "All but the first n pairs.", |p: &mut ScriptPairs, n: INT| p.subset((n.max(0) as usize).min(p.pairs.len())..p.pairs.len()));
+    def(engine, "filter", &["p: Pairs", "keep: FnPtr", "Pairs"], "The pairs for which `keep(pair_map)` returns true.", |ctx: NativeCallContext, p: &mut ScriptPairs, keep: FnPtr| -> ScriptResult<ScriptPairs> {
+        let mut idx = Vec::new();
+        for i in 0..p.pairs.len() {
+            if keep.call_within_context::<bool>(&ctx, (to_map(p, i),))? {
+                idx.push(i);
+            }
+        }
+        Ok(p.subset(idx))
+    });
+    def(engine, "prompts", &["p: Pairs", "array"], "The distinct prompts, in order of first appearance.", |p: &mut ScriptPairs| -> Array {
+        let mut seen = std::collections::HashSet::new();
+        p.pairs.iter().filter(|x| seen.insert(x.prompt.clone())).map(|x| x.prompt.clone().into()).collect()
+    });
+    def(engine, "with_label", &["p: Pairs", "label: string", "Pairs"], "The same pairs with the chosen response taken from a label (\"better\" or \"safer\").", |p: &mut ScriptPairs, label: &str| -> ScriptResult<ScriptPairs> {
+        let chosen = p.pairs.iter().map(|x| label_of(x, label)).collect::<ScriptResult<Vec<_>>>()?;
+        Ok(ScriptPairs { chosen: Rc::new(chosen), label: label.to_string(), ..p.clone() })
+    });
+    def(engine, "score_with", &["p: Pairs", "name: string", "scorer: Model", "Pairs"], "Attaches score column `name` (one value per response) from a score model; computed once and cached.", |p: &mut ScriptPairs, name: &str, scorer: ScriptModel| -> ScriptResult<ScriptPairs> {
+        if missing(p, name) {
+            let (prompts, responses) = both(p);
+            let values = super::model::score(&scorer, &prompts, &responses)?;
+            attach(p, name, &floats(&values, "score_with", 2 * p.pairs.len())?);
+        }
+        Ok(p.clone())
+    });
+    def(engine, "score_with", &["p: Pairs", "name: string", "utility: FnPtr", "Pairs"], "Attaches score column `name` from a script function of (prompts, responses) returning one number per response; cached.", |ctx: NativeCallContext, p: &mut ScriptPairs, name: &str, f: FnPtr| -> ScriptResult<ScriptPairs> {
+        if missing(p, name) {
+            let (prompts, responses) = both(p);
+            let values: Array = f.call_within_context(&ctx, (prompts, responses))?;
+            attach(p, name, &floats(&values, &format!("score_with(\"{name}\")"), 2 * p.pairs.len())?);
+        }
+        Ok(p.clone())
+    });
+    def(engine, "scores", &["p: Pairs", "name: string", "array"], "Score column `name` as an array of [score of response_0, score of response_1].", |p: &mut ScriptPairs, name: &str| -> ScriptResult<Array> {
+        p.pairs
+            .iter()
+            .map(|x| {
+                let s = x.scores.borrow();
+                let v = s.get(name).ok_or_else(|| script_error(format!("{}: no score column `{name}`", x.origin)))?;
+                Ok(Dynamic::from_array(vec![v[0].into(), v[1].into()]))
+            })
+            .collect()
+    });
+    def(engine, "relabel", &["p: Pairs", "weights: map", "seed: int", "Pairs"], "Pairs relabelled from r = Σ weight·score: response 1 is chosen with probability sigmoid(r(y1) - r(y0)), seeded.", |p: &mut ScriptPairs, weights: Map, seed: INT| -> ScriptResult<ScriptPairs> {
+        let mut w = BTreeMap::new();
+        for (k, v) in weights {
+            let x = v.as_float().or_else(|_| v.as_int().map(|i| i as f64)).map_err(|t| script_error(format!("relabel: weight `{k}` must be a number, found {t}")))?;
+            w.insert(k.to_string(), x);
+        }
+        let chosen = data::relabel(&p.pairs, &w, seed as u64).map_err(|e| script_error(format!("{e:#}")))?;
+        Ok(ScriptPairs { chosen: Rc::new(chosen), label: "relabel".into(), ..p.clone() })
+    });
+    def(engine, "get$skipped", &["p: Pairs", "array"], "Bad records skipped at load (with skip_bad), as `file:line: problem`.", |p: &mut ScriptPairs| -> Array { p.report.skipped.iter().map(|s| s.clone().into()).collect() });
+    def(engine, "get$warnings", &["p: Pairs", "array"], "Records kept but reported at load: empty or identical responses.", |p: &mut ScriptPairs| -> Array { p.report.warnings.iter().map(|s| s.clone().into()).collect() });
+    def(engine, "get$label", &["p: Pairs", "string"], "Where the chosen responses come from: a label name or \"relabel\".", |p: &mut ScriptPairs| p.label.clone());
+}
