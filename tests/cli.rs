@@ -302,3 +302,49 @@ m.save("adapter", #{ merge: false });
     assert_eq!(o.status.code(), Some(1));
     assert!(error_text(&o).starts_with("error: missing.rhai:1:9: no/such/model: no such model folder or GGUF file"), "{}", error_text(&o));
 }
+
+#[test]
+fn preference_data_operations_from_a_script() {
+    let dir = scratch("pairs");
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/data/safety_prefs.jsonl");
+    write(&dir, "bad.jsonl", "{\"prompt\": \"p\", \"chosen\": \"a\", \"rejected\": \"b\"}\nnot json\n");
+    write(&dir, "d.rhai", &format!(r#"
+let pairs = load_preferences("{}");
+let n = pairs.len();
+let parts = pairs.shuffle(1).split(0.8);
+let train = parts[0];
+let held = parts[1];
+if train.len() + held.len() != n {{ throw "split lost pairs"; }}
+let harmful = pairs.filter(|p| p.category != "benign");
+let first = pairs[0];
+// A utility written in Rhai: 1 for a refusal, 0 otherwise.
+fn refuses(prompts, responses) {{
+    responses.map(|r| if r.starts_with("I can't") || r.starts_with("I won't") || r.starts_with("I'm sorry") || r.starts_with("I'd rather") {{ 1.0 }} else {{ 0.0 }})
+}}
+fn length(prompts, responses) {{ responses.map(|r| r.len().to_float() / 100.0) }}
+harmful.score_with("refusal", refuses).score_with("length", length);
+let a = harmful.relabel(#{{ length: 0.0, refusal: 50.0 }}, 3);
+let refusing = 0;
+for i in 0..a.len() {{ if refuses([], [a[i].chosen])[0] == 1.0 {{ refusing += 1; }} }}
+let b = harmful.with_label("better");
+let better_refusing = 0;
+for i in 0..b.len() {{ if refuses([], [b[i].chosen])[0] == 1.0 {{ better_refusing += 1; }} }}
+let skipped = load_preferences("bad.jsonl", #{{ skip_bad: true }}).skipped;
+log(#{{ n: n, prompts: pairs.prompts().len(), harmful: harmful.len(), refusing: refusing, better_refusing: better_refusing,
+       take: pairs.take(5).len(), skip: pairs.skip(n - 2).len(), label: a.label, skipped: skipped.len(), first_has_scores: type_of(first.scores) }});
+"#, data.display()));
+    let o = run_in(&dir, &["run", "d.rhai", "--out", "out"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stderr(&o).contains("load_preferences: 1 bad records skipped: ") && stderr(&o).contains("bad.jsonl:2: not valid JSON"), "{}", stderr(&o));
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("out/metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let r = &rows[0];
+    let harmful = r["harmful"].as_i64().unwrap();
+    assert_eq!(r["n"], 527);
+    assert_eq!(r["prompts"], 315);
+    // With a weight of 50 on the refusal utility, sigmoid(50) ~ 1: every relabelled pair prefers
+    // its refusal, while the helpfulness label prefers the compliant answer everywhere.
+    assert_eq!(r["refusing"].as_i64().unwrap(), harmful);
+    assert_eq!(r["better_refusing"], 0);
+    assert_eq!((r["take"].as_i64(), r["skip"].as_i64(), r["skipped"].as_i64()), (Some(5), Some(2), Some(1)));
+    assert_eq!(r["label"], "relabel");
+}
