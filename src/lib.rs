@@ -8,6 +8,7 @@ pub mod interrupt;
 pub mod model;
 pub mod run;
 pub mod script;
+pub mod train;
 
 /// Version strings recorded in every run directory and printed by `host --version`.
 pub fn versions() -> serde_json::Value {

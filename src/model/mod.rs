@@ -390,14 +390,19 @@ impl CausalLM {
         let Some((_, head)) = &self.score_head else {
             bail!("{}: this model has no score head (score.weight or score_head.weight)", self.source);
         };
+        let feats = self.last_token_features(prompts, responses)?;
+        Ok(head.forward(&feats)?.f_select(1, 0)?.f_to_kind(Kind::Float)?)
+    }
+
+    /// Final hidden state `[N, H]` at the last token of each `prompt ++ response`.
+    pub fn last_token_features(&self, prompts: &[&[i64]], responses: &[&[i64]]) -> Result<Tensor> {
         let (ids, valid, _, _, _) = self.pack(prompts, responses)?;
         let t = ids.size()[1];
         let hidden = self.hidden(&ids, &positions_from_mask(&valid)?, &attention_mask(&valid, 0, t)?, None)?;
         let last = valid.f_sum_dim_intlist(&[1i64][..], false, Kind::Int64)?.f_sub_scalar(1)?; // [B]
         let h = hidden.size()[2];
         let idx = last.f_view([-1, 1, 1])?.f_expand([-1, 1, h], false)?;
-        let feats = hidden.f_gather(1, &idx, false)?.f_squeeze_dim(1)?;
-        Ok(head.forward(&feats)?.f_select(1, 0)?.f_to_kind(Kind::Float)?)
+        Ok(hidden.f_gather(1, &idx, false)?.f_squeeze_dim(1)?)
     }
 
     /// Batched sampling with a KV cache. Returns the new tokens of each (prompt, sample), prompt

@@ -2,6 +2,8 @@
 //! versions and status), and the metrics that `log(map)` appends to `metrics.jsonl` and
 //! `metrics.csv`. Files that are replaced as a whole are written to a temporary name and renamed,
 //! so a run killed at any moment never leaves a half-written file.
+pub mod progress;
+
 use anyhow::{Context, Result};
 use serde_json::{Map, Value};
 use std::fs::{File, OpenOptions};

@@ -8,6 +8,7 @@ pub mod errors;
 pub mod model;
 pub mod resolver;
 pub mod tensor;
+pub mod train;
 
 use crate::{device, interrupt, run::RunDir};
 use api::{def, script_error, ScriptResult};
@@ -62,6 +63,7 @@ pub fn engine(script: &Path, session: SharedSession) -> Engine {
     tensor::register(&mut engine);
     model::register(&mut engine, session.clone());
     data::register(&mut engine, session.clone());
+    train::register(&mut engine, session.clone());
     register_session(&mut engine, session);
     engine
 }

@@ -16,11 +16,13 @@ pub struct ScriptModel {
     pub model: Rc<RefCell<CausalLM>>,
     /// True for the adapters-off view of a LoRA model (the reference).
     pub base_only: bool,
+    /// The optimizer of the last training call, kept when a call asks for `keep_optimizer`.
+    pub optimizer: Rc<RefCell<Option<Rc<RefCell<crate::train::optim::AdamW>>>>>,
 }
 
 impl ScriptModel {
     pub fn new(m: CausalLM) -> Self {
-        ScriptModel { model: Rc::new(RefCell::new(m)), base_only: false }
+        ScriptModel { model: Rc::new(RefCell::new(m)), base_only: false, optimizer: Default::default() }
     }
 
     /// Runs `f` with the adapters switched as this handle says.
@@ -170,7 +172,7 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
     });
     def(engine, "frozen", &["m: Model", "Model"], "The fixed reference: a copy of the current weights, or for a LoRA model the same base weights with adapters off.", |m: &mut ScriptModel| -> ScriptResult<ScriptModel> {
         if m.model.borrow().lora.is_some() {
-            return Ok(ScriptModel { model: m.model.clone(), base_only: true });
+            return Ok(ScriptModel { model: m.model.clone(), base_only: true, optimizer: Default::default() });
         }
         Ok(ScriptModel::new(m.with(|m| m.deep_copy()).map_err(err)?))
     });

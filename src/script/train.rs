@@ -1,0 +1,238 @@
+//! Script access to training: `dpo`, `sft`, `train_scorer`. Each logs its steps to the run's
+//! metrics, shows progress, stops cleanly on Ctrl-C between steps, and returns a summary.
+use super::api::{def, script_error, ScriptResult};
+use super::data::ScriptPairs;
+use super::model::ScriptModel;
+use super::SharedSession;
+use crate::data::batch;
+use crate::interrupt;
+use crate::model::CausalLM;
+use crate::train::dpo::{self, DpoLoss, DpoOptions, Reference};
+use crate::train::optim::{AdamW, AdamWConfig, Schedule};
+use crate::train::scorer::{self, ScorerOptions};
+use crate::train::sft::{self, SftOptions};
+use crate::train::{cache, LoopOptions};
+use rhai::{Array, Dynamic, Engine, Map};
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+
+/// Reads a script option map, rejecting keys the function does not know.
+struct Opts<'a> {
+    map: &'a Map,
+    what: &'a str,
+}
+
+impl<'a> Opts<'a> {
+    fn new(map: &'a Map, what: &'a str, known: &[&str]) -> ScriptResult<Self> {
+        for k in map.keys() {
+            if !known.contains(&k.as_str()) {
+                return Err(script_error(format!("{what}: unknown option `{k}` (known: {})", known.join(", "))));
+            }
+        }
+        Ok(Opts { map, what })
+    }
+    fn f64(&self, k: &str, d: f64) -> ScriptResult<f64> {
+        self.map.get(k).map_or(Ok(d), |v| v.as_float().or_else(|_| v.as_int().map(|i| i as f64)).map_err(|t| script_error(format!("{}: option {k}: expected a number, found {t}", self.what))))
+    }
+    fn usize(&self, k: &str, d: usize) -> ScriptResult<usize> {
+        match self.map.get(k) {
+            None => Ok(d),
+            Some(v) => match v.as_int() {
+                Ok(i) if i >= 0 => Ok(i as usize),
+                Ok(i) => Err(script_error(format!("{}: option {k}: expected a non-negative integer, found {i}", self.what))),
+                Err(t) => Err(script_error(format!("{}: option {k}: expected an integer, found {t}", self.what))),
+            },
+        }
+    }
+    fn bool(&self, k: &str, d: bool) -> ScriptResult<bool> {
+        self.map.get(k).map_or(Ok(d), |v| v.as_bool().map_err(|t| script_error(format!("{}: option {k}: expected true or false, found {t}", self.what))))
+    }
+    fn string(&self, k: &str, d: &str) -> String {
+        self.map.get(k).map_or(d.to_string(), |v| v.to_string())
+    }
+}
+
+const LOOP_KEYS: [&str; 10] = ["lr", "weight_decay", "schedule", "warmup_steps", "warmup_ratio", "grad_accum", "max_grad_norm", "max_nonfinite", "log_every", "keep_optimizer"];
+
+fn loop_options(o: &Opts, total_steps_hint: usize, lr: f64) -> ScriptResult<LoopOptions> {
+    let warmup = match o.map.get("warmup_ratio") {
+        Some(_) => (o.f64("warmup_ratio", 0.0)? * total_steps_hint as f64).round() as usize,
+        None => o.usize("warmup_steps", 0)?,
+    };
+    Ok(LoopOptions {
+        adamw: AdamWConfig { lr: o.f64("lr", lr)?, weight_decay: o.f64("weight_decay", 0.0)?, ..Default::default() },
+        schedule: Schedule::parse(&o.string("schedule", "constant")).map_err(|e| script_error(format!("{}: {e}", o.what)))?,
+        warmup_steps: warmup,
+        grad_accum: o.usize("grad_accum", 1)?.max(1),
+        max_grad_norm: o.f64("max_grad_norm", 1.0)?,
+        max_nonfinite: o.usize("max_nonfinite", 3)?.max(1),
+        log_every: o.usize("log_every", 1)?.max(1),
+    })
+}
+
+fn err(e: anyhow::Error) -> Box<rhai::EvalAltResult> {
+    if interrupt::requested() {
+        return rhai::EvalAltResult::ErrorTerminated("interrupted".into(), rhai::Position::NONE).into();
+    }
+    script_error(format!("{e:#}"))
+}
+
+fn to_map(m: serde_json::Map<String, serde_json::Value>) -> ScriptResult<Map> {
+    rhai::serde::to_dynamic(serde_json::Value::Object(m))?.try_cast::<Map>().ok_or_else(|| script_error("internal: summary is not a map"))
+}
+
+fn logger(session: &SharedSession) -> impl FnMut(serde_json::Map<String, serde_json::Value>) -> anyhow::Result<()> + '_ {
+    move |row| match session.borrow_mut().run.as_mut() {
+        Some(run) => run.log(row),
+        None => Ok(()),
+    }
+}
+
+/// The policy's optimizer: kept between calls when asked, else fresh.
+fn optimizer(policy: &ScriptModel, keep: bool) -> ScriptResult<Rc<RefCell<AdamW>>> {
+    let mut slot = policy.optimizer.borrow_mut();
+    if keep {
+        if let Some(opt) = slot.as_ref() {
+            return Ok(opt.clone());
+        }
+    }
+    let params = policy.model.borrow_mut().trainable_parameters().map_err(err)?;
+    let opt = Rc::new(RefCell::new(AdamW::new(params).map_err(err)?));
+    *slot = Some(opt.clone());
+    Ok(opt)
+}
+
+fn check_trainable(policy: &ScriptModel, what: &str) -> ScriptResult<()> {
+    if policy.base_only {
+        return Err(script_error(format!("{what}: this model is a frozen reference (adapters off); train the model it came from")));
+    }
+    Ok(())
+}
+
+pub fn register(engine: &mut Engine, session: SharedSession) {
+    let s = session.clone();
+    def(engine, "dpo", &["policy: Model", "reference: Model", "pairs: Pairs", "opts: map", "map"],
+        "DPO of the policy against the fixed reference on the pairs' current labels; opts #{beta, epochs, batch_size, grad_accum, lr, schedule, warmup_steps, max_len, loss, label_smoothing, ref_cache, ...}; returns metrics.",
+        move |policy: ScriptModel, reference: ScriptModel, pairs: ScriptPairs, opts: Map| -> ScriptResult<Map> {
+            check_trainable(&policy, "dpo")?;
+            let mut known = vec!["beta", "label_smoothing", "loss", "epochs", "batch_size", "max_len", "max_prompt_len", "group_by_length", "seed", "ref_cache", "cache_dir"];
+            known.extend(LOOP_KEYS);
+            let o = Opts::new(&opts, "dpo", &known)?;
+            let d = DpoOptions::default();
+            let mut dopts = DpoOptions {
+                beta: o.f64("beta", d.beta)?,
+                label_smoothing: o.f64("label_smoothing", 0.0)?,
+                loss: match o.string("loss", "sigmoid").as_str() {
+                    "sigmoid" => DpoLoss::Sigmoid,
+                    "ipo" => DpoLoss::Ipo,
+                    other => return Err(script_error(format!("dpo: loss \"{other}\" is not sigmoid or ipo"))),
+                },
+                epochs: o.usize("epochs", 1)?.max(1),
+                batch_size: o.usize("batch_size", d.batch_size)?.max(1),
+                max_len: o.usize("max_len", d.max_len)?,
+                max_prompt_len: o.usize("max_prompt_len", d.max_prompt_len)?,
+                group_by_length: o.bool("group_by_length", true)?,
+                seed: o.usize("seed", s.borrow().seed as usize)? as u64,
+                cache_dir: if o.bool("ref_cache", true)? { Some(opts.get("cache_dir").map_or_else(cache::default_dir, |v| v.to_string().into())) } else { None },
+                loop_opts: LoopOptions::default(),
+            };
+            if !(dopts.beta > 0.0) {
+                return Err(script_error("dpo: beta must be positive"));
+            }
+            let steps_hint = dopts.epochs * pairs.pairs.len().div_ceil(dopts.batch_size);
+            dopts.loop_opts = loop_options(&o, steps_hint, 5e-4)?;
+            let keep = o.bool("keep_optimizer", false)?;
+            let tokenized = {
+                let m = policy.model.borrow();
+                Arc::new(batch::tokenize(&pairs.pairs, &m.tokenizer, dopts.max_prompt_len, dopts.max_len).map_err(err)?)
+            };
+            let eval = |p: &[&[i64]], r: &[&[i64]]| reference.with(|m: &CausalLM| m.sequence_logprobs(p, r, 512));
+            let (table, hit) = if dopts.cache_dir.is_some() {
+                let (t, hit) = reference.with(|m| dpo::cached_reference(m, &eval, &tokenized, &dopts, &interrupt::requested)).map_err(err)?;
+                (Some(Arc::new(t)), hit)
+            } else {
+                (None, false)
+            };
+            let opt = optimizer(&policy, keep)?;
+            let origins: Vec<String> = pairs.pairs.iter().map(|p| p.origin.clone()).collect();
+            let reference_source = match &table {
+                Some(t) => Reference::Table(t.clone()),
+                None => Reference::Online(&eval),
+            };
+            let mut log = logger(&s);
+            let summary = policy.with(|m| dpo::train(m, &mut opt.borrow_mut(), reference_source, tokenized.clone(), Arc::new(pairs.chosen.to_vec()), &origins, &dopts, &mut log, &interrupt::requested)).map_err(err)?;
+            let mut out = to_map(summary)?;
+            out.insert("ref_cache".into(), Dynamic::from(if table.is_none() { "online" } else if hit { "hit" } else { "miss" }.to_string()));
+            Ok(out)
+        });
+    let s = session.clone();
+    def(engine, "sft", &["model: Model", "prompts: array", "responses: array", "opts: map", "map"],
+        "Supervised fine-tuning on prompt/response pairs (loss on response tokens only); opts #{epochs, batch_size, lr, schedule, grad_accum, ...}; returns metrics.",
+        move |model: ScriptModel, prompts: Array, responses: Array, opts: Map| -> ScriptResult<Map> {
+            check_trainable(&model, "sft")?;
+            let mut known = vec!["epochs", "batch_size", "seed", "max_len"];
+            known.extend(LOOP_KEYS);
+            let o = Opts::new(&opts, "sft", &known)?;
+            if prompts.len() != responses.len() {
+                return Err(script_error(format!("sft: {} prompts but {} responses", prompts.len(), responses.len())));
+            }
+            let max_len = o.usize("max_len", 512)?;
+            let data: Vec<(Vec<i64>, Vec<i64>)> = {
+                let m = model.model.borrow();
+                prompts
+                    .iter()
+                    .zip(&responses)
+                    .map(|(p, r)| -> ScriptResult<(Vec<i64>, Vec<i64>)> {
+                        let p = m.tokenizer.encode(&p.to_string(), true).map_err(err)?;
+                        let mut r = m.tokenizer.encode(&r.to_string(), false).map_err(err)?;
+                        r.truncate(max_len.saturating_sub(p.len()).max(1));
+                        Ok((p, r))
+                    })
+                    .collect::<ScriptResult<_>>()?
+            };
+            let epochs = o.usize("epochs", 1)?.max(1);
+            let batch_size = o.usize("batch_size", 8)?.max(1);
+            let sopts = SftOptions { epochs, batch_size, seed: o.usize("seed", s.borrow().seed as usize)? as u64, loop_opts: loop_options(&o, epochs * data.len().div_ceil(batch_size), 2e-5)? };
+            let opt = optimizer(&model, o.bool("keep_optimizer", false)?)?;
+            let mut log = logger(&s);
+            let summary = model.with(|m| sft::train(m, &mut opt.borrow_mut(), &data, &sopts, &mut log, &interrupt::requested)).map_err(err)?;
+            to_map(summary)
+        });
+    let s = session;
+    def(engine, "train_scorer", &["model: Model", "pairs: Pairs", "label: string", "opts: map", "Model"],
+        "A Bradley-Terry score model from the model's frozen last-token features and the pairs' \"better\" or \"safer\" labels; held-out accuracy is logged. opts #{steps, lr, eval_fraction, seed, max_len}.",
+        move |model: ScriptModel, pairs: ScriptPairs, label: &str, opts: Map| -> ScriptResult<ScriptModel> {
+            let o = Opts::new(&opts, "train_scorer", &["steps", "lr", "weight_decay", "eval_fraction", "seed", "max_len"])?;
+            let d = ScorerOptions::default();
+            let sopts = ScorerOptions {
+                steps: o.usize("steps", d.steps)?,
+                lr: o.f64("lr", d.lr)?,
+                weight_decay: o.f64("weight_decay", d.weight_decay)?,
+                eval_fraction: o.f64("eval_fraction", d.eval_fraction)?,
+                seed: o.usize("seed", s.borrow().seed as usize)? as u64,
+            };
+            let max_len = o.usize("max_len", 512)?;
+            let chosen: Vec<usize> = pairs
+                .pairs
+                .iter()
+                .map(|p| p.labels.get(label).copied().ok_or_else(|| script_error(format!("train_scorer: {} has no `{label}` label", p.origin))))
+                .collect::<ScriptResult<_>>()?;
+            let (head, summary, mut scorer) = model
+                .with(|m| -> anyhow::Result<_> {
+                    let tokenized = batch::tokenize(&pairs.pairs, &m.tokenizer, max_len / 2, max_len)?;
+                    let (head, summary) = scorer::train_head(m, &tokenized, &chosen, &sopts, &interrupt::requested)?;
+                    Ok((head, summary, m.deep_copy()?))
+                })
+                .map_err(err)?;
+            scorer.score_head = Some(("score".into(), head));
+            scorer.lora = None;
+            let mut row = summary.clone();
+            row.insert("phase".into(), serde_json::json!(format!("scorer:{label}")));
+            if let Some(run) = s.borrow_mut().run.as_mut() {
+                run.log(row).map_err(err)?;
+            }
+            eprintln!("train_scorer({label}): train accuracy {:.3}, held-out accuracy {} on {} pairs", summary["train_accuracy"].as_f64().unwrap_or(f64::NAN), summary["eval_accuracy"], summary["held_out"]);
+            Ok(ScriptModel::new(scorer))
+        });
+}

@@ -1,0 +1,294 @@
+//! Direct Preference Optimization (Rafailov et al. 2023) against a fixed reference, the policy
+//! step of the method: for each pair, with `h = (log π(y_c) - log π(y_r)) - (log π_ref(y_c) -
+//! log π_ref(y_r))`, the sigmoid loss `-(1-ε) log σ(β h) - ε log σ(-β h)` (ε = label smoothing)
+//! or IPO's `(h - 1/(2β))²`. Chosen and rejected responses go through the policy in one forward;
+//! reference log-probs come from the on-disk cache (or are recomputed online).
+use super::{cache, row, steps_per_epoch, Loop, LoopOptions};
+use crate::data::batch::{self, BatchOptions, TokenizedPair};
+use crate::model::CausalLM;
+use crate::run::progress::{peak_rss_mib, Progress};
+use anyhow::{bail, Result};
+use serde_json::{json, Map, Value};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+use tch::{Kind, Tensor};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum DpoLoss {
+    Sigmoid,
+    Ipo,
+}
+
+#[derive(Debug, Clone)]
+pub struct DpoOptions {
+    pub beta: f64,
+    pub label_smoothing: f64,
+    pub loss: DpoLoss,
+    pub epochs: usize,
+    /// Pairs per micro-batch.
+    pub batch_size: usize,
+    pub max_len: usize,
+    pub max_prompt_len: usize,
+    pub group_by_length: bool,
+    pub seed: u64,
+    /// Where reference log-probs are cached; `None` recomputes them for every batch.
+    pub cache_dir: Option<PathBuf>,
+    pub loop_opts: LoopOptions,
+}
+
+impl Default for DpoOptions {
+    fn default() -> Self {
+        DpoOptions {
+            beta: 0.1,
+            label_smoothing: 0.0,
+            loss: DpoLoss::Sigmoid,
+            epochs: 1,
+            batch_size: 8,
+            max_len: 512,
+            max_prompt_len: 256,
+            group_by_length: true,
+            seed: 0,
+            cache_dir: Some(cache::default_dir()),
+            loop_opts: LoopOptions::default(),
+        }
+    }
+}
+
+/// How reference log-probs are obtained.
+pub enum Reference<'a> {
+    /// `[pair][response]` log-probs computed beforehand.
+    Table(Arc<Vec<[f32; 2]>>),
+    /// Computed batch by batch: `(prompts, responses) -> [n]`.
+    Online(&'a dyn Fn(&[&[i64]], &[&[i64]]) -> Result<Tensor>),
+}
+
+/// Reference log-probs of both responses of every pair, in batches, without gradients.
+pub fn reference_table(reference: &dyn Fn(&[&[i64]], &[&[i64]]) -> Result<Tensor>, pairs: &[TokenizedPair], batch: usize, stop: &dyn Fn() -> bool) -> Result<Vec<[f32; 2]>> {
+    let mut out = Vec::with_capacity(pairs.len());
+    let mut progress = Progress::new("reference log-probs", pairs.len());
+    for chunk in pairs.chunks(batch.max(1)) {
+        if stop() {
+            bail!("interrupted");
+        }
+        let prompts: Vec<&[i64]> = chunk.iter().chain(chunk.iter()).map(|p| p.prompt.as_slice()).collect();
+        let responses: Vec<&[i64]> = chunk.iter().map(|p| p.responses[0].as_slice()).chain(chunk.iter().map(|p| p.responses[1].as_slice())).collect();
+        let lp = tch::no_grad(|| reference(&prompts, &responses))?;
+        let n = chunk.len();
+        let mut v = vec![0f32; 2 * n];
+        lp.f_to_device(tch::Device::Cpu)?.f_to_kind(Kind::Float)?.f_copy_data(&mut v, 2 * n)?;
+        out.extend((0..n).map(|i| [v[i], v[n + i]]));
+        progress.tick(n, "");
+    }
+    progress.finish("");
+    Ok(out)
+}
+
+/// Reference log-probs from the disk cache when present (verified), else computed and stored.
+/// Returns the table and whether it was a cache hit.
+pub fn cached_reference(reference: &CausalLM, eval: &dyn Fn(&[&[i64]], &[&[i64]]) -> Result<Tensor>, pairs: &[TokenizedPair], opts: &DpoOptions, stop: &dyn Fn() -> bool) -> Result<(Vec<[f32; 2]>, bool)> {
+    let Some(dir) = &opts.cache_dir else {
+        return Ok((reference_table(eval, pairs, opts.batch_size * 2, stop)?, false));
+    };
+    let key = cache::key(cache::weights_fingerprint(reference)?, pairs, opts.max_prompt_len, opts.max_len);
+    if let Some(table) = cache::load(dir, &key, pairs.len())? {
+        return Ok((table, true));
+    }
+    let table = reference_table(eval, pairs, opts.batch_size * 2, stop)?;
+    cache::store(dir, &key, &table)?;
+    Ok((table, false))
+}
+
+/// One micro-batch, built by the prefetch thread.
+struct Micro {
+    ids: Vec<usize>,
+    prompts: Vec<Vec<i64>>,
+    chosen: Vec<Vec<i64>>,
+    rejected: Vec<Vec<i64>>,
+    ref_chosen: Option<Vec<f32>>,
+    ref_rejected: Option<Vec<f32>>,
+    tokens: usize,
+}
+
+#[derive(Default)]
+struct Totals {
+    rows: f64,
+    loss: f64,
+    chosen: f64,
+    rejected: f64,
+    correct: f64,
+}
+
+/// Runs DPO. `chosen[i]` is the preferred response (0 or 1) of pair `i`; `origins` name pairs in
+/// reports. Rows are passed to `log` every `log_every` steps; returns a summary.
+#[allow(clippy::too_many_arguments)]
+pub fn train(
+    policy: &CausalLM,
+    opt: &mut super::optim::AdamW,
+    reference: Reference,
+    pairs: Arc<Vec<TokenizedPair>>,
+    chosen: Arc<Vec<usize>>,
+    origins: &[String],
+    opts: &DpoOptions,
+    log: &mut dyn FnMut(Map<String, Value>) -> Result<()>,
+    stop: &dyn Fn() -> bool,
+) -> Result<Map<String, Value>> {
+    let n = pairs.len();
+    if n == 0 {
+        bail!("dpo: no pairs");
+    }
+    let lengths: Vec<usize> = pairs.iter().map(TokenizedPair::len).collect();
+    let bopts = BatchOptions { batch_size: opts.batch_size, token_budget: None, group_by_length: opts.group_by_length, seed: Some(opts.seed) };
+    let accum = opts.loop_opts.grad_accum.max(1);
+    let per_epoch = steps_per_epoch(batch::plan(&lengths, &bopts, 0).len(), accum);
+    let total = per_epoch * opts.epochs;
+    let table = match &reference {
+        Reference::Table(t) => Some(t.clone()),
+        Reference::Online(_) => None,
+    };
+    let mut lp = Loop::new(opt, opts.loop_opts.clone(), total);
+    let beta = opts.beta;
+    let start = Instant::now();
+    let mut tokens_total = 0usize;
+    let mut progress = Progress::new("dpo", total);
+    let mut last_epoch = Totals::default();
+    let mut history: Vec<(f64, f64)> = Vec::new();
+    policy.set_training(true);
+    let result = (|| -> Result<()> {
+        for epoch in 0..opts.epochs {
+            let plan = batch::plan(&lengths, &bopts, epoch as u64);
+            // Rows per optimizer step, so each step's loss is the mean over its pairs however
+            // the step is split into micro-batches.
+            let step_rows: Vec<usize> = plan.chunks(accum).map(|c| c.iter().map(Vec::len).sum()).collect();
+            let n_micro = plan.len();
+            let (p2, c2, t2) = (pairs.clone(), chosen.clone(), table.clone());
+            let rx = batch::prefetch(plan, 2, move |idx: &[usize]| {
+                let take = |i: usize, which: usize| p2[i].responses[which].clone();
+                let chosen_ids: Vec<usize> = idx.iter().map(|&i| c2[i]).collect();
+                let prompts: Vec<Vec<i64>> = idx.iter().map(|&i| p2[i].prompt.clone()).collect();
+                let chosen: Vec<Vec<i64>> = idx.iter().zip(&chosen_ids).map(|(&i, &c)| take(i, c)).collect();
+                let rejected: Vec<Vec<i64>> = idx.iter().zip(&chosen_ids).map(|(&i, &c)| take(i, 1 - c)).collect();
+                let tokens = prompts.iter().zip(chosen.iter().zip(&rejected)).map(|(p, (c, r))| 2 * p.len() + c.len() + r.len()).sum();
+                let (ref_chosen, ref_rejected) = match &t2 {
+                    Some(t) => (Some(idx.iter().zip(&chosen_ids).map(|(&i, &c)| t[i][c]).collect()), Some(idx.iter().zip(&chosen_ids).map(|(&i, &c)| t[i][1 - c]).collect())),
+                    None => (None, None),
+                };
+                Micro { ids: idx.to_vec(), prompts, chosen, rejected, ref_chosen, ref_rejected, tokens }
+            });
+            let mut totals = Totals::default();
+            let mut step_totals = Totals::default();
+            let mut step_tokens = 0usize;
+            let mut step_start = Instant::now();
+            for (k, micro) in rx.iter().enumerate() {
+                if stop() {
+                    bail!("interrupted");
+                }
+                let rows = micro.ids.len();
+                let prompts: Vec<&[i64]> = micro.prompts.iter().chain(micro.prompts.iter()).map(Vec::as_slice).collect();
+                let responses: Vec<&[i64]> = micro.chosen.iter().chain(micro.rejected.iter()).map(Vec::as_slice).collect();
+                let logps = policy.sequence_logprobs(&prompts, &responses, 512)?;
+                let pc = logps.f_narrow(0, 0, rows as i64)?;
+                let pr = logps.f_narrow(0, rows as i64, rows as i64)?;
+                let (rc, rr) = match (&micro.ref_chosen, &micro.ref_rejected, &reference) {
+                    (Some(c), Some(r), _) => (Tensor::f_from_slice(c)?.f_to_device(policy.device)?, Tensor::f_from_slice(r)?.f_to_device(policy.device)?),
+                    (_, _, Reference::Online(f)) => {
+                        let plain: Vec<&[i64]> = micro.prompts.iter().map(Vec::as_slice).collect();
+                        let c: Vec<&[i64]> = micro.chosen.iter().map(Vec::as_slice).collect();
+                        let r: Vec<&[i64]> = micro.rejected.iter().map(Vec::as_slice).collect();
+                        let both_p: Vec<&[i64]> = plain.iter().chain(plain.iter()).copied().collect();
+                        let both_r: Vec<&[i64]> = c.iter().chain(r.iter()).copied().collect();
+                        let lr = tch::no_grad(|| f(&both_p, &both_r))?.f_to_kind(Kind::Float)?;
+                        (lr.f_narrow(0, 0, rows as i64)?, lr.f_narrow(0, rows as i64, rows as i64)?)
+                    }
+                    _ => bail!("dpo: no reference log-probs"),
+                };
+                let h = pc.f_sub(&pr)?.f_sub(&rc.f_sub(&rr)?)?;
+                let losses = match opts.loss {
+                    DpoLoss::Sigmoid => {
+                        let pos = h.f_mul_scalar(beta)?.f_log_sigmoid()?.f_mul_scalar(-(1.0 - opts.label_smoothing))?;
+                        let neg = h.f_mul_scalar(-beta)?.f_log_sigmoid()?.f_mul_scalar(-opts.label_smoothing)?;
+                        pos.f_add(&neg)?
+                    }
+                    DpoLoss::Ipo => h.f_sub_scalar(1.0 / (2.0 * beta))?.f_pow_tensor_scalar(2)?,
+                };
+                let denom = step_rows[k / accum] as f64;
+                let loss = losses.f_sum(Kind::Float)?.f_div_scalar(denom)?;
+                let what = micro.ids.iter().map(|&i| origins.get(i).cloned().unwrap_or_else(|| format!("pair {i}"))).collect::<Vec<_>>().join(", ");
+                lp.backward(&loss, format!("batch {} (pairs {what})", k + 1))?;
+                let rew_c = pc.f_sub(&rc)?.f_detach()?.f_mul_scalar(beta)?;
+                let rew_r = pr.f_sub(&rr)?.f_detach()?.f_mul_scalar(beta)?;
+                step_totals.rows += rows as f64;
+                step_totals.loss += losses.f_detach()?.f_sum(Kind::Double)?.double_value(&[]);
+                step_totals.chosen += rew_c.f_sum(Kind::Double)?.double_value(&[]);
+                step_totals.rejected += rew_r.f_sum(Kind::Double)?.double_value(&[]);
+                step_totals.correct += rew_c.f_gt_tensor(&rew_r)?.f_sum(Kind::Double)?.double_value(&[]);
+                step_tokens += micro.tokens;
+                // A step ends after `accum` micro-batches, or early at the end of the epoch.
+                if lp.ready() || k + 1 == n_micro {
+                    let report = lp.step()?;
+                    tokens_total += step_tokens;
+                    let secs = step_start.elapsed().as_secs_f64();
+                    let m = |x: f64| x / step_totals.rows.max(1.0);
+                    history.push((m(step_totals.loss), m(step_totals.chosen) - m(step_totals.rejected)));
+                    progress.tick(1, &format!("loss {:.4} acc {:.2}", m(step_totals.loss), m(step_totals.correct)));
+                    if report.step % opts.loop_opts.log_every.max(1) == 0 || !report.applied {
+                        log(row(&[
+                            ("phase", json!("dpo")),
+                            ("epoch", json!(epoch)),
+                            ("step", json!(report.step)),
+                            ("loss", json!(m(step_totals.loss))),
+                            ("rewards_chosen", json!(m(step_totals.chosen))),
+                            ("rewards_rejected", json!(m(step_totals.rejected))),
+                            ("margin", json!(m(step_totals.chosen) - m(step_totals.rejected))),
+                            ("accuracy", json!(m(step_totals.correct))),
+                            ("grad_norm", json!(if report.grad_norm.is_finite() { report.grad_norm } else { -1.0 })),
+                            ("lr", json!(report.lr)),
+                            ("tokens_per_s", json!(step_tokens as f64 / secs.max(1e-9))),
+                            ("skipped", json!(!report.applied)),
+                        ]))?;
+                    }
+                    totals.rows += step_totals.rows;
+                    totals.loss += step_totals.loss;
+                    totals.chosen += step_totals.chosen;
+                    totals.rejected += step_totals.rejected;
+                    totals.correct += step_totals.correct;
+                    step_totals = Totals::default();
+                    step_tokens = 0;
+                    step_start = Instant::now();
+                }
+            }
+            last_epoch = totals;
+        }
+        Ok(())
+    })();
+    policy.set_training(false);
+    result?;
+    progress.finish("");
+    let m = |x: f64| x / last_epoch.rows.max(1.0);
+    // A loss pinned at ln 2 with zero margins means nothing moves: identical pairs, a frozen
+    // policy, or a reference that is the policy itself.
+    let not_learning = history.len() >= 10 && history.iter().all(|(l, mg)| (l - std::f64::consts::LN_2).abs() < 1e-4 && mg.abs() < 1e-6) && opts.loss == DpoLoss::Sigmoid && opts.label_smoothing == 0.0;
+    if not_learning {
+        eprintln!("dpo: not learning: the loss stayed at ln 2 with zero margins for {} steps (identical pairs, a frozen policy, or a wrong reference cache?)", history.len());
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let mut out = row(&[
+        ("steps", json!(lp.opt.steps)),
+        ("skipped_steps", json!(lp.skipped.len())),
+        ("loss", json!(m(last_epoch.loss))),
+        ("rewards_chosen", json!(m(last_epoch.chosen))),
+        ("rewards_rejected", json!(m(last_epoch.rejected))),
+        ("margin", json!(m(last_epoch.chosen) - m(last_epoch.rejected))),
+        ("accuracy", json!(m(last_epoch.correct))),
+        ("tokens_per_s", json!(tokens_total as f64 / secs.max(1e-9))),
+        ("seconds", json!(secs)),
+        ("not_learning", json!(not_learning)),
+    ]);
+    if let Some(mib) = peak_rss_mib() {
+        out.insert("peak_rss_mib".into(), json!(mib));
+    }
+    if !lp.skipped.is_empty() {
+        out.insert("skipped".into(), json!(lp.skipped));
+    }
+    Ok(out)
+}

@@ -1,0 +1,124 @@
+//! Training: DPO with a cached reference (`dpo`), supervised fine-tuning (`sft`), and
+//! Bradley-Terry score heads (`scorer`), over one optimizer loop (`Loop`) that handles gradient
+//! accumulation, clipping, schedules, non-finite steps and logging.
+pub mod cache;
+pub mod dpo;
+pub mod optim;
+pub mod scorer;
+pub mod sft;
+
+use anyhow::{bail, Result};
+use optim::{AdamW, AdamWConfig, Schedule};
+use serde_json::{Map, Value};
+
+/// Optimizer settings shared by every trainer.
+#[derive(Debug, Clone)]
+pub struct LoopOptions {
+    pub adamw: AdamWConfig,
+    pub schedule: Schedule,
+    pub warmup_steps: usize,
+    pub grad_accum: usize,
+    /// 0 disables clipping.
+    pub max_grad_norm: f64,
+    /// Consecutive non-finite steps that stop training.
+    pub max_nonfinite: usize,
+    pub log_every: usize,
+}
+
+impl Default for LoopOptions {
+    fn default() -> Self {
+        LoopOptions { adamw: AdamWConfig::default(), schedule: Schedule::Constant, warmup_steps: 0, grad_accum: 1, max_grad_norm: 1.0, max_nonfinite: 3, log_every: 1 }
+    }
+}
+
+/// What one optimizer step did.
+#[derive(Debug, Clone)]
+pub struct StepReport {
+    pub step: usize,
+    pub lr: f64,
+    pub grad_norm: f64,
+    /// False when the step was skipped for a non-finite loss or gradient.
+    pub applied: bool,
+}
+
+/// Gradient accumulation, clipping, the schedule and non-finite checks around an `AdamW`.
+pub struct Loop<'a> {
+    pub opt: &'a mut AdamW,
+    pub opts: LoopOptions,
+    pub total_steps: usize,
+    micro: usize,
+    finite: bool,
+    streak: usize,
+    /// Skipped steps: a description of the batches involved.
+    pub skipped: Vec<String>,
+    pending: Vec<String>,
+}
+
+impl<'a> Loop<'a> {
+    pub fn new(opt: &'a mut AdamW, opts: LoopOptions, total_steps: usize) -> Self {
+        Loop { opt, opts, total_steps, micro: 0, finite: true, streak: 0, skipped: Vec::new(), pending: Vec::new() }
+    }
+
+    /// Back-propagates one micro-batch's loss (already divided by the accumulation count).
+    /// `what` names the batch's samples for the report if the step turns out non-finite.
+    pub fn backward(&mut self, loss: &tch::Tensor, what: String) -> Result<()> {
+        let value = loss.f_double_value(&[])?;
+        if value.is_finite() {
+            loss.f_backward()?;
+        } else {
+            self.finite = false;
+        }
+        self.pending.push(what);
+        self.micro += 1;
+        Ok(())
+    }
+
+    /// Whether enough micro-batches have been accumulated for a step.
+    pub fn ready(&self) -> bool {
+        self.micro >= self.opts.grad_accum.max(1)
+    }
+
+    /// Takes an optimizer step over what was accumulated (call when `ready`, or at the end of an
+    /// epoch with a partial accumulation). Non-finite gradients skip the step.
+    pub fn step(&mut self) -> Result<StepReport> {
+        let step_index = self.opt.steps + self.skipped.len();
+        let lr = self.opts.adamw.lr * self.opts.schedule.factor(step_index, self.opts.warmup_steps, self.total_steps);
+        let norm = if self.opts.max_grad_norm > 0.0 { self.opt.clip_grad_norm(self.opts.max_grad_norm)? } else { self.opt.grad_norm()? };
+        let applied = self.finite && norm.is_finite();
+        if applied {
+            self.opt.step(&self.opts.adamw, lr)?;
+            self.streak = 0;
+        } else {
+            self.skipped.push(format!("step {}: non-finite {} in {}", step_index + 1, if self.finite { "gradient" } else { "loss" }, self.pending.join("; ")));
+            self.streak += 1;
+            if self.streak >= self.opts.max_nonfinite.max(1) {
+                self.opt.zero_grad();
+                bail!(
+                    "training stopped after {} consecutive non-finite steps; the weights are those of the last good step. Last: {}",
+                    self.streak,
+                    self.skipped.last().map(String::as_str).unwrap_or("")
+                );
+            }
+        }
+        self.opt.zero_grad();
+        self.micro = 0;
+        self.finite = true;
+        self.pending.clear();
+        Ok(StepReport { step: step_index + 1, lr, grad_norm: norm, applied })
+    }
+
+    /// Whether anything is accumulated and not yet stepped.
+    pub fn has_pending(&self) -> bool {
+        self.micro > 0
+    }
+}
+
+/// Number of optimizer steps for `batches` micro-batches per epoch.
+pub fn steps_per_epoch(batches: usize, grad_accum: usize) -> usize {
+    batches.div_ceil(grad_accum.max(1))
+}
+
+/// A metrics row as a JSON map.
+pub fn row(fields: &[(&str, Value)]) -> Map<String, Value> {
+    fields.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+}

@@ -1,0 +1,188 @@
+//! AdamW with decoupled weight decay and two parameter groups (matrices decay; biases, norms and
+//! embeddings' 1-d companions do not), learning-rate schedules with warm-up, and global-norm
+//! gradient clipping. The update follows `torch.optim.AdamW` step for step, so trajectories can
+//! be compared with PyTorch and TRL.
+use anyhow::Result;
+use tch::{Kind, Tensor};
+
+/// Learning-rate schedule after `warmup` linear warm-up steps.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Schedule {
+    Constant,
+    /// Linear decay to 0 at the last step.
+    Linear,
+    /// Half-cosine decay to 0 at the last step.
+    Cosine,
+}
+
+impl Schedule {
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "constant" => Schedule::Constant,
+            "linear" => Schedule::Linear,
+            "cosine" => Schedule::Cosine,
+            other => anyhow::bail!("schedule \"{other}\" is not one of constant, linear, cosine"),
+        })
+    }
+
+    /// The multiplier of the base learning rate at optimizer step `step` (0-based) of `total`,
+    /// as transformers' `get_{constant,linear,cosine}_schedule_with_warmup`.
+    pub fn factor(self, step: usize, warmup: usize, total: usize) -> f64 {
+        if step < warmup {
+            return step as f64 / warmup.max(1) as f64;
+        }
+        let progress = (step - warmup) as f64 / (total.saturating_sub(warmup)).max(1) as f64;
+        match self {
+            Schedule::Constant => 1.0,
+            Schedule::Linear => (1.0 - progress).max(0.0),
+            Schedule::Cosine => 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()).max(0.0),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AdamWConfig {
+    pub lr: f64,
+    pub betas: (f64, f64),
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        // torch.optim.AdamW defaults, except a weight decay of 0 as TRL's DPOConfig uses.
+        AdamWConfig { lr: 1e-3, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.0 }
+    }
+}
+
+struct Slot {
+    name: String,
+    param: Tensor,
+    m: Tensor,
+    v: Tensor,
+    decay: bool,
+}
+
+/// AdamW state over a fixed list of parameters.
+pub struct AdamW {
+    slots: Vec<Slot>,
+    /// Optimizer steps taken.
+    pub steps: usize,
+}
+
+/// Whether a parameter gets weight decay: matrices do; biases and norm weights do not.
+pub fn decays(name: &str, t: &Tensor) -> bool {
+    t.dim() >= 2 && !name.contains("norm") && !name.ends_with(".bias")
+}
+
+impl AdamW {
+    pub fn new(params: Vec<(String, Tensor)>) -> Result<Self> {
+        let mut slots = Vec::with_capacity(params.len());
+        for (name, param) in params {
+            let m = param.f_zeros_like()?.f_to_kind(Kind::Float)?;
+            let v = m.f_zeros_like()?;
+            let decay = decays(&name, &param);
+            slots.push(Slot { name, param, m, v, decay });
+        }
+        Ok(AdamW { slots, steps: 0 })
+    }
+
+    /// Parameter names in optimizer order.
+    pub fn names(&self) -> Vec<&str> {
+        self.slots.iter().map(|s| s.name.as_str()).collect()
+    }
+
+    /// Sets every gradient to zero.
+    pub fn zero_grad(&mut self) {
+        for s in &mut self.slots {
+            s.param.zero_grad();
+        }
+    }
+
+    /// The global L2 norm of all gradients (0 for parameters without one).
+    pub fn grad_norm(&self) -> Result<f64> {
+        let mut total = 0.0;
+        for s in &self.slots {
+            let g = s.param.f_grad()?;
+            if g.defined() {
+                total += g.f_to_kind(Kind::Double)?.f_pow_tensor_scalar(2)?.f_sum(Kind::Double)?.double_value(&[]);
+            }
+        }
+        Ok(total.sqrt())
+    }
+
+    /// Scales gradients so their global norm is at most `max_norm` (torch's clip_grad_norm_:
+    /// coefficient `max_norm / (norm + 1e-6)`, capped at 1). Returns the norm before clipping.
+    pub fn clip_grad_norm(&mut self, max_norm: f64) -> Result<f64> {
+        let norm = self.grad_norm()?;
+        let coef = max_norm / (norm + 1e-6);
+        if coef < 1.0 {
+            for s in &self.slots {
+                let mut g = s.param.f_grad()?;
+                if g.defined() {
+                    let _ = g.f_mul_scalar_(coef)?;
+                }
+            }
+        }
+        Ok(norm)
+    }
+
+    /// One AdamW step at learning rate `lr`.
+    pub fn step(&mut self, cfg: &AdamWConfig, lr: f64) -> Result<()> {
+        self.steps += 1;
+        let t = self.steps as i32;
+        let (b1, b2) = cfg.betas;
+        let bc1 = 1.0 - b1.powi(t);
+        let bc2 = 1.0 - b2.powi(t);
+        tch::no_grad(|| -> Result<()> {
+            for s in &mut self.slots {
+                let g = s.param.f_grad()?;
+                if !g.defined() {
+                    continue;
+                }
+                let g = g.f_to_kind(Kind::Float)?;
+                if s.decay && cfg.weight_decay != 0.0 {
+                    let _ = s.param.f_mul_scalar_(1.0 - lr * cfg.weight_decay)?;
+                }
+                let _ = s.m.f_mul_scalar_(b1)?.f_add_(&g.f_mul_scalar(1.0 - b1)?)?;
+                let _ = s.v.f_mul_scalar_(b2)?.f_add_(&g.f_mul(&g)?.f_mul_scalar(1.0 - b2)?)?;
+                let denom = s.v.f_sqrt()?.f_div_scalar(bc2.sqrt())?.f_add_scalar(cfg.eps)?;
+                let update = s.m.f_div(&denom)?.f_mul_scalar(lr / bc1)?.f_to_kind(s.param.kind())?;
+                let _ = s.param.f_sub_(&update)?;
+            }
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules_match_transformers_definitions() {
+        // Warm-up: 0, 1/4, 2/4, 3/4 over 4 steps; then constant 1, linear (1 - p), cosine.
+        assert_eq!(Schedule::Constant.factor(1, 4, 20), 0.25);
+        assert_eq!(Schedule::Linear.factor(12, 4, 20), 0.5);
+        assert!((Schedule::Cosine.factor(12, 4, 20) - 0.5).abs() < 1e-12);
+        assert_eq!(Schedule::Cosine.factor(4, 4, 20), 1.0);
+        assert!(Schedule::Linear.factor(20, 4, 20).abs() < 1e-12);
+    }
+
+    #[test]
+    fn adamw_first_step_moves_each_weight_by_lr_against_its_gradient_sign() {
+        // With bias correction the first Adam update is lr * g / (|g| + eps) ~ lr * sign(g);
+        // decoupled weight decay then shrinks the weight by lr * wd first.
+        let p = Tensor::from_slice(&[1.0f32, -2.0, 3.0, 0.5]).reshape([2, 2]).set_requires_grad(true);
+        let loss = (&p * Tensor::from_slice(&[2.0f32, -1.0, 0.5, 4.0]).reshape([2, 2])).sum(Kind::Float);
+        loss.backward();
+        let mut opt = AdamW::new(vec![("w".into(), p.shallow_clone())]).unwrap();
+        let cfg = AdamWConfig { lr: 0.1, weight_decay: 0.01, ..Default::default() };
+        opt.step(&cfg, cfg.lr).unwrap();
+        let got: Vec<f32> = Vec::try_from(p.detach().flatten(0, -1)).unwrap();
+        let want = [1.0 * (1.0 - 0.001) - 0.1, -2.0 * (1.0 - 0.001) + 0.1, 3.0 * (1.0 - 0.001) - 0.1, 0.5 * (1.0 - 0.001) - 0.1];
+        for (g, w) in got.iter().zip(want) {
+            assert!((*g as f64 - w).abs() < 1e-6, "{got:?} vs {want:?}");
+        }
+    }
+}
