@@ -3,35 +3,11 @@
 //! gguf-py (tests/reference/gguf_types.py), the default policy's documented facts, and bad input.
 //! The reference scripts run in the project's Python environment (`DUALIGN_PYTHON`, set by
 //! scripts/test).
+mod common;
+use common::{python, reference};
 use dualign::model::{gguf::Gguf, CausalLM, LoadOptions, SampleOptions};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use tch::{Device, Kind, Tensor};
-
-fn python() -> String {
-    std::env::var("DUALIGN_PYTHON").unwrap_or_else(|_| panic!("DUALIGN_PYTHON is not set: run the tests with scripts/test, which sets up the Python reference environment"))
-}
-
-/// Runs a reference script once per test binary and returns its output folder.
-fn reference(script: &str) -> PathBuf {
-    static DONE: OnceLock<std::sync::Mutex<std::collections::BTreeMap<String, PathBuf>>> = OnceLock::new();
-    let map = DONE.get_or_init(Default::default);
-    let mut map = map.lock().unwrap();
-    if let Some(p) = map.get(script) {
-        return p.clone();
-    }
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("ref-{}", script.trim_end_matches(".py")));
-    let _ = std::fs::remove_dir_all(&out);
-    let status = std::process::Command::new(python())
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference").join(script))
-        .arg(&out)
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .unwrap();
-    assert!(status.status.success(), "{script} failed: {}", String::from_utf8_lossy(&status.stderr));
-    map.insert(script.to_string(), out.clone());
-    out
-}
 
 fn expected(dir: &Path) -> std::collections::BTreeMap<String, Tensor> {
     Tensor::read_safetensors(dir.join("expected.safetensors")).unwrap().into_iter().collect()

@@ -99,6 +99,21 @@ pub fn cached_reference(reference: &CausalLM, eval: &dyn Fn(&[&[i64]], &[&[i64]]
     Ok((table, false))
 }
 
+/// Per-pair DPO losses from summed log-probs of the policy (`pc`, `pr`) and the reference (`rc`,
+/// `rr`) for chosen and rejected responses.
+pub fn losses(pc: &Tensor, pr: &Tensor, rc: &Tensor, rr: &Tensor, opts: &DpoOptions) -> Result<Tensor> {
+    let beta = opts.beta;
+    let h = pc.f_sub(pr)?.f_sub(&rc.f_sub(rr)?)?;
+    Ok(match opts.loss {
+        DpoLoss::Sigmoid => {
+            let pos = h.f_mul_scalar(beta)?.f_log_sigmoid()?.f_mul_scalar(-(1.0 - opts.label_smoothing))?;
+            let neg = h.f_mul_scalar(-beta)?.f_log_sigmoid()?.f_mul_scalar(-opts.label_smoothing)?;
+            pos.f_add(&neg)?
+        }
+        DpoLoss::Ipo => h.f_sub_scalar(1.0 / (2.0 * beta))?.f_pow_tensor_scalar(2)?,
+    })
+}
+
 /// One micro-batch, built by the prefetch thread.
 struct Micro {
     ids: Vec<usize>,
@@ -202,15 +217,7 @@ pub fn train(
                     }
                     _ => bail!("dpo: no reference log-probs"),
                 };
-                let h = pc.f_sub(&pr)?.f_sub(&rc.f_sub(&rr)?)?;
-                let losses = match opts.loss {
-                    DpoLoss::Sigmoid => {
-                        let pos = h.f_mul_scalar(beta)?.f_log_sigmoid()?.f_mul_scalar(-(1.0 - opts.label_smoothing))?;
-                        let neg = h.f_mul_scalar(-beta)?.f_log_sigmoid()?.f_mul_scalar(-opts.label_smoothing)?;
-                        pos.f_add(&neg)?
-                    }
-                    DpoLoss::Ipo => h.f_sub_scalar(1.0 / (2.0 * beta))?.f_pow_tensor_scalar(2)?,
-                };
+                let losses = losses(&pc, &pr, &rc, &rr, opts)?;
                 let denom = step_rows[k / accum] as f64;
                 let loss = losses.f_sum(Kind::Float)?.f_div_scalar(denom)?;
                 let what = micro.ids.iter().map(|&i| origins.get(i).cloned().unwrap_or_else(|| format!("pair {i}"))).collect::<Vec<_>>().join(", ");

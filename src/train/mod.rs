@@ -122,3 +122,32 @@ pub fn steps_per_epoch(batches: usize, grad_accum: usize) -> usize {
 pub fn row(fields: &[(&str, Value)]) -> Map<String, Value> {
     fields.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Kind, Tensor};
+
+    #[test]
+    fn non_finite_steps_are_skipped_then_stop_training_with_the_last_good_weights() {
+        let w = Tensor::from_slice(&[1.0f32, 2.0]).set_requires_grad(true);
+        let mut opt = AdamW::new(vec![("w".into(), w.shallow_clone())]).unwrap();
+        let opts = LoopOptions { adamw: AdamWConfig { lr: 0.1, ..Default::default() }, max_nonfinite: 2, ..Default::default() };
+        let mut lp = Loop::new(&mut opt, opts, 10);
+        // A good step moves the weights.
+        lp.backward(&w.sum(Kind::Float), "batch 1 (pairs a, b)".into()).unwrap();
+        assert!(lp.step().unwrap().applied);
+        let good: Vec<f32> = Vec::try_from(w.detach()).unwrap();
+        // A NaN loss: skipped and reported with the batch's samples.
+        let nan = (w.sum(Kind::Float) * f64::NAN).sum(Kind::Float);
+        lp.backward(&nan, "batch 2 (pairs c, d)".into()).unwrap();
+        assert!(!lp.step().unwrap().applied);
+        assert_eq!(lp.skipped, vec!["step 2: non-finite loss in batch 2 (pairs c, d)".to_string()]);
+        // An infinite gradient with a finite loss: the second in a row stops training.
+        let inf = (&w * Tensor::from_slice(&[f32::INFINITY, 0.0])).sum(Kind::Float) * 0.0 + 1.0;
+        lp.backward(&inf, "batch 3 (pairs e)".into()).unwrap();
+        let e = lp.step().unwrap_err().to_string();
+        assert!(e.starts_with("training stopped after 2 consecutive non-finite steps"), "{e}");
+        assert_eq!(Vec::<f32>::try_from(w.detach()).unwrap(), good, "weights are those of the last good step");
+    }
+}

@@ -1,0 +1,34 @@
+//! Shared by the integration tests: the Python reference environment and its scripts.
+#![allow(dead_code)]
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+pub fn python() -> String {
+    std::env::var("DUALIGN_PYTHON").unwrap_or_else(|_| panic!("DUALIGN_PYTHON is not set: run the tests with scripts/test, which sets up the Python reference environment"))
+}
+
+/// Runs `tests/reference/<script> [args...] OUT` once per test binary and returns OUT.
+pub fn reference_with(script: &str, args: &[&Path]) -> PathBuf {
+    static DONE: OnceLock<Mutex<BTreeMap<String, PathBuf>>> = OnceLock::new();
+    let mut map = DONE.get_or_init(Default::default).lock().unwrap();
+    if let Some(p) = map.get(script) {
+        return p.clone();
+    }
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("ref-{}-{}", script.trim_end_matches(".py"), std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let o = std::process::Command::new(python())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference").join(script))
+        .args(args)
+        .arg(&out)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{script} failed: {}", String::from_utf8_lossy(&o.stderr));
+    map.insert(script.to_string(), out.clone());
+    out
+}
+
+pub fn reference(script: &str) -> PathBuf {
+    reference_with(script, &[])
+}

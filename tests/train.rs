@@ -1,0 +1,219 @@
+//! The training engine: DPO loss and gradients against an independent PyTorch computation,
+//! the TRL-style invariants (accumulation splits, cached vs online reference, bit-for-bit
+//! repeatability), learning on separable data, SFT, score heads, and the failure reports.
+mod common;
+use common::{reference, reference_with};
+use dualign::data::batch::{tokenize, TokenizedPair};
+use dualign::data::{load_preferences, LoadOptions as DataOptions};
+use dualign::model::{CausalLM, LoadOptions};
+use dualign::train::dpo::{self, DpoOptions, Reference};
+use dualign::train::optim::AdamW;
+use dualign::train::{cache, scorer, sft, LoopOptions};
+use std::path::Path;
+use std::sync::Arc;
+use tch::{Device, Kind, Tensor};
+
+fn cpu() -> LoadOptions {
+    LoadOptions { device: Device::Cpu, kind: Kind::Float, seed: 0 }
+}
+
+fn ids(t: &Tensor) -> Vec<i64> {
+    let n = t.numel();
+    let mut v = vec![0i64; n];
+    t.contiguous().copy_data(&mut v, n);
+    v
+}
+
+#[test]
+fn dpo_loss_and_gradients_match_an_independent_pytorch_computation() {
+    let policy_dir = reference("hf_models.py").join("llama_gqa_untied_rope3");
+    let root = reference_with("dpo_reference.py", &[&policy_dir]);
+    let e: std::collections::BTreeMap<String, Tensor> = Tensor::read_safetensors(root.join("expected.safetensors")).unwrap().into_iter().collect();
+    let mut policy = CausalLM::load(policy_dir.to_str().unwrap(), &cpu()).unwrap();
+    let reference_model = CausalLM::load(root.join("reference").to_str().unwrap(), &cpu()).unwrap();
+    let params = policy.trainable_parameters().unwrap();
+    let (p, c, r): (Vec<_>, Vec<_>, Vec<_>) = (0..4).map(|i| (ids(&e[&format!("prompt_{i}")]), ids(&e[&format!("chosen_{i}")]), ids(&e[&format!("rejected_{i}")]))).fold((vec![], vec![], vec![]), |mut a, x| {
+        a.0.push(x.0);
+        a.1.push(x.1);
+        a.2.push(x.2);
+        a
+    });
+    // One padded forward for chosen and rejected together, LM head in chunks of 3 rows.
+    let prompts: Vec<&[i64]> = p.iter().chain(p.iter()).map(Vec::as_slice).collect();
+    let responses: Vec<&[i64]> = c.iter().chain(r.iter()).map(Vec::as_slice).collect();
+    let lp = policy.sequence_logprobs(&prompts, &responses, 3).unwrap();
+    let rl = tch::no_grad(|| reference_model.sequence_logprobs(&prompts, &responses, 3)).unwrap();
+    let opts = DpoOptions { beta: 0.1, label_smoothing: 0.1, ..Default::default() };
+    let losses = dpo::losses(&lp.narrow(0, 0, 4), &lp.narrow(0, 4, 4), &rl.narrow(0, 0, 4), &rl.narrow(0, 4, 4), &opts).unwrap();
+    let loss = losses.mean(Kind::Float);
+    loss.backward();
+    let diff = (loss.double_value(&[]) - e["loss"].double_value(&[0])).abs();
+    assert!(diff < 1e-5, "loss {} vs PyTorch {}: {diff}", loss.double_value(&[]), e["loss"].double_value(&[0]));
+    for name in ["model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight", "model.layers.1.mlp.down_proj.weight", "lm_head.weight"] {
+        let ours = params.iter().find(|(n, _)| n == name).unwrap().1.grad();
+        let theirs = &e[&format!("grad.{name}")];
+        let d = (&ours - theirs).abs().max().double_value(&[]);
+        // Target from the issue: gradients equal the independent computation within 1e-5.
+        assert!(d < 1e-5, "{name}: max |grad - PyTorch| = {d} (scale {})", theirs.abs().max().double_value(&[]));
+    }
+}
+
+struct World {
+    pairs: Arc<Vec<TokenizedPair>>,
+    chosen: Arc<Vec<usize>>,
+    origins: Vec<String>,
+    table: Arc<Vec<[f32; 2]>>,
+}
+
+/// 16 shipped pairs tokenised for the tiny model, and the reference table of its initial weights.
+fn world() -> World {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/data/safety_prefs.jsonl");
+    let (pairs, _) = load_preferences(&data, &DataOptions::default()).unwrap();
+    let pairs = &pairs[..16];
+    let m = CausalLM::load("builtin:tiny", &cpu()).unwrap();
+    let tokenized = tokenize(pairs, &m.tokenizer, 64, 96).unwrap();
+    let eval = |p: &[&[i64]], r: &[&[i64]]| m.sequence_logprobs(p, r, 256);
+    let table = dpo::reference_table(&eval, &tokenized, 8, &|| false).unwrap();
+    World {
+        chosen: Arc::new(pairs.iter().map(|p| p.labels["better"]).collect()),
+        origins: pairs.iter().map(|p| p.origin.clone()).collect(),
+        pairs: Arc::new(tokenized),
+        table: Arc::new(table),
+    }
+}
+
+/// Trains a fresh tiny model; returns the logged step losses, the summary and the model.
+fn run(w: &World, batch: usize, accum: usize, online: bool) -> (Vec<f64>, serde_json::Map<String, serde_json::Value>, CausalLM) {
+    let mut policy = CausalLM::load("builtin:tiny", &cpu()).unwrap();
+    let frozen = policy.deep_copy().unwrap();
+    let mut opt = AdamW::new(policy.trainable_parameters().unwrap()).unwrap();
+    let opts = DpoOptions {
+        epochs: 3,
+        batch_size: batch,
+        group_by_length: false,
+        cache_dir: None,
+        seed: 5,
+        loop_opts: LoopOptions { grad_accum: accum, adamw: dualign::train::optim::AdamWConfig { lr: 1e-3, ..Default::default() }, ..Default::default() },
+        ..Default::default()
+    };
+    let eval = |p: &[&[i64]], r: &[&[i64]]| frozen.sequence_logprobs(p, r, 256);
+    let reference = if online { Reference::Online(&eval) } else { Reference::Table(w.table.clone()) };
+    let mut losses = Vec::new();
+    let mut log = |row: serde_json::Map<String, serde_json::Value>| {
+        losses.push(row["loss"].as_f64().unwrap());
+        Ok(())
+    };
+    let summary = dpo::train(&policy, &mut opt, reference, w.pairs.clone(), w.chosen.clone(), &w.origins, &opts, &mut log, &|| false).unwrap();
+    (losses, summary, policy)
+}
+
+#[test]
+fn dpo_invariants_accumulation_cache_and_repeatability() {
+    let w = world();
+    let (a, summary, model_a) = run(&w, 8, 1, false);
+    assert_eq!(a.len(), 6, "16 pairs / 8 per step x 3 epochs");
+    // Batch 8 x accumulation 1 and batch 2 x accumulation 4 see the same pairs per step.
+    let (b, _, _) = run(&w, 2, 4, false);
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() < 1e-5, "8x1 {a:?} vs 2x4 {b:?}");
+    }
+    // Cached and recomputed (online) reference log-probs give the same losses.
+    let (c, _, _) = run(&w, 8, 1, true);
+    for (x, y) in a.iter().zip(&c) {
+        assert!((x - y).abs() < 1e-6, "cached {a:?} vs online {c:?}");
+    }
+    // A fixed seed on CPU is bit-for-bit repeatable: losses and weights.
+    let (a2, _, model_a2) = run(&w, 8, 1, false);
+    assert_eq!(a, a2);
+    for ((n, x), (_, y)) in model_a.named_parameters().unwrap().iter().zip(model_a2.named_parameters().unwrap().iter()) {
+        assert!(x.equal(y), "{n} differs between two identical runs");
+    }
+    // The first step starts from the reference: loss ln 2 exactly; then it learns.
+    assert!((a[0] - std::f64::consts::LN_2).abs() < 1e-6, "{a:?}");
+    assert!(a[5] < a[0], "{a:?}");
+    assert!(summary["margin"].as_f64().unwrap() > 0.0);
+    assert!(!summary["not_learning"].as_bool().unwrap());
+}
+
+#[test]
+fn dpo_drives_accuracy_to_one_on_a_separable_set() {
+    let w = world();
+    let mut policy = CausalLM::load("builtin:tiny", &cpu()).unwrap();
+    let mut opt = AdamW::new(policy.trainable_parameters().unwrap()).unwrap();
+    let opts = DpoOptions { epochs: 15, batch_size: 8, cache_dir: None, loop_opts: LoopOptions { adamw: dualign::train::optim::AdamWConfig { lr: 2e-3, ..Default::default() }, ..Default::default() }, ..Default::default() };
+    let mut margins = Vec::new();
+    let mut log = |row: serde_json::Map<String, serde_json::Value>| {
+        margins.push(row["margin"].as_f64().unwrap());
+        Ok(())
+    };
+    let s = dpo::train(&policy, &mut opt, Reference::Table(w.table.clone()), w.pairs.clone(), w.chosen.clone(), &w.origins, &opts, &mut log, &|| false).unwrap();
+    assert_eq!(s["accuracy"].as_f64().unwrap(), 1.0, "{s:?}");
+    assert!(margins.last().unwrap() > &(margins[2] + 1.0), "{margins:?}");
+}
+
+#[test]
+fn a_reference_that_moves_with_the_policy_is_reported_as_not_learning() {
+    let w = world();
+    let mut policy = CausalLM::load("builtin:tiny", &cpu()).unwrap();
+    let mut opt = AdamW::new(policy.trainable_parameters().unwrap()).unwrap();
+    let opts = DpoOptions { epochs: 6, batch_size: 8, cache_dir: None, ..Default::default() };
+    // The "reference" is the policy itself: h = 0 at every step, whatever the weights do.
+    let eval = |p: &[&[i64]], r: &[&[i64]]| policy.sequence_logprobs(p, r, 256);
+    let s = dpo::train(&policy, &mut opt, Reference::Online(&eval), w.pairs.clone(), w.chosen.clone(), &w.origins, &opts, &mut |_| Ok(()), &|| false).unwrap();
+    assert!(s["not_learning"].as_bool().unwrap(), "{s:?}");
+}
+
+#[test]
+fn the_reference_cache_is_keyed_by_content_and_verified() {
+    let w = world();
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("refcache-test");
+    let _ = std::fs::remove_dir_all(&dir);
+    let m = CausalLM::load("builtin:tiny", &cpu()).unwrap();
+    let key = cache::key(cache::weights_fingerprint(&m).unwrap(), &w.pairs, 64, 96);
+    assert_eq!(cache::load(&dir, &key, w.pairs.len()).unwrap(), None);
+    cache::store(&dir, &key, &w.table).unwrap();
+    assert_eq!(cache::load(&dir, &key, w.pairs.len()).unwrap().unwrap(), *w.table);
+    // Other weights, other length limits: other keys.
+    let other = CausalLM::load("builtin:tiny", &LoadOptions { seed: 1, ..cpu() }).unwrap();
+    assert_ne!(key, cache::key(cache::weights_fingerprint(&other).unwrap(), &w.pairs, 64, 96));
+    assert_ne!(key, cache::key(cache::weights_fingerprint(&m).unwrap(), &w.pairs, 64, 97));
+    // A flipped byte fails verification with a message that says what to do.
+    let file = dir.join(format!("{key}.reflogp"));
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[40] ^= 1;
+    std::fs::write(&file, bytes).unwrap();
+    let e = format!("{:#}", cache::load(&dir, &key, w.pairs.len()).unwrap_err());
+    assert!(e.ends_with("reference cache entry fails its checksum; delete it to recompute"), "{e}");
+}
+
+#[test]
+fn sft_lowers_the_loss() {
+    let mut m = CausalLM::load("builtin:tiny", &cpu()).unwrap();
+    let data: Vec<(Vec<i64>, Vec<i64>)> = (0..8).map(|i| (m.tokenizer.encode(&format!("question {i}"), true).unwrap(), m.tokenizer.encode("the answer is forty-two", false).unwrap())).collect();
+    let mut opt = AdamW::new(m.trainable_parameters().unwrap()).unwrap();
+    let opts = sft::SftOptions { epochs: 8, batch_size: 4, seed: 0, loop_opts: LoopOptions { adamw: dualign::train::optim::AdamWConfig { lr: 3e-3, ..Default::default() }, ..Default::default() } };
+    let s = sft::train(&m, &mut opt, &data, &opts, &mut |_| Ok(()), &|| false).unwrap();
+    let (first, last) = (s["first_epoch_loss"].as_f64().unwrap(), s["loss"].as_f64().unwrap());
+    // The byte vocabulary has 259 tokens: an untrained model sits near ln 259 = 5.56 nats/token.
+    assert!((first - 259f64.ln()).abs() < 0.5, "{first}");
+    assert!(last < 0.5 * first, "{first} -> {last}");
+}
+
+#[test]
+fn a_score_head_separates_held_out_pairs() {
+    let m = CausalLM::load("builtin:tiny", &cpu()).unwrap();
+    // Preferred responses end politely, rejected ones rudely: a linear head on last-token
+    // features can tell them apart, and must do so on pairs it never saw.
+    let pairs: Vec<TokenizedPair> = (0..80)
+        .map(|i| TokenizedPair {
+            prompt: m.tokenizer.encode(&format!("request number {i}"), true).unwrap(),
+            responses: [m.tokenizer.encode(&format!("answer {} thanks!", i * 7), false).unwrap(), m.tokenizer.encode(&format!("answer {} go away", i * 3), false).unwrap()],
+        })
+        .collect();
+    let chosen: Vec<usize> = (0..80).map(|i| if i % 3 == 0 { 1 } else { 0 }).collect();
+    let pairs: Vec<TokenizedPair> = pairs.into_iter().zip(&chosen).map(|(mut p, &c)| { if c == 1 { p.responses.swap(0, 1); } p }).collect();
+    let (head, s) = scorer::train_head(&m, &pairs, &chosen, &scorer::ScorerOptions { eval_fraction: 0.25, ..Default::default() }, &|| false).unwrap();
+    assert_eq!(s["held_out"], 20);
+    assert!(s["eval_accuracy"].as_f64().unwrap() >= 0.95, "{s:?}");
+    assert_eq!(head.weight.size(), vec![1, 64]);
+}
