@@ -116,6 +116,20 @@ fn register_session(engine: &mut Engine, session: SharedSession) {
         Ok(())
     });
     let s = session.clone();
+    def(engine, "write_jsonl", &["path: string", "rows: array", "()"], "Writes maps as JSON lines to a file inside the run directory (samples, scores, tables).", move |path: &str, rows: rhai::Array| -> ScriptResult<()> {
+        let file = model::output_path(&s, path)?;
+        let mut text = String::new();
+        for (i, r) in rows.iter().enumerate() {
+            let json = config::to_json(r).map_err(|e| script_error(format!("write_jsonl: row {i}: {e}")))?;
+            text.push_str(&json.to_string());
+            text.push('\n');
+        }
+        if let Some(dir) = file.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| script_error(format!("write_jsonl: {}: {e}", dir.display())))?;
+        }
+        crate::run::write_atomic(&file, text.as_bytes()).map_err(|e| script_error(format!("write_jsonl: {e:#}")))
+    });
+    let s = session.clone();
     def(engine, "seed", &["int"], "The run's random seed (--seed).", move || s.borrow().seed as INT);
     def(engine, "device", &["string"], "The device tensors and models use: cpu or cuda:N (--device).", || device::name(device::current()));
     let s = session;

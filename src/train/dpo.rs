@@ -168,6 +168,8 @@ pub fn train(
     let mut progress = Progress::new("dpo", total);
     let mut last_epoch = Totals::default();
     let mut history: Vec<(f64, f64)> = Vec::new();
+    // Seconds in the forward pass (with the loss), the backward pass and the optimizer.
+    let mut time = (0.0, 0.0, 0.0);
     policy.set_training(true);
     let result = (|| -> Result<()> {
         for epoch in 0..opts.epochs {
@@ -201,6 +203,7 @@ pub fn train(
                 let rows = micro.ids.len();
                 let prompts: Vec<&[i64]> = micro.prompts.iter().chain(micro.prompts.iter()).map(Vec::as_slice).collect();
                 let responses: Vec<&[i64]> = micro.chosen.iter().chain(micro.rejected.iter()).map(Vec::as_slice).collect();
+                let t_fwd = Instant::now();
                 let logps = policy.sequence_logprobs(&prompts, &responses, 512)?;
                 let pc = logps.f_narrow(0, 0, rows as i64)?;
                 let pr = logps.f_narrow(0, rows as i64, rows as i64)?;
@@ -221,7 +224,10 @@ pub fn train(
                 let denom = step_rows[k / accum] as f64;
                 let loss = losses.f_sum(Kind::Float)?.f_div_scalar(denom)?;
                 let what = micro.ids.iter().map(|&i| origins.get(i).cloned().unwrap_or_else(|| format!("pair {i}"))).collect::<Vec<_>>().join(", ");
+                let t_bwd = Instant::now();
+                time.0 += (t_bwd - t_fwd).as_secs_f64();
                 lp.backward(&loss, format!("batch {} (pairs {what})", k + 1))?;
+                time.1 += t_bwd.elapsed().as_secs_f64();
                 let rew_c = pc.f_sub(&rc)?.f_detach()?.f_mul_scalar(beta)?;
                 let rew_r = pr.f_sub(&rr)?.f_detach()?.f_mul_scalar(beta)?;
                 step_totals.rows += rows as f64;
@@ -232,7 +238,9 @@ pub fn train(
                 step_tokens += micro.tokens;
                 // A step ends after `accum` micro-batches, or early at the end of the epoch.
                 if lp.ready() || k + 1 == n_micro {
+                    let t_opt = Instant::now();
                     let report = lp.step()?;
+                    time.2 += t_opt.elapsed().as_secs_f64();
                     tokens_total += step_tokens;
                     let secs = step_start.elapsed().as_secs_f64();
                     let m = |x: f64| x / step_totals.rows.max(1.0);
@@ -289,6 +297,9 @@ pub fn train(
         ("accuracy", json!(m(last_epoch.correct))),
         ("tokens_per_s", json!(tokens_total as f64 / secs.max(1e-9))),
         ("seconds", json!(secs)),
+        ("seconds_forward", json!(time.0)),
+        ("seconds_backward", json!(time.1)),
+        ("seconds_optimizer", json!(time.2)),
         ("not_learning", json!(not_learning)),
     ]);
     if let Some(mib) = peak_rss_mib() {

@@ -105,7 +105,9 @@ impl AdamW {
         for s in &self.slots {
             let g = s.param.f_grad()?;
             if g.defined() {
-                total += g.f_to_kind(Kind::Double)?.f_pow_tensor_scalar(2)?.f_sum(Kind::Double)?.double_value(&[]);
+                // Per-tensor norms, then the norm of norms, as torch.nn.utils.clip_grad_norm_.
+                let n = g.f_norm()?.double_value(&[]);
+                total += n * n;
             }
         }
         Ok(total.sqrt())
@@ -144,11 +146,22 @@ impl AdamW {
                 if s.decay && cfg.weight_decay != 0.0 {
                     let _ = s.param.f_mul_scalar_(1.0 - lr * cfg.weight_decay)?;
                 }
-                let _ = s.m.f_mul_scalar_(b1)?.f_add_(&g.f_mul_scalar(1.0 - b1)?)?;
-                let _ = s.v.f_mul_scalar_(b2)?.f_add_(&g.f_mul(&g)?.f_mul_scalar(1.0 - b2)?)?;
-                let denom = s.v.f_sqrt()?.f_div_scalar(bc2.sqrt())?.f_add_scalar(cfg.eps)?;
-                let update = s.m.f_div(&denom)?.f_mul_scalar(lr / bc1)?.f_to_kind(s.param.kind())?;
-                let _ = s.param.f_sub_(&update)?;
+                // In-place forms of torch.optim.AdamW's update, to keep passes over memory few:
+                // m <- b1 m + (1 - b1) g  is  m.lerp_(g, 1 - b1); likewise v with g².
+                let _ = s.m.f_lerp_(&g, 1.0 - b1)?;
+                let _ = s.v.f_lerp_(&g.f_mul(&g)?, 1.0 - b2)?;
+                // p <- p - (lr / bc1) m / (sqrt(v) / sqrt(bc2) + eps), as p += m / denom' with
+                // denom' = -(sqrt(v) / sqrt(bc2) + eps) * bc1 / lr.
+                if lr == 0.0 {
+                    continue; // the moments are updated; the weights do not move (warm-up step 0)
+                }
+                let mut denom = s.v.f_sqrt()?;
+                let _ = denom.f_div_scalar_(bc2.sqrt())?.f_add_scalar_(cfg.eps)?.f_mul_scalar_(-bc1 / lr)?;
+                if s.param.kind() == Kind::Float {
+                    let _ = s.param.f_addcdiv_(&s.m, &denom)?;
+                } else {
+                    let _ = s.param.f_add_(&s.m.f_div(&denom)?.f_to_kind(s.param.kind())?)?;
+                }
             }
             Ok(())
         })
