@@ -4,6 +4,7 @@
 //! libtorch through `tch`; `run` owns the run directory every `host run` writes to.
 pub mod data;
 pub mod device;
+pub mod dual;
 pub mod interrupt;
 pub mod model;
 pub mod run;

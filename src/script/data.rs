@@ -232,6 +232,25 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
         let chosen = data::relabel(&p.pairs, &w, seed as u64).map_err(|e| script_error(format!("{e:#}")))?;
         Ok(ScriptPairs { chosen: Rc::new(chosen), label: "relabel".into(), ..p.clone() })
     });
+    def(engine, "with_chat", &["p: Pairs", "model: Model", "Pairs"], "The same pairs with each prompt wrapped in the model's chat format (as m.chat does); labels kept, scores recomputed.", |p: &mut ScriptPairs, m: ScriptModel| -> ScriptPairs {
+        let wrapped: Vec<Rc<Pair>> = m.with(|m| {
+            p.pairs
+                .iter()
+                .map(|x| {
+                    Rc::new(Pair {
+                        origin: x.origin.clone(),
+                        prompt: m.tokenizer.chat(&x.prompt),
+                        responses: x.responses.clone(),
+                        labels: x.labels.clone(),
+                        safe: x.safe,
+                        extra: x.extra.clone(),
+                        scores: Default::default(),
+                    })
+                })
+                .collect()
+        });
+        ScriptPairs { pairs: Rc::new(wrapped), ..p.clone() }
+    });
     def(engine, "get$skipped", &["p: Pairs", "array"], "Bad records skipped at load (with skip_bad), as `file:line: problem`.", |p: &mut ScriptPairs| -> Array { p.report.skipped.iter().map(|s| s.clone().into()).collect() });
     def(engine, "get$warnings", &["p: Pairs", "array"], "Records kept but reported at load: empty or identical responses.", |p: &mut ScriptPairs| -> Array { p.report.warnings.iter().map(|s| s.clone().into()).collect() });
     def(engine, "get$label", &["p: Pairs", "string"], "Where the chosen responses come from: a label name or \"relabel\".", |p: &mut ScriptPairs| p.label.clone());

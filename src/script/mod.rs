@@ -4,6 +4,7 @@
 pub mod api;
 pub mod config;
 pub mod data;
+pub mod dual;
 pub mod errors;
 pub mod model;
 pub mod resolver;
@@ -64,6 +65,7 @@ pub fn engine(script: &Path, session: SharedSession) -> Engine {
     model::register(&mut engine, session.clone());
     data::register(&mut engine, session.clone());
     train::register(&mut engine, session.clone());
+    dual::register(&mut engine);
     register_session(&mut engine, session);
     engine
 }

@@ -18,11 +18,14 @@ pub struct ScriptModel {
     pub base_only: bool,
     /// The optimizer of the last training call, kept when a call asks for `keep_optimizer`.
     pub optimizer: Rc<RefCell<Option<Rc<RefCell<crate::train::optim::AdamW>>>>>,
+    /// Last-token features of tokenised pair sets (by content hash), so training a second score
+    /// head on the same frozen body does not recompute them.
+    pub features: Rc<RefCell<std::collections::HashMap<String, tch::Tensor>>>,
 }
 
 impl ScriptModel {
     pub fn new(m: CausalLM) -> Self {
-        ScriptModel { model: Rc::new(RefCell::new(m)), base_only: false, optimizer: Default::default() }
+        ScriptModel { model: Rc::new(RefCell::new(m)), base_only: false, optimizer: Default::default(), features: Default::default() }
     }
 
     /// Runs `f` with the adapters switched as this handle says.
@@ -172,7 +175,7 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
     });
     def(engine, "frozen", &["m: Model", "Model"], "The fixed reference: a copy of the current weights, or for a LoRA model the same base weights with adapters off.", |m: &mut ScriptModel| -> ScriptResult<ScriptModel> {
         if m.model.borrow().lora.is_some() {
-            return Ok(ScriptModel { model: m.model.clone(), base_only: true, optimizer: Default::default() });
+            return Ok(ScriptModel { model: m.model.clone(), base_only: true, optimizer: Default::default(), features: Default::default() });
         }
         Ok(ScriptModel::new(m.with(|m| m.deep_copy()).map_err(err)?))
     });

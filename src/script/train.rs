@@ -91,6 +91,8 @@ fn logger(session: &SharedSession) -> impl FnMut(serde_json::Map<String, serde_j
 
 /// The policy's optimizer: kept between calls when asked, else fresh.
 fn optimizer(policy: &ScriptModel, keep: bool) -> ScriptResult<Rc<RefCell<AdamW>>> {
+    // The weights are about to change: cached features of this handle go stale.
+    policy.features.borrow_mut().clear();
     let mut slot = policy.optimizer.borrow_mut();
     if keep {
         if let Some(opt) = slot.as_ref() {
@@ -221,7 +223,17 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
             let (head, summary, mut scorer) = model
                 .with(|m| -> anyhow::Result<_> {
                     let tokenized = batch::tokenize(&pairs.pairs, &m.tokenizer, max_len / 2, max_len)?;
-                    let (head, summary) = scorer::train_head(m, &tokenized, &chosen, &sopts, &interrupt::requested)?;
+                    let key = cache::key(0, &tokenized, max_len / 2, max_len);
+                    let cached = model.features.borrow().get(&key).map(|t| t.shallow_clone());
+                    let feats = match cached {
+                        Some(f) => f,
+                        None => {
+                            let f = scorer::features(m, &tokenized, &interrupt::requested)?;
+                            model.features.borrow_mut().insert(key, f.shallow_clone());
+                            f
+                        }
+                    };
+                    let (head, summary) = scorer::train_head_on(m, &feats, &chosen, &sopts, &interrupt::requested)?;
                     Ok((head, summary, m.deep_copy()?))
                 })
                 .map_err(err)?;

@@ -40,6 +40,12 @@ fn accuracy(w: &Tensor, fc: &Tensor, fr: &Tensor) -> Result<(f64, f64)> {
 /// Trains a head on `model`'s features of both responses of each pair, `chosen[i]` preferred.
 /// Returns the head (`[1, H]` weight and a bias) and a summary with train and held-out accuracy.
 pub fn train_head(model: &CausalLM, pairs: &[TokenizedPair], chosen: &[usize], opts: &ScorerOptions, stop: &dyn Fn() -> bool) -> Result<(Linear, Map<String, Value>)> {
+    let feats = features(model, pairs, stop)?;
+    train_head_on(model, &feats, chosen, opts, stop)
+}
+
+/// Last-token features `[N, 2, H]` of both responses of every pair (no gradients).
+pub fn features(model: &CausalLM, pairs: &[TokenizedPair], stop: &dyn Fn() -> bool) -> Result<Tensor> {
     let n = pairs.len();
     if n < 2 {
         bail!("train_scorer: needs at least 2 pairs, got {n}");
@@ -58,7 +64,15 @@ pub fn train_head(model: &CausalLM, pairs: &[TokenizedPair], chosen: &[usize], o
         progress.tick(chunk.len(), "");
     }
     progress.finish("");
-    let all = Tensor::f_cat(&feats, 0)?; // [N, 2, H]
+    Ok(Tensor::f_cat(&feats, 0)?)
+}
+
+/// Trains the head on precomputed features `[N, 2, H]`.
+pub fn train_head_on(model: &CausalLM, all: &Tensor, chosen: &[usize], opts: &ScorerOptions, stop: &dyn Fn() -> bool) -> Result<(Linear, Map<String, Value>)> {
+    let n = all.size()[0] as usize;
+    if n != chosen.len() {
+        bail!("train_scorer: {} labels for {n} pairs", chosen.len());
+    }
     let h = all.size()[2];
     let dev = all.device();
     let pick = |which: usize| -> Result<Tensor> {

@@ -1,0 +1,109 @@
+//! Script access to duality: `dual(...)` (the multipliers with their projected step and step
+//! rules) and `one_shot_dual(...)` (the closed-form dual solver).
+use super::api::{def, script_error, ScriptResult};
+use crate::dual::{oneshot::Problem, Dual, StepRule};
+use rhai::{Array, Dynamic, Engine, FnPtr, Map, NativeCallContext, INT};
+use std::cell::RefCell;
+use std::rc::Rc;
+
+/// Dual variables shared by every handle (stdlib functions update the caller's `λ`).
+#[derive(Clone)]
+pub struct ScriptDual(pub Rc<RefCell<Dual>>);
+
+fn numbers(a: &Array, what: &str) -> ScriptResult<Vec<f64>> {
+    a.iter()
+        .map(|v| v.as_float().or_else(|_| v.as_int().map(|i| i as f64)).map_err(|t| script_error(format!("{what}: expected numbers, found {t}"))))
+        .collect()
+}
+
+fn array(v: &[f64]) -> Array {
+    v.iter().map(|x| Dynamic::from_float(*x)).collect()
+}
+
+fn table(v: &Dynamic, what: &str) -> ScriptResult<Vec<Vec<f64>>> {
+    let rows = v.clone().into_array().map_err(|t| script_error(format!("{what}: expected an array of arrays (one row of samples per prompt), found {t}")))?;
+    rows.iter()
+        .enumerate()
+        .map(|(i, r)| numbers(&r.clone().into_array().map_err(|t| script_error(format!("{what}[{i}]: expected an array, found {t}")))?, &format!("{what}[{i}]")))
+        .collect()
+}
+
+fn step(d: &ScriptDual, slack: &Array, eta: &[f64]) -> ScriptResult<Array> {
+    let slack = numbers(slack, "dual step slack")?;
+    let v = d.0.borrow_mut().step(&slack, eta).map_err(|e| script_error(format!("{e:#}")))?;
+    Ok(array(&v))
+}
+
+pub fn register(engine: &mut Engine) {
+    engine.register_type_with_name::<ScriptDual>("Dual");
+    def(engine, "dual", &["n: int", "Dual"], "n dual variables λ >= 0, all starting at 0.", |n: INT| -> ScriptResult<ScriptDual> {
+        Ok(ScriptDual(Rc::new(RefCell::new(Dual::new(vec![0.0; n.max(0) as usize]).map_err(|e| script_error(format!("{e:#}")))?))))
+    });
+    def(engine, "dual", &["values: array", "Dual"], "Dual variables λ >= 0 starting at the given values (a warm start).", |v: Array| -> ScriptResult<ScriptDual> {
+        Ok(ScriptDual(Rc::new(RefCell::new(Dual::new(numbers(&v, "dual")?).map_err(|e| script_error(format!("{e:#}")))?))))
+    });
+    def(engine, "get$values", &["d: Dual", "array"], "The current λ, one value per constraint.", |d: &mut ScriptDual| array(&d.0.borrow().values));
+    def(engine, "get$history", &["d: Dual", "array"], "λ after every step, starting with the initial value.", |d: &mut ScriptDual| -> Array {
+        d.0.borrow().history.iter().map(|v| Dynamic::from_array(array(v))).collect()
+    });
+    def(engine, "get$slacks", &["d: Dual", "array"], "The slack each step was taken with.", |d: &mut ScriptDual| -> Array {
+        d.0.borrow().slacks.iter().map(|v| Dynamic::from_array(array(v))).collect()
+    });
+    def(engine, "get$t", &["d: Dual", "int"], "Steps taken so far.", |d: &mut ScriptDual| d.0.borrow().t() as INT);
+    def(engine, "set_rule", &["d: Dual", "rule: string", "()"], "The step rule: \"constant\" (η), \"inv_sqrt\" (η/√t) or \"adagrad\".", |d: &mut ScriptDual, rule: &str| -> ScriptResult<()> {
+        d.0.borrow_mut().rule = StepRule::parse(rule).map_err(|e| script_error(format!("{e:#}")))?;
+        Ok(())
+    });
+    def(engine, "set_max", &["d: Dual", "max: float", "()"], "An upper clamp on every λ.", |d: &mut ScriptDual, m: f64| {
+        d.0.borrow_mut().max = Some(m);
+    });
+    def(engine, "step", &["d: Dual", "slack: array", "eta: float", "array"], "The projected dual step λ <- max(0, λ - η_t·slack); a violated constraint (slack < 0) raises its λ.", |d: &mut ScriptDual, slack: Array, eta: f64| step(d, &slack, &[eta]));
+    def(engine, "step", &["d: Dual", "slack: array", "eta: array", "array"], "The projected dual step with one step size per constraint.", |d: &mut ScriptDual, slack: Array, eta: Array| step(d, &slack, &numbers(&eta, "eta")?));
+    def(engine, "step", &["d: Dual", "slack: array", "rule: FnPtr", "array"], "The projected dual step with the step size from a Rhai function of (t, λ, slack) returning a number or an array.", |ctx: NativeCallContext, d: &mut ScriptDual, slack: Array, rule: FnPtr| -> ScriptResult<Array> {
+        let (t, values) = {
+            let b = d.0.borrow();
+            (b.t() as INT + 1, array(&b.values))
+        };
+        let eta: Dynamic = rule.call_within_context(&ctx, (t, values, slack.clone()))?;
+        let eta = match eta.clone().into_array() {
+            Ok(a) => numbers(&a, "step rule result")?,
+            Err(_) => vec![eta.as_float().or_else(|_| eta.as_int().map(|i| i as f64)).map_err(|t| script_error(format!("step rule: expected a number or an array, found {t}")))?],
+        };
+        step(d, &slack, &eta)
+    });
+    def(engine, "one_shot_dual", &["problem: map", "map"],
+        "The closed-form dual minimiser from reference samples: #{rewards: [[r per sample] per prompt], utilities: [table per constraint], thresholds, beta, ref_means?}; returns #{lambda, slack, dual_value, iterations, converged, feasible, message}.",
+        |p: Map| -> ScriptResult<Map> {
+            for k in p.keys() {
+                if !["rewards", "utilities", "thresholds", "beta", "ref_means"].contains(&k.as_str()) {
+                    return Err(script_error(format!("one_shot_dual: unknown field `{k}` (known: rewards, utilities, thresholds, beta, ref_means)")));
+                }
+            }
+            let get = |k: &str| p.get(k).cloned().ok_or_else(|| script_error(format!("one_shot_dual: missing field `{k}`")));
+            let rewards = table(&get("rewards")?, "rewards")?;
+            let utilities: Vec<Vec<Vec<f64>>> = get("utilities")?
+                .into_array()
+                .map_err(|t| script_error(format!("one_shot_dual: utilities must be an array of tables, found {t}")))?
+                .iter()
+                .enumerate()
+                .map(|(i, u)| table(u, &format!("utilities[{i}]")))
+                .collect::<ScriptResult<_>>()?;
+            let thresholds = numbers(&get("thresholds")?.into_array().map_err(|t| script_error(format!("thresholds: expected an array, found {t}")))?, "thresholds")?;
+            let beta = get("beta")?.as_float().map_err(|t| script_error(format!("beta: expected a number, found {t}")))?;
+            let ref_means = match p.get("ref_means") {
+                Some(v) => numbers(&v.clone().into_array().map_err(|t| script_error(format!("ref_means: expected an array, found {t}")))?, "ref_means")?,
+                None => utilities.iter().map(|u| { let all: Vec<f64> = u.iter().flatten().copied().collect(); all.iter().sum::<f64>() / all.len().max(1) as f64 }).collect(),
+            };
+            let s = Problem { rewards, utilities, ref_means: ref_means.clone(), thresholds, beta }.solve().map_err(|e| script_error(format!("{e:#}")))?;
+            let mut out = Map::new();
+            out.insert("lambda".into(), Dynamic::from_array(array(&s.lambda)));
+            out.insert("slack".into(), Dynamic::from_array(array(&s.slack)));
+            out.insert("ref_means".into(), Dynamic::from_array(array(&ref_means)));
+            out.insert("dual_value".into(), s.dual_value.into());
+            out.insert("iterations".into(), (s.iterations as INT).into());
+            out.insert("converged".into(), s.converged.into());
+            out.insert("feasible".into(), Dynamic::from_array(s.feasible.iter().map(|f| Dynamic::from(*f)).collect()));
+            out.insert("message".into(), s.message.into());
+            Ok(out)
+        });
+}
