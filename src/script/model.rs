@@ -224,6 +224,21 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
         let path = output_path(&s, dir)?;
         m.with(|m| m.save(&path)).map_err(err)
     });
+    let s = session.clone();
+    def(engine, "checkpoint", &["m: Model", "name: string", "string"], "Saves the model under checkpoints/NAME in the run directory (the LoRA adapter alone when it has one), atomically; returns the folder.", move |m: &mut ScriptModel, name: &str| -> ScriptResult<String> {
+        let dir = output_path(&s, &format!("checkpoints/{name}"))?;
+        let tmp = output_path(&s, &format!("checkpoints/.{name}.tmp"))?;
+        let _ = std::fs::remove_dir_all(&tmp);
+        let lora = m.model.borrow().lora.is_some();
+        if lora && !m.base_only {
+            m.model.borrow_mut().save_adapter(&tmp).map_err(err)?;
+        } else {
+            m.with(|m| m.save(&tmp)).map_err(err)?;
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::rename(&tmp, &dir).map_err(|e| script_error(format!("checkpoint: {}: {e}", dir.display())))?;
+        Ok(dir.display().to_string())
+    });
     let s = session;
     def(engine, "save", &["m: Model", "dir: string", "opts: map", "()"], "Writes the model inside the run directory; #{merge: false} writes only the LoRA adapter in PEFT's layout.", move |m: &mut ScriptModel, dir: &str, opts: Map| -> ScriptResult<()> {
         check_keys(&opts, &["merge"], "save")?;
