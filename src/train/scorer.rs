@@ -108,11 +108,18 @@ pub fn train_head_on(model: &CausalLM, all: &Tensor, chosen: &[usize], opts: &Sc
         opt.zero_grad();
     }
     let w = w.f_detach()?;
+    // Scores are rescaled to mean 0 and standard deviation 1 over the training responses, so
+    // thresholds and dual variables read in standard deviations of the score, whatever scale
+    // the (separable) Bradley-Terry fit drifted to. Ordering and accuracy are unchanged.
+    let train_scores = Tensor::f_cat(&[tc.f_matmul(&w)?, tr.f_matmul(&w)?], 0)?;
+    let s_mean = train_scores.f_mean(Kind::Float)?.double_value(&[]);
+    let s_std = train_scores.f_std(true)?.double_value(&[]).max(1e-6);
+    let w = w.f_div_scalar(s_std)?;
     let (train_acc, train_loss) = accuracy(&w, &tc, &tr)?;
     let (eval_acc, eval_loss) = accuracy(&w, &ec, &er)?;
-    // s(f) = w·(f - μ)/σ = (w/σ)·f - (w/σ)·μ: one linear layer on raw features.
+    // s(f) = w·(f - μ)/σ - m = (w/σ)·f - (w/σ)·μ - m: one linear layer on raw features.
     let weight = w.f_squeeze_dim(1)?.f_div(&sd.f_squeeze_dim(0)?)?; // [H]
-    let bias = weight.f_dot(&mu.f_squeeze_dim(0)?)?.f_neg()?.f_reshape([1])?;
+    let bias = weight.f_dot(&mu.f_squeeze_dim(0)?)?.f_neg()?.f_sub_scalar(s_mean / s_std)?.f_reshape([1])?;
     let head = Linear::new(weight.f_unsqueeze(0)?.f_to_kind(model.kind)?, Some(bias.f_to_kind(model.kind)?));
     let summary: Map<String, Value> = [
         ("pairs", json!(n)),
