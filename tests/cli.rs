@@ -254,17 +254,6 @@ fn set_type_is_checked_at_run_time_when_the_default_is_not_a_literal() {
 }
 
 #[test]
-fn default_job_runs_in_a_reduced_configuration() {
-    let dir = scratch("default-job");
-    let job = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/safe_align.rhai");
-    let o = host().current_dir(&dir).arg("run").arg(&job).args(["--set", "iterations=2", "--set", "samples=64", "--out", "out"]).output().unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let csv = std::fs::read_to_string(dir.join("out/metrics.csv")).unwrap();
-    assert_eq!(csv.lines().count(), 3, "{csv}");
-    assert!(csv.starts_with("iteration,lambda,reward,safety,safety_stderr,slack\n"), "{csv}");
-}
-
-#[test]
 fn model_api_from_a_script() {
     let dir = scratch("model-api");
     write(&dir, "m.rhai", r#"
@@ -347,4 +336,62 @@ log(#{{ n: n, prompts: pairs.prompts().len(), harmful: harmful.len(), refusing: 
     assert_eq!(r["better_refusing"], 0);
     assert_eq!((r["take"].as_i64(), r["skip"].as_i64(), r["skipped"].as_i64()), (Some(5), Some(2), Some(1)));
     assert_eq!(r["label"], "relabel");
+}
+
+#[test]
+fn dual_variables_and_the_one_shot_dual_from_a_script() {
+    let dir = scratch("dual");
+    write(&dir, "d.rhai", r#"
+let d = dual(2);
+d.step([-0.5, 1.0], 0.4);            // violated: up by 0.2; slack: stays at 0
+d.step([-0.5, 1.0], |t, lambda, slack| [1.0 / t, 1.0]);   // a rule written in Rhai: η = 1/t
+let h = d.history;
+// One prompt, two responses: λ* = (β logit(p*) - Δr) / Δg with p* = (ḡ + b - g0) / Δg.
+let s = one_shot_dual(#{ rewards: [[1.0, 0.0]], utilities: [[[0.0, 2.0]]], thresholds: [0.5], beta: 0.5 });
+let bad = one_shot_dual(#{ rewards: [[1.0, 0.0]], utilities: [[[0.0, 2.0]]], thresholds: [1.5], beta: 0.5 });
+log(#{ l0: d.values[0], l1: d.values[1], steps: d.t, history: h.len(), lambda: s.lambda[0], feasible: bad.feasible[0], bad_lambda: bad.lambda[0] });
+"#);
+    let o = run_in(&dir, &["run", "d.rhai", "--out", "out"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_str(std::fs::read_to_string(dir.join("out/metrics.jsonl")).unwrap().lines().next().unwrap()).unwrap();
+    // λ0: 0 + 0.4·0.5 = 0.2, then + (1/2)·0.5 = 0.45; λ1 stays at 0 (projection).
+    assert!((r["l0"].as_f64().unwrap() - 0.45).abs() < 1e-12, "{r}");
+    assert_eq!(r["l1"], 0.0);
+    assert_eq!((r["steps"].as_i64(), r["history"].as_i64()), (Some(2), Some(3)));
+    // p* = (1 + 0.5 - 0) / 2 = 0.75; λ* = (0.5 ln 3 + 1) / 2.
+    let want = (0.5 * 3f64.ln() + 1.0) / 2.0;
+    assert!((r["lambda"].as_f64().unwrap() - want).abs() < 1e-7, "{r} vs {want}");
+    assert_eq!((r["feasible"].as_bool(), r["bad_lambda"].as_f64()), (Some(false), Some(0.0)));
+}
+
+#[test]
+fn the_default_job_runs_end_to_end_in_a_reduced_configuration() {
+    // The tiny random model stands in for SmolLM2 so this stays fast; it checks the pipeline
+    // and the run directory, not the size of the effect (the full run's table is in the README).
+    let dir = scratch("safe-align");
+    let job = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/safe_align.rhai");
+    let sets = ["policy=builtin:tiny", "iterations=2", "dual_prompts=6", "samples=2", "max_new_tokens=8", "pairs_per_iteration=16", "scorer_pairs=40", "eval_count=6", "max_len=96"];
+    let mut cmd = host();
+    cmd.current_dir(&dir).arg("run").arg(&job).args(["--out", "out"]);
+    for s in sets {
+        cmd.args(["--set", s]);
+    }
+    let o = cmd.output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = dir.join("out");
+    for f in ["config.json", "metrics.csv", "metrics.jsonl", "eval_generations.jsonl", "samples/iteration_0.jsonl", "samples/iteration_1.jsonl", "checkpoints/iterate_0/adapter_model.safetensors", "checkpoints/iterate_1/adapter_config.json"] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let caid: Vec<&serde_json::Value> = rows.iter().filter(|r| r["phase"] == "caid" && r["iteration"].as_i64().unwrap() >= 0).collect();
+    assert_eq!(caid.len(), 2);
+    // The dual step of the method: λ(1) = max(0, λ(0) - η u(0)) with η = 1 (the default dual_step).
+    let (l0, u0, l1) = (caid[0]["lambda_safety"].as_f64().unwrap(), caid[0]["slack_safety"].as_f64().unwrap(), caid[1]["lambda_safety"].as_f64().unwrap());
+    assert!((l1 - (l0 - u0).max(0.0)).abs() < 1e-9, "{l0} {u0} {l1}");
+    assert!(rows.iter().any(|r| r["phase"] == "dpo"), "DPO steps are logged");
+    assert!(rows.iter().any(|r| r["phase"] == "final"));
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["status"], "ok");
+    assert_eq!(config["config"]["threshold"], 0.3);
+    assert!(stdout(&o).contains("| reference |"), "{}", stdout(&o));
 }

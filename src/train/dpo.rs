@@ -246,7 +246,7 @@ pub fn train(
                     let m = |x: f64| x / step_totals.rows.max(1.0);
                     history.push((m(step_totals.loss), m(step_totals.chosen) - m(step_totals.rejected)));
                     progress.tick(1, &format!("loss {:.4} acc {:.2}", m(step_totals.loss), m(step_totals.correct)));
-                    if report.step % opts.loop_opts.log_every.max(1) == 0 || !report.applied {
+                    if report.step % opts.loop_opts.log_every.max(1) == 0 || !report.applied || report.step == total {
                         log(row(&[
                             ("phase", json!("dpo")),
                             ("epoch", json!(epoch)),

@@ -52,7 +52,7 @@ pub fn train(model: &CausalLM, opt: &mut super::optim::AdamW, data: &[(Vec<i64>,
                     let report = lp.step()?;
                     let mean = step_sum / tokens as f64;
                     progress.tick(1, &format!("loss {mean:.4}"));
-                    if report.step % opts.loop_opts.log_every.max(1) == 0 {
+                    if report.step % opts.loop_opts.log_every.max(1) == 0 || report.step == total {
                         log(row(&[("phase", json!("sft")), ("epoch", json!(epoch)), ("step", json!(report.step)), ("loss", json!(mean)), ("grad_norm", json!(report.grad_norm)), ("lr", json!(report.lr))]))?;
                     }
                     sum += step_sum;
