@@ -395,3 +395,22 @@ fn the_default_job_runs_end_to_end_in_a_reduced_configuration() {
     assert_eq!(config["config"]["threshold"], 0.3);
     assert!(stdout(&o).contains("| reference |"), "{}", stdout(&o));
 }
+
+#[test]
+fn primal_dual_and_preference_modules_run_on_the_tiny_model() {
+    let dir = scratch("pd");
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/data/safety_prefs.jsonl");
+    write(&dir, "pd.rhai", &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference/primal_dual_smoke.rhai")).unwrap().replace("DATA", &data.display().to_string()));
+    let o = run_in(&dir, &["run", "pd.rhai", "--out", "out"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("out/metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let pd: Vec<&serde_json::Value> = rows.iter().filter(|r| r["phase"] == "primal_dual").collect();
+    assert_eq!(pd.len(), 3);
+    // No estimate before the delay (1 update): the first row has no slack, λ unchanged at 1.
+    assert!(pd[0].get("slack_brevity").is_none() && pd[1].get("slack_brevity").is_some());
+    assert_eq!((pd[0]["lambda_brevity"].as_f64(), pd[1]["lambda_brevity"].as_f64()), (Some(1.0), Some(1.0)));
+    // θ <- θ - lr·λ·slack with lr 0.5, λ 1: λ(2) = exp(-0.5 · slack(1)).
+    let slack = pd[1]["slack_brevity"].as_f64().unwrap();
+    assert!((pd[2]["lambda_brevity"].as_f64().unwrap() - (-0.5 * slack).exp()).abs() < 1e-9);
+    assert!(rows.iter().any(|r| r["phase"] == "caid" && r["iteration"] == 0), "the preference-based run reached the iterative method");
+}

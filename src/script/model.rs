@@ -179,6 +179,9 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
         }
         Ok(ScriptModel::new(m.with(|m| m.deep_copy()).map_err(err)?))
     });
+    def(engine, "copy", &["m: Model", "Model"], "An independent, trainable copy of the weights as this handle computes them (LoRA merged, or the base for an adapters-off reference).", |m: &mut ScriptModel| -> ScriptResult<ScriptModel> {
+        Ok(ScriptModel::new(m.with(|m| m.deep_copy()).map_err(err)?))
+    });
     def(engine, "encode", &["m: Model", "text: string", "array"], "Token ids of the text (control tokens written in it are recognised).", |m: &mut ScriptModel, text: &str| -> ScriptResult<Array> {
         let ids = m.with(|m| m.tokenizer.encode(text, true)).map_err(err)?;
         Ok(ids.into_iter().map(Dynamic::from_int).collect())
