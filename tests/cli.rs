@@ -379,9 +379,14 @@ fn the_default_job_runs_end_to_end_in_a_reduced_configuration() {
     let o = cmd.output().unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let out = dir.join("out");
-    for f in ["config.json", "metrics.csv", "metrics.jsonl", "eval_generations.jsonl", "samples/iteration_0.jsonl", "samples/iteration_1.jsonl", "checkpoints/iterate_0/adapter_model.safetensors", "checkpoints/iterate_1/adapter_config.json"] {
+    for f in ["config.json", "metrics.csv", "metrics.jsonl", "eval_generations.jsonl", "samples/iteration_0.jsonl", "samples/iteration_1.jsonl", "checkpoints/iterate_0/adapter_model.safetensors", "checkpoints/iterate_1/adapter_config.json", "report.md", "dual.svg", "objectives.svg"] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("![Dual variable and constraint slack per iteration](dual.svg)") && report.contains("| reference |"), "{report}");
+    // Two iterations: λ and slack drawn as two lines of two points each.
+    let svg = std::fs::read_to_string(out.join("dual.svg")).unwrap();
+    assert_eq!(svg.matches("<polyline").count(), 2);
     let rows: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let caid: Vec<&serde_json::Value> = rows.iter().filter(|r| r["phase"] == "caid" && r["iteration"].as_i64().unwrap() >= 0).collect();
     assert_eq!(caid.len(), 2);

@@ -3,6 +3,7 @@
 //! `metrics.csv`. Files that are replaced as a whole are written to a temporary name and renamed,
 //! so a run killed at any moment never leaves a half-written file.
 pub mod progress;
+pub mod report;
 
 use anyhow::{Context, Result};
 use serde_json::{Map, Value};
@@ -119,6 +120,11 @@ impl RunDir {
             w.flush()?;
         }
         Ok(())
+    }
+
+    /// Every metrics row logged so far.
+    pub fn rows(&self) -> &[Map<String, Value>] {
+        &self.rows
     }
 
     /// Marks the run finished (`ok`, `failed` or `interrupted`) with its wall time.

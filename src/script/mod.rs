@@ -132,6 +132,53 @@ fn register_session(engine: &mut Engine, session: SharedSession) {
         crate::run::write_atomic(&file, text.as_bytes()).map_err(|e| script_error(format!("write_jsonl: {e:#}")))
     });
     let s = session.clone();
+    def(engine, "report", &["spec: map", "string"],
+        "Writes report.md in the run directory: #{title, text, plots: [#{name, title, x, y: [columns], phase, scatter, label}]}; each plot is an SVG drawn from the run's metrics. Returns the path.",
+        move |spec: Map| -> ScriptResult<String> {
+            let mut s = s.borrow_mut();
+            let Some(run) = s.run.as_mut() else { return Err(script_error("report: no run directory (use `host run`)")) };
+            let get = |m: &Map, k: &str| m.get(k).map(|v| v.to_string());
+            let mut md = format!("# {}
+
+", get(&spec, "title").unwrap_or_else(|| "Report".into()));
+            if let Some(t) = get(&spec, "text") {
+                md.push_str(&t);
+                md.push_str("
+
+");
+            }
+            let plots = spec.get("plots").map(|p| p.clone().into_array()).transpose().map_err(|t| script_error(format!("report: plots must be an array, found {t}")))?.unwrap_or_default();
+            for (i, p) in plots.iter().enumerate() {
+                let p = p.read_lock::<Map>().ok_or_else(|| script_error(format!("report: plots[{i}] must be a map")))?.clone();
+                let y = match p.get("y") {
+                    Some(v) if v.is_array() => v.clone().into_array().unwrap_or_default().iter().map(|c| c.to_string()).collect(),
+                    Some(v) => vec![v.to_string()],
+                    None => return Err(script_error(format!("report: plots[{i}] needs `y`"))),
+                };
+                let name = get(&p, "name").unwrap_or_else(|| format!("plot_{i}"));
+                let plot = crate::run::report::PlotSpec {
+                    title: get(&p, "title").unwrap_or_else(|| name.clone()),
+                    phase: get(&p, "phase"),
+                    x: get(&p, "x").ok_or_else(|| script_error(format!("report: plots[{i}] needs `x`")))?,
+                    y,
+                    scatter: p.get("scatter").and_then(|v| v.as_bool().ok()).unwrap_or(false),
+                    label: get(&p, "label"),
+                    name,
+                };
+                let svg = crate::run::report::svg(&plot, run.rows()).map_err(|e| script_error(format!("{e:#}")))?;
+                let file = format!("{}.svg", plot.name);
+                crate::run::write_atomic(&run.path.join(&file), svg.as_bytes()).map_err(|e| script_error(format!("report: {e:#}")))?;
+                md.push_str(&format!("## {}
+
+![{}]({file})
+
+", plot.title, plot.title));
+            }
+            let path = run.path.join("report.md");
+            crate::run::write_atomic(&path, md.as_bytes()).map_err(|e| script_error(format!("report: {e:#}")))?;
+            Ok(path.display().to_string())
+        });
+    let s = session.clone();
     def(engine, "seed", &["int"], "The run's random seed (--seed).", move || s.borrow().seed as INT);
     def(engine, "device", &["string"], "The device tensors and models use: cpu or cuda:N (--device).", || device::name(device::current()));
     let s = session;
