@@ -89,7 +89,9 @@ pub fn svg(spec: &PlotSpec, rows: &[Map<String, Value>]) -> Result<String> {
         let y = py(t);
         let _ = writeln!(s, r##"<line x1="{L}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#e5e5e5"/><text x="{:.1}" y="{:.1}" text-anchor="end" fill="#444">{}</text>"##, W - R, L - 6.0, y + 4.0, fmt(t));
     }
-    for t in ticks(x0, x1) {
+    // Integer steps (iterations) get integer ticks.
+    let integral = all.iter().all(|(x, _)| x.fract() == 0.0);
+    for t in ticks(x0, x1).into_iter().filter(|t| !integral || t.fract() == 0.0) {
         let x = px(t);
         let _ = writeln!(s, r##"<line x1="{x:.1}" y1="{:.1}" x2="{x:.1}" y2="{:.1}" stroke="#444"/><text x="{x:.1}" y="{:.1}" text-anchor="middle" fill="#444">{}</text>"##, H - B, H - B + 5.0, H - B + 19.0, fmt(t));
     }
