@@ -75,6 +75,11 @@ pub fn svg(spec: &PlotSpec, rows: &[Map<String, Value>]) -> Result<String> {
     if x1 - x0 < 1e-12 {
         x0 -= 0.5;
         x1 += 0.5;
+    } else if spec.scatter {
+        // Points (and their labels) should not sit on the frame.
+        let pad = (x1 - x0) * 0.08;
+        x0 -= pad;
+        x1 += pad;
     }
     let pad = ((y1 - y0) * 0.08).max(1e-6);
     y0 -= pad;
