@@ -11,6 +11,7 @@ pub mod weights;
 
 use anyhow::{bail, Context, Result};
 use config::{Arch, Config};
+use gguf::Gguf;
 use layers::{attention_mask, positions_from_mask, AdapterState, KvCache, Linear};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -191,7 +192,6 @@ fn config_from_gguf(g: &Gguf) -> Result<Config> {
     Ok(cfg)
 }
 
-use gguf::Gguf;
 
 /// Dequantises every GGUF tensor into HF-named weights (q/k rows un-permuted).
 fn weights_from_gguf(g: &Gguf, cfg: &Config, opts: &LoadOptions) -> Result<Weights> {

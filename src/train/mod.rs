@@ -106,11 +106,6 @@ impl<'a> Loop<'a> {
         self.pending.clear();
         Ok(StepReport { step: step_index + 1, lr, grad_norm: norm, applied })
     }
-
-    /// Whether anything is accumulated and not yet stepped.
-    pub fn has_pending(&self) -> bool {
-        self.micro > 0
-    }
 }
 
 /// Number of optimizer steps for `batches` micro-batches per epoch.
