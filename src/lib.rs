@@ -5,6 +5,7 @@
 pub mod data;
 pub mod device;
 pub mod dual;
+pub mod exact;
 pub mod interrupt;
 pub mod model;
 pub mod run;

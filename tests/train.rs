@@ -44,7 +44,7 @@ fn dpo_loss_and_gradients_match_an_independent_pytorch_computation() {
     let lp = policy.sequence_logprobs(&prompts, &responses, 3).unwrap();
     let rl = tch::no_grad(|| reference_model.sequence_logprobs(&prompts, &responses, 3)).unwrap();
     let opts = DpoOptions { beta: 0.1, label_smoothing: 0.1, ..Default::default() };
-    let losses = dpo::losses(&lp.narrow(0, 0, 4), &lp.narrow(0, 4, 4), &rl.narrow(0, 0, 4), &rl.narrow(0, 4, 4), &opts).unwrap();
+    let losses = dpo::losses(&lp.narrow(0, 0, 4), &lp.narrow(0, 4, 4), &rl.narrow(0, 0, 4), &rl.narrow(0, 4, 4), None, &opts).unwrap();
     let loss = losses.mean(Kind::Float);
     loss.backward();
     let diff = (loss.double_value(&[]) - e["loss"].double_value(&[0])).abs();
@@ -103,7 +103,7 @@ fn run(w: &World, batch: usize, accum: usize, online: bool) -> (Vec<f64>, serde_
         losses.push(row["loss"].as_f64().unwrap());
         Ok(())
     };
-    let summary = dpo::train(&policy, &mut opt, reference, w.pairs.clone(), w.chosen.clone(), &w.origins, &opts, &mut log, &|| false).unwrap();
+    let summary = dpo::train(&policy, &mut opt, reference, w.pairs.clone(), w.chosen.clone(), None, &w.origins, &opts, &mut log, &|| false).unwrap();
     (losses, summary, policy)
 }
 
@@ -146,7 +146,7 @@ fn dpo_drives_accuracy_to_one_on_a_separable_set() {
         margins.push(row["margin"].as_f64().unwrap());
         Ok(())
     };
-    let s = dpo::train(&policy, &mut opt, Reference::Table(w.table.clone()), w.pairs.clone(), w.chosen.clone(), &w.origins, &opts, &mut log, &|| false).unwrap();
+    let s = dpo::train(&policy, &mut opt, Reference::Table(w.table.clone()), w.pairs.clone(), w.chosen.clone(), None, &w.origins, &opts, &mut log, &|| false).unwrap();
     assert_eq!(s["accuracy"].as_f64().unwrap(), 1.0, "{s:?}");
     assert!(margins.last().unwrap() > &(margins[2] + 1.0), "{margins:?}");
 }
@@ -159,7 +159,7 @@ fn a_reference_that_moves_with_the_policy_is_reported_as_not_learning() {
     let opts = DpoOptions { epochs: 6, batch_size: 8, cache_dir: None, ..Default::default() };
     // The "reference" is the policy itself: h = 0 at every step, whatever the weights do.
     let eval = |p: &[&[i64]], r: &[&[i64]]| policy.sequence_logprobs(p, r, 256);
-    let s = dpo::train(&policy, &mut opt, Reference::Online(&eval), w.pairs.clone(), w.chosen.clone(), &w.origins, &opts, &mut |_| Ok(()), &|| false).unwrap();
+    let s = dpo::train(&policy, &mut opt, Reference::Online(&eval), w.pairs.clone(), w.chosen.clone(), None, &w.origins, &opts, &mut |_| Ok(()), &|| false).unwrap();
     assert!(s["not_learning"].as_bool().unwrap(), "{s:?}");
 }
 

@@ -348,15 +348,36 @@ pub fn relabel(pairs: &[Rc<Pair>], weights: &BTreeMap<String, f64>, seed: u64) -
     pairs
         .iter()
         .map(|p| {
-            let scores = p.scores.borrow();
-            let mut diff = 0.0;
-            for (name, w) in weights {
-                let s = scores.get(name).with_context(|| format!("relabel: pair at {} has no score column `{name}` (attach it with score_with)", p.origin))?;
-                diff += w * (s[1] - s[0]);
-            }
+            let diff = weighted_difference(p, weights)?;
             // Draw for every pair, so the labels of one pair do not depend on the others' scores.
             let u = rng.uniform();
             Ok(if u < sigmoid(diff) { 1 } else { 0 })
         })
         .collect()
+}
+
+/// The expectation of `relabel` (its Rao-Blackwellisation): the chosen response is the one with
+/// the higher `r_λ`, kept with the probability `sigmoid(|r_λ(y1) - r_λ(y0)|)` that a Bernoulli
+/// label picks it. DPO then minimises the expected loss over labels (each pair's label
+/// smoothing is one minus that probability), with the same optimum and no label noise.
+pub fn relabel_soft(pairs: &[Rc<Pair>], weights: &BTreeMap<String, f64>) -> Result<(Vec<usize>, Vec<f64>)> {
+    let mut chosen = Vec::with_capacity(pairs.len());
+    let mut confidence = Vec::with_capacity(pairs.len());
+    for p in pairs {
+        let diff = weighted_difference(p, weights)?;
+        chosen.push(if diff >= 0.0 { 1 } else { 0 });
+        confidence.push(sigmoid(diff.abs()));
+    }
+    Ok((chosen, confidence))
+}
+
+/// `r_λ(y1) - r_λ(y0)` with `r_λ = Σ_k w_k · score_k`.
+fn weighted_difference(p: &Pair, weights: &BTreeMap<String, f64>) -> Result<f64> {
+    let scores = p.scores.borrow();
+    let mut diff = 0.0;
+    for (name, w) in weights {
+        let s = scores.get(name).with_context(|| format!("relabel: pair at {} has no score column `{name}` (attach it with score_with)", p.origin))?;
+        diff += w * (s[1] - s[0]);
+    }
+    Ok(diff)
 }

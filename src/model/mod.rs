@@ -37,6 +37,28 @@ pub struct CausalLM {
     pub kind: Kind,
     /// LoRA settings and the switches shared by the adapters, when adapters are attached.
     pub lora: Option<(LoraConfig, AdapterState)>,
+    /// A closed response space (the exact world), when the model has one.
+    pub space: Option<ResponseSpace>,
+}
+
+/// A closed response space: every response is exactly `length` tokens from `allowed`, and the
+/// next-token distribution is the softmax over the `allowed` rows of the LM head only. The
+/// policy is then a proper distribution over `allowed.len()^length` responses, which the exact
+/// world enumerates.
+#[derive(Debug, Clone)]
+pub struct ResponseSpace {
+    pub allowed: Vec<i64>,
+    pub length: usize,
+}
+
+impl ResponseSpace {
+    /// The position of token `id` in `allowed`.
+    fn index(&self, id: i64) -> Result<i64> {
+        match self.allowed.iter().position(|&a| a == id) {
+            Some(i) => Ok(i as i64),
+            None => bail!("token {id} is outside the model's response space {:?}", self.allowed),
+        }
+    }
 }
 
 /// LoRA settings (`lora: #{rank, alpha, dropout, targets}` in scripts; PEFT's names).
@@ -300,7 +322,7 @@ impl CausalLM {
                 break;
             }
         }
-        Ok(CausalLM { source: source.to_string(), device: w.device, kind: w.kind, cfg, body, tokenizer, score_head, lora: None })
+        Ok(CausalLM { source: source.to_string(), device: w.device, kind: w.kind, cfg, body, tokenizer, score_head, lora: None, space: None })
     }
 
     /// Final hidden states `[B, T, H]`.
@@ -316,6 +338,15 @@ impl CausalLM {
         match &self.body {
             Body::Llama(m) => &m.lm_head,
             Body::Gpt2(m) => m.lm_head(),
+        }
+    }
+
+    /// The rows of the LM head responses are drawn from `[V', H]`: all of them, or those of the
+    /// closed response space.
+    fn response_head(&self) -> Result<Tensor> {
+        match &self.space {
+            None => Ok(self.lm_head().shallow_clone()),
+            Some(s) => Ok(self.lm_head().f_index_select(0, &Tensor::f_from_slice(&s.allowed)?.f_to_device(self.device)?)?),
         }
     }
 
@@ -344,11 +375,20 @@ impl CausalLM {
                 ids[i * t + j] = tok;
                 valid[i * t + j] = 1;
             }
+            if let Some(space) = &self.space {
+                if r.len() != space.length {
+                    bail!("response {i} has {} tokens; every response of this model's closed response space has exactly {}", r.len(), space.length);
+                }
+            }
             for (k, &tok) in r.iter().enumerate() {
                 // Response token at position p.len()+k is predicted from the position before it.
                 rows.push(i as i64);
                 cols.push((p.len() + k - 1) as i64);
-                targets.push(tok);
+                // In a closed response space the target is the token's row in the restricted head.
+                targets.push(match &self.space {
+                    Some(space) => space.index(tok).with_context(|| format!("response {i}"))?,
+                    None => tok,
+                });
             }
         }
         let dev = self.device;
@@ -369,7 +409,7 @@ impl CausalLM {
         let index = rows.f_mul_scalar(t)?.f_add(&cols)?;
         let selected = flat.f_index_select(0, &index)?;
         let n = selected.size()[0];
-        let head = self.lm_head();
+        let head = self.response_head()?;
         let mut pieces = Vec::new();
         let mut start = 0;
         while start < n {
@@ -436,13 +476,18 @@ impl CausalLM {
         }
         let ids = Tensor::f_from_slice(&ids)?.f_view([b, l])?.f_to_device(dev)?;
         let mut key_valid = Tensor::f_from_slice(&valid)?.f_view([b, l])?.f_to_device(dev)?;
-        let max_new = opts.max_new_tokens as i64;
+        // A closed response space fixes the length: exactly `length` tokens, none of them EOS.
+        let max_new = self.space.as_ref().map_or(opts.max_new_tokens, |s| s.length) as i64;
         let mut cache = KvCache::new(self.cfg.num_layers, b, self.cfg.num_kv_heads as i64, l + max_new, self.cfg.head_dim as i64, self.kind, dev)?;
         let positions = positions_from_mask(&key_valid)?;
         let hidden = self.hidden(&ids, &positions, &attention_mask(&key_valid, 0, l)?, Some(&mut cache))?;
         let mut last_h = hidden.f_select(1, l - 1)?;
         let mut pos = positions.f_select(1, l - 1)?;
-        let head_t = self.lm_head().f_tr()?;
+        let head_t = self.response_head()?.f_tr()?;
+        let allowed = match &self.space {
+            Some(s) => Some(Tensor::f_from_slice(&s.allowed)?.f_to_device(dev)?),
+            None => None,
+        };
         let eos_ids = &self.tokenizer.eos_ids;
         let mut out: Vec<Vec<i64>> = vec![Vec::new(); b as usize];
         // Rows still decoding, by their index in `out`; finished rows leave the batch (and the
@@ -453,7 +498,10 @@ impl CausalLM {
                 bail!("interrupted");
             }
             let logits = last_h.f_matmul(&head_t)?.f_to_kind(Kind::Float)?;
-            let next = sample(&logits, opts)?;
+            let mut next = sample(&logits, opts)?;
+            if let Some(a) = &allowed {
+                next = a.f_index_select(0, &next)?;
+            }
             let mut tokens = vec![0i64; active.len()];
             next.f_to_device(Device::Cpu)?.f_copy_data(&mut tokens, active.len())?;
             let mut keep = Vec::with_capacity(active.len());
@@ -467,7 +515,6 @@ impl CausalLM {
             if keep.is_empty() || step == max_new - 1 {
                 break;
             }
-            let mut next = next;
             if keep.len() < active.len() {
                 let index = Tensor::f_from_slice(&keep)?.f_to_device(dev)?;
                 cache.select_rows(&index)?;
@@ -498,7 +545,9 @@ impl CausalLM {
             }
         }
         let mut w = Weights::new(map, self.source.clone(), self.device, self.kind);
-        Self::from_weights(self.cfg.clone(), &mut w, self.tokenizer.clone(), &self.source)
+        let mut copy = Self::from_weights(self.cfg.clone(), &mut w, self.tokenizer.clone(), &self.source)?;
+        copy.space = self.space.clone();
+        Ok(copy)
     }
 
     /// Every parameter with its HF name and layout.

@@ -15,6 +15,8 @@ pub struct ScriptPairs {
     pub pairs: Rc<Vec<Rc<Pair>>>,
     /// Index of the chosen response of each pair.
     pub chosen: Rc<Vec<usize>>,
+    /// With soft labels (`relabel_soft`): the probability that the chosen response is preferred.
+    pub confidence: Option<Rc<Vec<f64>>>,
     /// Where the current labels came from: a label name, or `relabel`.
     pub label: String,
     pub report: Rc<Report>,
@@ -22,8 +24,10 @@ pub struct ScriptPairs {
 
 impl ScriptPairs {
     fn subset(&self, idx: impl IntoIterator<Item = usize>) -> ScriptPairs {
-        let (p, c): (Vec<_>, Vec<_>) = idx.into_iter().map(|i| (self.pairs[i].clone(), self.chosen[i])).unzip();
-        ScriptPairs { pairs: Rc::new(p), chosen: Rc::new(c), label: self.label.clone(), report: self.report.clone() }
+        let idx: Vec<usize> = idx.into_iter().collect();
+        let (p, c): (Vec<_>, Vec<_>) = idx.iter().map(|&i| (self.pairs[i].clone(), self.chosen[i])).unzip();
+        let confidence = self.confidence.as_ref().map(|v| Rc::new(idx.iter().map(|&i| v[i]).collect()));
+        ScriptPairs { pairs: Rc::new(p), chosen: Rc::new(c), confidence, label: self.label.clone(), report: self.report.clone() }
     }
 }
 
@@ -46,6 +50,9 @@ fn to_map(pairs: &ScriptPairs, i: usize) -> Map {
     m.insert("chosen".into(), p.responses[c].clone().into());
     m.insert("rejected".into(), p.responses[1 - c].clone().into());
     m.insert("chosen_id".into(), (c as INT).into());
+    if let Some(conf) = &pairs.confidence {
+        m.insert("confidence".into(), Dynamic::from_float(conf[i]));
+    }
     for (k, v) in &p.labels {
         m.insert(format!("{k}_response_id").into(), (*v as INT).into());
     }
@@ -113,7 +120,17 @@ fn load(session: &SharedSession, path: &str, opts: &Map) -> ScriptResult<ScriptP
     warn_report("load_preferences", &report);
     let label = opts.get("label").map(|v| v.to_string()).unwrap_or_else(|| if pairs[0].labels.contains_key("better") { "better".into() } else { "safer".into() });
     let chosen = pairs.iter().map(|p| label_of(p, &label)).collect::<ScriptResult<Vec<_>>>()?;
-    Ok(ScriptPairs { pairs: Rc::new(pairs), chosen: Rc::new(chosen), label, report: Rc::new(report) })
+    Ok(ScriptPairs { pairs: Rc::new(pairs), chosen: Rc::new(chosen), confidence: None, label, report: Rc::new(report) })
+}
+
+/// Relabelling weights `#{column: weight}` as numbers.
+fn weights_of(weights: &Map) -> ScriptResult<BTreeMap<String, f64>> {
+    let mut w = BTreeMap::new();
+    for (k, v) in weights {
+        let x = v.as_float().or_else(|_| v.as_int().map(|i| i as f64)).map_err(|t| script_error(format!("relabel: weight `{k}` must be a number, found {t}")))?;
+        w.insert(k.to_string(), x);
+    }
+    Ok(w)
 }
 
 fn floats(values: &Array, what: &str, n: usize) -> ScriptResult<Vec<f64>> {
@@ -195,7 +212,7 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
     });
     def(engine, "with_label", &["p: Pairs", "label: string", "Pairs"], "The same pairs with the chosen response taken from a label (\"better\" or \"safer\").", |p: &mut ScriptPairs, label: &str| -> ScriptResult<ScriptPairs> {
         let chosen = p.pairs.iter().map(|x| label_of(x, label)).collect::<ScriptResult<Vec<_>>>()?;
-        Ok(ScriptPairs { chosen: Rc::new(chosen), label: label.to_string(), ..p.clone() })
+        Ok(ScriptPairs { chosen: Rc::new(chosen), confidence: None, label: label.to_string(), ..p.clone() })
     });
     def(engine, "score_with", &["p: Pairs", "name: string", "scorer: Model", "Pairs"], "Attaches score column `name` (one value per response) from a score model; computed once and cached.", |p: &mut ScriptPairs, name: &str, scorer: ScriptModel| -> ScriptResult<ScriptPairs> {
         if missing(p, name) {
@@ -224,13 +241,12 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
             .collect()
     });
     def(engine, "relabel", &["p: Pairs", "weights: map", "seed: int", "Pairs"], "Pairs relabelled from r = Σ weight·score: response 1 is chosen with probability sigmoid(r(y1) - r(y0)), seeded.", |p: &mut ScriptPairs, weights: Map, seed: INT| -> ScriptResult<ScriptPairs> {
-        let mut w = BTreeMap::new();
-        for (k, v) in weights {
-            let x = v.as_float().or_else(|_| v.as_int().map(|i| i as f64)).map_err(|t| script_error(format!("relabel: weight `{k}` must be a number, found {t}")))?;
-            w.insert(k.to_string(), x);
-        }
-        let chosen = data::relabel(&p.pairs, &w, seed as u64).map_err(|e| script_error(format!("{e:#}")))?;
-        Ok(ScriptPairs { chosen: Rc::new(chosen), label: "relabel".into(), ..p.clone() })
+        let chosen = data::relabel(&p.pairs, &weights_of(&weights)?, seed as u64).map_err(|e| script_error(format!("{e:#}")))?;
+        Ok(ScriptPairs { chosen: Rc::new(chosen), confidence: None, label: "relabel".into(), ..p.clone() })
+    });
+    def(engine, "relabel_soft", &["p: Pairs", "weights: map", "Pairs"], "The expectation of relabel: the response with the higher r = Σ weight·score is chosen with confidence sigmoid(|Δr|), which DPO uses as that pair's soft label (no label noise).", |p: &mut ScriptPairs, weights: Map| -> ScriptResult<ScriptPairs> {
+        let (chosen, confidence) = data::relabel_soft(&p.pairs, &weights_of(&weights)?).map_err(|e| script_error(format!("{e:#}")))?;
+        Ok(ScriptPairs { chosen: Rc::new(chosen), confidence: Some(Rc::new(confidence)), label: "relabel_soft".into(), ..p.clone() })
     });
     def(engine, "with_chat", &["p: Pairs", "model: Model", "Pairs"], "The same pairs with each prompt wrapped in the model's chat format (as m.chat does); labels kept, scores recomputed.", |p: &mut ScriptPairs, m: ScriptModel| -> ScriptPairs {
         let wrapped: Vec<Rc<Pair>> = m.with(|m| {

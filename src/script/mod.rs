@@ -6,6 +6,7 @@ pub mod config;
 pub mod data;
 pub mod dual;
 pub mod errors;
+pub mod exact;
 pub mod model;
 pub mod resolver;
 pub mod tensor;
@@ -66,6 +67,7 @@ pub fn engine(script: &Path, session: SharedSession) -> Engine {
     data::register(&mut engine, session.clone());
     train::register(&mut engine, session.clone());
     dual::register(&mut engine);
+    exact::register(&mut engine, session.clone());
     register_session(&mut engine, session);
     engine
 }

@@ -38,11 +38,11 @@ impl ScriptModel {
     }
 }
 
-fn err(e: anyhow::Error) -> Box<rhai::EvalAltResult> {
+pub(super) fn err(e: anyhow::Error) -> Box<rhai::EvalAltResult> {
     script_error(format!("{e:#}"))
 }
 
-fn strings(a: &Array, what: &str) -> ScriptResult<Vec<String>> {
+pub(super) fn strings(a: &Array, what: &str) -> ScriptResult<Vec<String>> {
     a.iter()
         .enumerate()
         .map(|(i, v)| v.clone().into_string().map_err(|t| script_error(format!("{what}[{i}]: expected a string, found {t}"))))
@@ -56,14 +56,14 @@ fn opt_f64(m: &Map, k: &str, default: f64) -> ScriptResult<f64> {
     }
 }
 
-fn opt_int(m: &Map, k: &str, default: INT) -> ScriptResult<INT> {
+pub(super) fn opt_int(m: &Map, k: &str, default: INT) -> ScriptResult<INT> {
     match m.get(k) {
         None => Ok(default),
         Some(v) => v.as_int().map_err(|t| script_error(format!("option {k}: expected an integer, found {t}"))),
     }
 }
 
-fn check_keys(m: &Map, known: &[&str], what: &str) -> ScriptResult<()> {
+pub(super) fn check_keys(m: &Map, known: &[&str], what: &str) -> ScriptResult<()> {
     for k in m.keys() {
         if !known.contains(&k.as_str()) {
             return Err(script_error(format!("{what}: unknown option `{k}` (known: {})", known.join(", "))));
@@ -87,7 +87,7 @@ fn lora_options(v: &Dynamic) -> ScriptResult<LoraConfig> {
     Ok(LoraConfig { rank, alpha: opt_f64(&m, "alpha", d.alpha)?, dropout: opt_f64(&m, "dropout", d.dropout)?, targets })
 }
 
-fn load(src: &str, opts: &Map, session: &SharedSession) -> ScriptResult<CausalLM> {
+pub(super) fn load(src: &str, opts: &Map, session: &SharedSession) -> ScriptResult<CausalLM> {
     let mut m = CausalLM::load(src, &load_options(opts, session)?).map_err(err)?;
     if let Some(l) = opts.get("lora") {
         m.add_lora(lora_options(l)?).map_err(err)?;
@@ -121,16 +121,28 @@ fn encode_pairs(m: &CausalLM, prompts: &Array, responses: &Array) -> ScriptResul
     Ok((p, r))
 }
 
-/// Batches of at most 16 pairs, so memory stays bounded on long lists.
+/// Batches of at most 64 pairs and about 4096 tokens, so memory stays bounded on long lists
+/// while short sequences are not run a few at a time.
 fn batched(p: &[Vec<i64>], r: &[Vec<i64>], f: impl Fn(&[&[i64]], &[&[i64]]) -> anyhow::Result<tch::Tensor>) -> ScriptResult<Array> {
     let mut out = Array::new();
-    for (pc, rc) in p.chunks(16).zip(r.chunks(16)) {
+    let mut start = 0;
+    while start < p.len() {
+        let (mut end, mut longest) = (start, 0);
+        while end < p.len() && end - start < 64 {
+            let len = p[end].len() + r[end].len();
+            if end > start && longest.max(len) * (end - start + 1) > 4096 {
+                break;
+            }
+            longest = longest.max(len);
+            end += 1;
+        }
         interrupt::check()?;
-        let ps: Vec<&[i64]> = pc.iter().map(Vec::as_slice).collect();
-        let rs: Vec<&[i64]> = rc.iter().map(Vec::as_slice).collect();
+        let ps: Vec<&[i64]> = p[start..end].iter().map(Vec::as_slice).collect();
+        let rs: Vec<&[i64]> = r[start..end].iter().map(Vec::as_slice).collect();
         let t = tch::no_grad(|| f(&ps, &rs)).map_err(err)?;
         let (_, values) = super::tensor::values(&t)?;
         out.extend(values.into_iter().map(Dynamic::from_float));
+        start = end;
     }
     Ok(out)
 }

@@ -163,7 +163,7 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
                 None => Reference::Online(&eval),
             };
             let mut log = logger(&s);
-            let summary = policy.with(|m| dpo::train(m, &mut opt.borrow_mut(), reference_source, tokenized.clone(), Arc::new(pairs.chosen.to_vec()), &origins, &dopts, &mut log, &interrupt::requested)).map_err(err)?;
+            let summary = policy.with(|m| dpo::train(m, &mut opt.borrow_mut(), reference_source, tokenized.clone(), Arc::new(pairs.chosen.to_vec()), pairs.confidence.as_ref().map(|c| Arc::new(c.iter().map(|&x| x as f32).collect())), &origins, &dopts, &mut log, &interrupt::requested)).map_err(err)?;
             let mut out = to_map(summary)?;
             out.insert("ref_cache".into(), Dynamic::from(if table.is_none() { "online" } else if hit { "hit" } else { "miss" }.to_string()));
             Ok(out)

@@ -54,6 +54,14 @@ pub fn weights_fingerprint(model: &CausalLM) -> Result<u64> {
             h.word(pair[0].to_bits() as u64 | (pair.get(1).map_or(0, |x| x.to_bits()) as u64) << 32);
         }
     }
+    // A closed response space changes every log-probability of the same weights.
+    if let Some(space) = &model.space {
+        h.bytes(b"response space");
+        h.word(space.length as u64);
+        for &t in &space.allowed {
+            h.word(t as u64);
+        }
+    }
     Ok(h.finish())
 }
 

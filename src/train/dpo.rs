@@ -101,14 +101,19 @@ pub fn cached_reference(reference: &CausalLM, eval: &dyn Fn(&[&[i64]], &[&[i64]]
 
 /// Per-pair DPO losses from summed log-probs of the policy (`pc`, `pr`) and the reference (`rc`,
 /// `rr`) for chosen and rejected responses.
-pub fn losses(pc: &Tensor, pr: &Tensor, rc: &Tensor, rr: &Tensor, opts: &DpoOptions) -> Result<Tensor> {
+/// `smoothing`, when given, is each pair's own label smoothing (soft labels) in place of the
+/// global `label_smoothing`.
+pub fn losses(pc: &Tensor, pr: &Tensor, rc: &Tensor, rr: &Tensor, smoothing: Option<&Tensor>, opts: &DpoOptions) -> Result<Tensor> {
     let beta = opts.beta;
     let h = pc.f_sub(pr)?.f_sub(&rc.f_sub(rr)?)?;
     Ok(match opts.loss {
         DpoLoss::Sigmoid => {
-            let pos = h.f_mul_scalar(beta)?.f_log_sigmoid()?.f_mul_scalar(-(1.0 - opts.label_smoothing))?;
-            let neg = h.f_mul_scalar(-beta)?.f_log_sigmoid()?.f_mul_scalar(-opts.label_smoothing)?;
-            pos.f_add(&neg)?
+            let pos = h.f_mul_scalar(beta)?.f_log_sigmoid()?.f_neg()?;
+            let neg = h.f_mul_scalar(-beta)?.f_log_sigmoid()?.f_neg()?;
+            match smoothing {
+                None => pos.f_mul_scalar(1.0 - opts.label_smoothing)?.f_add(&neg.f_mul_scalar(opts.label_smoothing)?)?,
+                Some(eps) => pos.f_mul(&eps.f_neg()?.f_add_scalar(1.0)?)?.f_add(&neg.f_mul(eps)?)?,
+            }
         }
         DpoLoss::Ipo => h.f_sub_scalar(1.0 / (2.0 * beta))?.f_pow_tensor_scalar(2)?,
     })
@@ -122,6 +127,8 @@ struct Micro {
     rejected: Vec<Vec<i64>>,
     ref_chosen: Option<Vec<f32>>,
     ref_rejected: Option<Vec<f32>>,
+    /// Per-pair label smoothing (soft labels).
+    smoothing: Option<Vec<f32>>,
     tokens: usize,
 }
 
@@ -134,8 +141,8 @@ struct Totals {
     correct: f64,
 }
 
-/// Runs DPO. `chosen[i]` is the preferred response (0 or 1) of pair `i`; `origins` name pairs in
-/// reports. Rows are passed to `log` every `log_every` steps; returns a summary.
+/// Runs DPO. `chosen[i]` is the preferred response (0 or 1) of pair `i`, with probability
+/// `confidence[i]` under soft labels (else 1); `origins` name pairs in reports. Rows are passed to `log` every `log_every` steps; returns a summary.
 #[allow(clippy::too_many_arguments)]
 pub fn train(
     policy: &CausalLM,
@@ -143,6 +150,7 @@ pub fn train(
     reference: Reference,
     pairs: Arc<Vec<TokenizedPair>>,
     chosen: Arc<Vec<usize>>,
+    confidence: Option<Arc<Vec<f32>>>,
     origins: &[String],
     opts: &DpoOptions,
     log: &mut dyn FnMut(Map<String, Value>) -> Result<()>,
@@ -151,6 +159,9 @@ pub fn train(
     let n = pairs.len();
     if n == 0 {
         bail!("dpo: no pairs");
+    }
+    if confidence.is_some() && opts.loss != DpoLoss::Sigmoid {
+        bail!("dpo: soft labels (relabel_soft) need the sigmoid loss");
     }
     let lengths: Vec<usize> = pairs.iter().map(TokenizedPair::len).collect();
     let bopts = BatchOptions { batch_size: opts.batch_size, token_budget: None, group_by_length: opts.group_by_length, seed: Some(opts.seed) };
@@ -178,7 +189,7 @@ pub fn train(
             // the step is split into micro-batches.
             let step_rows: Vec<usize> = plan.chunks(accum).map(|c| c.iter().map(Vec::len).sum()).collect();
             let n_micro = plan.len();
-            let (p2, c2, t2) = (pairs.clone(), chosen.clone(), table.clone());
+            let (p2, c2, t2, s2) = (pairs.clone(), chosen.clone(), table.clone(), confidence.clone());
             let rx = batch::prefetch(plan, 2, move |idx: &[usize]| {
                 let take = |i: usize, which: usize| p2[i].responses[which].clone();
                 let chosen_ids: Vec<usize> = idx.iter().map(|&i| c2[i]).collect();
@@ -190,7 +201,8 @@ pub fn train(
                     Some(t) => (Some(idx.iter().zip(&chosen_ids).map(|(&i, &c)| t[i][c]).collect()), Some(idx.iter().zip(&chosen_ids).map(|(&i, &c)| t[i][1 - c]).collect())),
                     None => (None, None),
                 };
-                Micro { ids: idx.to_vec(), prompts, chosen, rejected, ref_chosen, ref_rejected, tokens }
+                let smoothing = s2.as_ref().map(|s| idx.iter().map(|&i| 1.0 - s[i]).collect());
+                Micro { ids: idx.to_vec(), prompts, chosen, rejected, ref_chosen, ref_rejected, smoothing, tokens }
             });
             let mut totals = Totals::default();
             let mut step_totals = Totals::default();
@@ -220,7 +232,8 @@ pub fn train(
                     }
                     _ => bail!("dpo: no reference log-probs"),
                 };
-                let losses = losses(&pc, &pr, &rc, &rr, opts)?;
+                let smoothing = micro.smoothing.as_ref().map(|s| Tensor::f_from_slice(s)?.f_to_device(policy.device)).transpose()?;
+                let losses = losses(&pc, &pr, &rc, &rr, smoothing.as_ref(), opts)?;
                 let denom = step_rows[k / accum] as f64;
                 let loss = losses.f_sum(Kind::Float)?.f_div_scalar(denom)?;
                 let what = micro.ids.iter().map(|&i| origins.get(i).cloned().unwrap_or_else(|| format!("pair {i}"))).collect::<Vec<_>>().join(", ");
@@ -282,7 +295,7 @@ pub fn train(
     let m = |x: f64| x / last_epoch.rows.max(1.0);
     // A loss pinned at ln 2 with zero margins means nothing moves: identical pairs, a frozen
     // policy, or a reference that is the policy itself.
-    let not_learning = history.len() >= 10 && history.iter().all(|(l, mg)| (l - std::f64::consts::LN_2).abs() < 1e-4 && mg.abs() < 1e-6) && opts.loss == DpoLoss::Sigmoid && opts.label_smoothing == 0.0;
+    let not_learning = history.len() >= 10 && history.iter().all(|(l, mg)| (l - std::f64::consts::LN_2).abs() < 1e-4 && mg.abs() < 1e-6) && opts.loss == DpoLoss::Sigmoid && opts.label_smoothing == 0.0 && confidence.is_none();
     if not_learning {
         eprintln!("dpo: not learning: the loss stayed at ln 2 with zero margins for {} steps (identical pairs, a frozen policy, or a wrong reference cache?)", history.len());
     }
