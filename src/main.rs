@@ -36,8 +36,13 @@ struct Cli {
 enum Command {
     /// Run a script; its outputs go to a new run directory.
     Run {
-        /// The .rhai script to run.
-        script: PathBuf,
+        /// The .rhai script to run (omit with --resume).
+        #[arg(required_unless_present = "resume")]
+        script: Option<PathBuf>,
+        /// Continue the interrupted run in this run directory: same script, settings and seed;
+        /// finished training and sampling calls are replayed from its journal.
+        #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["script", "set", "out", "seed"])]
+        resume: Option<PathBuf>,
         /// Override a setting the script reads with config(key, default); repeatable.
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
@@ -72,6 +77,8 @@ enum Command {
 /// How a command ended, mapped to the exit code.
 enum Failure {
     Usage(String),
+    /// Nothing to do (exit 0 with a message).
+    Done(String),
     Script(ScriptError),
     Other(anyhow::Error),
 }
@@ -107,7 +114,29 @@ fn check_script_file(script: &Path) -> Result<(), Failure> {
     }
 }
 
-fn cmd_run(script_path: PathBuf, sets: Vec<String>, out: Option<PathBuf>, device_name: String, seed: i64) -> Result<(), Failure> {
+/// What `host --resume DIR` needs from the run's `config.json`.
+fn resume_settings(dir: &Path) -> Result<(PathBuf, Vec<String>, i64, String), Failure> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| Failure::Usage(format!("{}: cannot read ({e}); --resume takes a run directory", path.display())))?;
+    let config: serde_json::Value = serde_json::from_str(&text).map_err(|e| Failure::Usage(format!("{}: not valid JSON: {e}", path.display())))?;
+    let script = config.get("script_path").or_else(|| config.get("script")).and_then(|v| v.as_str()).ok_or_else(|| Failure::Usage(format!("{}: no `script` field", path.display())))?;
+    let sets = config.get("overrides").and_then(|v| v.as_object()).map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect()).unwrap_or_default();
+    let seed = config.get("seed").and_then(|v| v.as_i64()).unwrap_or(0);
+    let device = config.get("device").and_then(|v| v.as_str()).unwrap_or("auto").to_string();
+    if config.get("status").and_then(|v| v.as_str()) == Some("ok") {
+        return Err(Failure::Done(format!("{}: this run finished (status ok); nothing to resume", dir.display())));
+    }
+    Ok((PathBuf::from(script), sets, seed, device))
+}
+
+fn cmd_run(script_path: Option<PathBuf>, resume: Option<PathBuf>, sets: Vec<String>, out: Option<PathBuf>, device_name: String, seed: i64) -> Result<(), Failure> {
+    let (script_path, sets, seed, device_name) = match &resume {
+        Some(dir) => {
+            let (script, sets, seed, recorded) = resume_settings(dir)?;
+            (script, sets, seed, if device_name == "auto" { recorded } else { device_name })
+        }
+        None => (script_path.unwrap_or_default(), sets, seed, device_name),
+    };
     check_script_file(&script_path)?;
     let overrides = parse_sets(&sets)?;
     let dev = device::parse(&device_name).map_err(|e| Failure::Usage(e.to_string()))?;
@@ -124,21 +153,38 @@ fn cmd_run(script_path: PathBuf, sets: Vec<String>, out: Option<PathBuf>, device
         return Err(Failure::Usage(msg));
     }
 
-    let dir = out.unwrap_or_else(|| run::default_dir(&script_path, std::time::SystemTime::now()));
-    let header = serde_json::json!({
-        "script": script_path.display().to_string(),
-        "command": std::env::args().collect::<Vec<_>>(),
-        "started": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-        "seed": seed,
-        "device": device::name(dev),
-        "versions": dualign::versions(),
-        "overrides": overrides,
-        "config": {},
-    });
-    let serde_json::Value::Object(header) = header else { unreachable!("json! of an object literal") };
-    let run_dir = run::RunDir::create(&dir, header)?;
-    eprintln!("run directory: {}", dir.display());
-    session.borrow_mut().run = Some(run_dir);
+    let (run_dir, journal) = match &resume {
+        Some(dir) => {
+            let journal = run::journal::Journal::open(dir, seed, true)?;
+            let run_dir = run::RunDir::resume(dir, journal.rows_after_last())?;
+            eprintln!("resuming {} ({} finished calls to replay)", dir.display(), journal.len());
+            (run_dir, journal)
+        }
+        None => {
+            let dir = out.unwrap_or_else(|| run::default_dir(&script_path, std::time::SystemTime::now()));
+            let header = serde_json::json!({
+                "script": script_path.display().to_string(),
+                "script_path": std::fs::canonicalize(&script_path).unwrap_or_else(|_| script_path.clone()).display().to_string(),
+                "command": std::env::args().collect::<Vec<_>>(),
+                "started": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+                "seed": seed,
+                "device": device::name(dev),
+                "versions": dualign::versions(),
+                "overrides": overrides,
+                "config": {},
+            });
+            let serde_json::Value::Object(header) = header else { unreachable!("json! of an object literal") };
+            let run_dir = run::RunDir::create(&dir, header)?;
+            let journal = run::journal::Journal::open(&dir, seed, false)?;
+            eprintln!("run directory: {}", dir.display());
+            (run_dir, journal)
+        }
+    };
+    {
+        let mut s = session.borrow_mut();
+        s.run = Some(run_dir);
+        s.journal = Some(journal);
+    }
 
     let result = engine.run_ast(&ast);
     let mut s = session.borrow_mut();
@@ -216,12 +262,16 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Run { script, set, out, device, seed } => cmd_run(script, set, out, device, seed),
+        Command::Run { script, resume, set, out, device, seed } => cmd_run(script, resume, set, out, device, seed),
         Command::Check { script, set } => cmd_check(script, set),
         Command::Api { json, definitions } => cmd_api(json, definitions),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Done(msg)) => {
+            eprintln!("{msg}");
+            ExitCode::SUCCESS
+        }
         Err(Failure::Usage(msg)) => {
             eprintln!("error: {msg}");
             ExitCode::from(2)

@@ -2,6 +2,7 @@
 //! versions and status), and the metrics that `log(map)` appends to `metrics.jsonl` and
 //! `metrics.csv`. Files that are replaced as a whole are written to a temporary name and renamed,
 //! so a run killed at any moment never leaves a half-written file.
+pub mod journal;
 pub mod progress;
 pub mod report;
 
@@ -54,15 +55,22 @@ pub struct RunDir {
     rows: Vec<Map<String, Value>>,
     jsonl: File,
     started: std::time::Instant,
+    /// Rows a resumed run already has: the first `replayed` calls of `log` write nothing.
+    replayed: usize,
+    /// Rows logged (or replayed) so far in this process.
+    cursor: usize,
 }
 
 impl RunDir {
     /// Creates the folder and writes the first `config.json`.
     pub fn create(path: &Path, header: Map<String, Value>) -> Result<Self> {
         std::fs::create_dir_all(path).with_context(|| format!("cannot create run directory {}", path.display()))?;
+        // A new run starts its metrics afresh, even in a folder an earlier run used.
+        let _ = std::fs::remove_file(path.join("metrics.csv"));
         let jsonl = OpenOptions::new()
             .create(true)
-            .append(true)
+            .write(true)
+            .truncate(true)
             .open(path.join("metrics.jsonl"))
             .with_context(|| format!("cannot write {}", path.join("metrics.jsonl").display()))?;
         let mut run = RunDir {
@@ -72,9 +80,78 @@ impl RunDir {
             rows: Vec::new(),
             jsonl,
             started: std::time::Instant::now(),
+            replayed: 0,
+            cursor: 0,
         };
         run.set("status", "running".into())?;
         Ok(run)
+    }
+
+    /// Reopens the run at `path` to resume it: keeps its `config.json` and its first `rows`
+    /// metrics rows (those written up to its last journaled call), which the replayed part of
+    /// the script will not write again.
+    pub fn resume(path: &Path, rows: usize) -> Result<Self> {
+        let config_path = path.join("config.json");
+        let text = std::fs::read_to_string(&config_path).with_context(|| format!("{}: cannot read; is this a run directory?", config_path.display()))?;
+        let Value::Object(config) = serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", config_path.display()))? else {
+            anyhow::bail!("{}: not a JSON object", config_path.display());
+        };
+        let jsonl_path = path.join("metrics.jsonl");
+        let mut kept = Vec::new();
+        if let Ok(text) = std::fs::read_to_string(&jsonl_path) {
+            for (i, line) in text.lines().take(rows).enumerate() {
+                match serde_json::from_str(line) {
+                    Ok(Value::Object(m)) => kept.push(m),
+                    _ => anyhow::bail!("{}:{}: not a JSON object", jsonl_path.display(), i + 1),
+                }
+            }
+        }
+        if kept.len() < rows {
+            anyhow::bail!("{}: {} rows, but the journal says {rows} were written", jsonl_path.display(), kept.len());
+        }
+        let mut text = String::new();
+        let mut columns: Vec<String> = Vec::new();
+        if let Ok(old) = std::fs::read_to_string(&jsonl_path) {
+            for line in old.lines().take(rows) {
+                text.push_str(line);
+                text.push('\n');
+            }
+        }
+        for r in &kept {
+            for k in r.keys() {
+                if !columns.contains(k) {
+                    columns.push(k.clone());
+                }
+            }
+        }
+        write_atomic(&jsonl_path, text.as_bytes())?;
+        let mut w = csv::Writer::from_writer(Vec::new());
+        w.write_record(&columns)?;
+        for r in &kept {
+            w.write_record(columns.iter().map(|c| cell(r.get(c))))?;
+        }
+        write_atomic(&path.join("metrics.csv"), &w.into_inner()?)?;
+        let jsonl = OpenOptions::new().append(true).open(&jsonl_path)?;
+        let resumed = config.get("resumed").and_then(Value::as_u64).unwrap_or(0) + 1;
+        let mut run = RunDir { path: path.to_path_buf(), config, columns, rows: kept, jsonl, started: std::time::Instant::now(), replayed: rows, cursor: 0 };
+        run.set("resumed", resumed.into())?;
+        run.set("status", "running".into())?;
+        Ok(run)
+    }
+
+    /// A field of `config.json`.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.config.get(key)
+    }
+
+    /// Rows logged so far, replayed ones included.
+    pub fn cursor(&self) -> usize {
+        self.cursor
+    }
+
+    /// After a replayed call: the rows it had logged count as logged.
+    pub fn skip_to(&mut self, rows: usize) {
+        self.cursor = self.cursor.max(rows);
     }
 
     /// Sets one top-level field of `config.json` and rewrites it.
@@ -96,6 +173,10 @@ impl RunDir {
     /// Appends one metrics row. A row with a column never seen before rewrites `metrics.csv`
     /// with the widened header (earlier rows get empty cells); otherwise the row is appended.
     pub fn log(&mut self, row: Map<String, Value>) -> Result<()> {
+        self.cursor += 1;
+        if self.cursor <= self.replayed {
+            return Ok(());
+        }
         writeln!(self.jsonl, "{}", Value::Object(row.clone()))?;
         self.jsonl.flush()?;
         let before = self.columns.len();

@@ -12,6 +12,7 @@ pub mod resolver;
 pub mod tensor;
 pub mod train;
 
+use crate::run::journal::{Journal, Start};
 use crate::{device, interrupt, run::RunDir};
 use api::{def, script_error, ScriptResult};
 use errors::ScriptError;
@@ -36,6 +37,46 @@ pub struct Session {
     pub usage_error: Option<String>,
     /// The folder of the script being run: data paths not found as given are looked up there.
     pub script_dir: PathBuf,
+    /// The resume journal of the run directory.
+    pub journal: Option<Journal>,
+}
+
+/// Runs an expensive call through the resume journal (run/journal.rs). `live` computes the
+/// result and returns it with its JSON form and the tensors to keep; `replay` rebuilds the
+/// result from those when a resumed run reaches a call that had finished.
+pub fn journaled<T>(
+    session: &SharedSession,
+    kind: &str,
+    key: &str,
+    replay: impl FnOnce(&serde_json::Value, Vec<(String, tch::Tensor)>) -> ScriptResult<T>,
+    live: impl FnOnce() -> ScriptResult<(T, serde_json::Value, Vec<(String, tch::Tensor)>)>,
+) -> ScriptResult<T> {
+    let start = {
+        let mut s = session.borrow_mut();
+        match s.journal.as_mut() {
+            None => None,
+            Some(j) => Some(j.begin(kind, key).map_err(|e| script_error(format!("{e:#}")))?),
+        }
+    };
+    match start {
+        None => Ok(live()?.0),
+        Some(Start::Replay(entry, tensors)) => {
+            let out = replay(&entry.output, tensors)?;
+            if let Some(run) = session.borrow_mut().run.as_mut() {
+                run.skip_to(entry.rows_after);
+            }
+            Ok(out)
+        }
+        Some(Start::Live(index)) => {
+            let (out, json, tensors) = live()?;
+            let mut s = session.borrow_mut();
+            let rows = s.run.as_ref().map_or(0, RunDir::cursor);
+            if let Some(j) = s.journal.as_mut() {
+                j.commit(index, kind, key, json, rows, &tensors).map_err(|e| script_error(format!("{e:#}")))?;
+            }
+            Ok(out)
+        }
+    }
 }
 
 pub type SharedSession = Rc<RefCell<Session>>;

@@ -210,7 +210,8 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
         })
     });
     def(engine, "score", &["s: Model", "prompts: array", "responses: array", "array"], "The score head's output for each prompt and response, read at the last token.", |m: &mut ScriptModel, prompts: Array, responses: Array| score(m, &prompts, &responses));
-    def(engine, "generate", &["m: Model", "prompts: array", "opts: map", "array"], "Samples responses: opts #{n, max_new_tokens, temperature (0 = greedy), top_p, top_k, seed, batch_size}; n per prompt, prompt by prompt.", |m: &mut ScriptModel, prompts: Array, opts: Map| -> ScriptResult<Array> {
+    let s = session.clone();
+    def(engine, "generate", &["m: Model", "prompts: array", "opts: map", "array"], "Samples responses: opts #{n, max_new_tokens, temperature (0 = greedy), top_p, top_k, seed, batch_size}; n per prompt, prompt by prompt.", move |m: &mut ScriptModel, prompts: Array, opts: Map| -> ScriptResult<Array> {
         check_keys(&opts, &["n", "max_new_tokens", "temperature", "top_p", "top_k", "seed", "batch_size"], "generate")?;
         let d = SampleOptions::default();
         let o = SampleOptions {
@@ -222,16 +223,25 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
             seed: opts.get("seed").map(|_| opt_int(&opts, "seed", 0)).transpose()?,
             batch_size: opt_int(&opts, "batch_size", d.batch_size as INT)?.max(1) as usize,
         };
-        m.with(|m| {
-        let ids: Vec<Vec<i64>> = strings(&prompts, "prompts")?.iter().map(|s| m.tokenizer.encode(s, true)).collect::<anyhow::Result<_>>().map_err(err)?;
-        let out = m.generate(&ids, &o, &interrupt::requested).map_err(|e| {
-            if interrupt::requested() {
-                rhai::EvalAltResult::ErrorTerminated("interrupted".into(), rhai::Position::NONE).into()
-            } else {
-                err(e)
-            }
-        })?;
-        out.iter().map(|t| m.tokenizer.decode(t, true).map(Dynamic::from).map_err(err)).collect()
+        let key = crate::run::journal::key(&[&m.model.borrow().source, &m.base_only.to_string(), &format!("{prompts:?}"), &format!("{opts:?}")]);
+        let replay = |out: &serde_json::Value, _| -> ScriptResult<Array> {
+            let texts = out.as_array().ok_or_else(|| script_error("resume: a generate entry is not an array"))?;
+            Ok(texts.iter().map(|t| Dynamic::from(t.as_str().unwrap_or_default().to_string())).collect())
+        };
+        super::journaled(&s, "generate", &key, replay, || {
+            m.with(|m| {
+                let ids: Vec<Vec<i64>> = strings(&prompts, "prompts")?.iter().map(|s| m.tokenizer.encode(s, true)).collect::<anyhow::Result<_>>().map_err(err)?;
+                let out = m.generate(&ids, &o, &interrupt::requested).map_err(|e| {
+                    if interrupt::requested() {
+                        rhai::EvalAltResult::ErrorTerminated("interrupted".into(), rhai::Position::NONE).into()
+                    } else {
+                        err(e)
+                    }
+                })?;
+                let texts: Vec<String> = out.iter().map(|t| m.tokenizer.decode(t, true)).collect::<anyhow::Result<_>>().map_err(err)?;
+                let json = serde_json::json!(texts);
+                Ok((texts.into_iter().map(Dynamic::from).collect(), json, Vec::new()))
+            })
         })
     });
     let s = session.clone();

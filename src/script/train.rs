@@ -11,8 +11,9 @@ use crate::train::dpo::{self, DpoLoss, DpoOptions, Reference};
 use crate::train::optim::{AdamW, AdamWConfig, Schedule};
 use crate::train::scorer::{self, ScorerOptions};
 use crate::train::sft::{self, SftOptions};
+use crate::run::journal;
 use crate::train::{cache, LoopOptions};
-use rhai::{Array, Dynamic, Engine, Map};
+use rhai::{Array, Engine, Map};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -105,6 +106,49 @@ fn optimizer(policy: &ScriptModel, keep: bool) -> ScriptResult<Rc<RefCell<AdamW>
     Ok(opt)
 }
 
+/// The content of a pair set as the journal keys it: origins, prompts and current labels.
+fn pairs_digest(pairs: &ScriptPairs) -> String {
+    let mut h = cache::Hasher::new();
+    for (i, p) in pairs.pairs.iter().enumerate() {
+        h.bytes(p.origin.as_bytes());
+        h.bytes(p.prompt.as_bytes());
+        h.word(pairs.chosen[i] as u64);
+        if let Some(c) = &pairs.confidence {
+            h.word(c[i].to_bits());
+        }
+    }
+    format!("{:016x}-{}", h.finish(), pairs.pairs.len())
+}
+
+/// A finished training call for the journal: its summary, the trained tensors and (when the
+/// optimizer is kept for later calls) the optimizer's moments.
+fn trained(model: &ScriptModel, opt: &Rc<RefCell<AdamW>>, keep: bool, mut summary: serde_json::Map<String, serde_json::Value>) -> ScriptResult<(Map, serde_json::Value, Vec<(String, tch::Tensor)>)> {
+    let mut tensors: Vec<(String, tch::Tensor)> = model.model.borrow_mut().trainable_parameters().map_err(err)?.into_iter().map(|(n, t)| (format!("param.{n}"), t)).collect();
+    if keep {
+        tensors.extend(opt.borrow().state().into_iter().map(|(n, t)| (format!("opt.{n}"), t)));
+        summary.insert("optimizer_steps".into(), serde_json::json!(opt.borrow().steps));
+    }
+    let json = serde_json::Value::Object(summary.clone());
+    Ok((to_map(summary)?, json, tensors))
+}
+
+/// Replays a journaled training call: the trained tensors (and kept optimizer state) restored.
+fn restore(model: &ScriptModel, keep: bool, out: &serde_json::Value, tensors: &[(String, tch::Tensor)]) -> ScriptResult<Map> {
+    let opt = optimizer(model, keep)?;
+    let find = |name: &str| tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t).ok_or_else(|| script_error(format!("resume: the journal has no tensor `{name}`")));
+    for (name, mut p) in model.model.borrow_mut().trainable_parameters().map_err(err)? {
+        let saved = find(&format!("param.{name}"))?;
+        tch::no_grad(|| p.f_copy_(saved)).map_err(super::api::torch_error)?;
+    }
+    if keep {
+        let state: Vec<(String, tch::Tensor)> = tensors.iter().filter_map(|(n, t)| n.strip_prefix("opt.").map(|n| (n.to_string(), t.shallow_clone()))).collect();
+        let steps = out.get("optimizer_steps").and_then(serde_json::Value::as_u64).unwrap_or(0) as usize;
+        opt.borrow_mut().load_state(&state, steps).map_err(err)?;
+    }
+    let serde_json::Value::Object(m) = out else { return Err(script_error("resume: a journal entry's output is not a map")) };
+    to_map(m.clone())
+}
+
 fn check_trainable(policy: &ScriptModel, what: &str) -> ScriptResult<()> {
     if policy.base_only {
         return Err(script_error(format!("{what}: this model is a frozen reference (adapters off); train the model it came from")));
@@ -145,6 +189,8 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
             let steps_hint = dopts.epochs * pairs.pairs.len().div_ceil(dopts.batch_size);
             dopts.loop_opts = loop_options(&o, steps_hint, 5e-4)?;
             let keep = o.bool("keep_optimizer", false)?;
+            let key = journal::key(&[&pairs_digest(&pairs), &format!("{opts:?}")]);
+            super::journaled(&s, "dpo", &key, |out, tensors| restore(&policy, keep, out, &tensors), || {
             let tokenized = {
                 let m = policy.model.borrow();
                 Arc::new(batch::tokenize(&pairs.pairs, &m.tokenizer, dopts.max_prompt_len, dopts.max_len).map_err(err)?)
@@ -164,9 +210,10 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
             };
             let mut log = logger(&s);
             let summary = policy.with(|m| dpo::train(m, &mut opt.borrow_mut(), reference_source, tokenized.clone(), Arc::new(pairs.chosen.to_vec()), pairs.confidence.as_ref().map(|c| Arc::new(c.iter().map(|&x| x as f32).collect())), &origins, &dopts, &mut log, &interrupt::requested)).map_err(err)?;
-            let mut out = to_map(summary)?;
-            out.insert("ref_cache".into(), Dynamic::from(if table.is_none() { "online" } else if hit { "hit" } else { "miss" }.to_string()));
-            Ok(out)
+            let mut summary = summary;
+            summary.insert("ref_cache".into(), serde_json::json!(if table.is_none() { "online" } else if hit { "hit" } else { "miss" }));
+            trained(&policy, &opt, keep, summary)
+            })
         });
     let s = session.clone();
     def(engine, "sft", &["model: Model", "prompts: array", "responses: array", "opts: map", "map"],
@@ -196,10 +243,14 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
             let epochs = o.usize("epochs", 1)?.max(1);
             let batch_size = o.usize("batch_size", 8)?.max(1);
             let sopts = SftOptions { epochs, batch_size, seed: o.usize("seed", s.borrow().seed as usize)? as u64, loop_opts: loop_options(&o, epochs * data.len().div_ceil(batch_size), 2e-5)? };
-            let opt = optimizer(&model, o.bool("keep_optimizer", false)?)?;
-            let mut log = logger(&s);
-            let summary = model.with(|m| sft::train(m, &mut opt.borrow_mut(), &data, &sopts, &mut log, &interrupt::requested)).map_err(err)?;
-            to_map(summary)
+            let keep = o.bool("keep_optimizer", false)?;
+            let key = journal::key(&[&format!("{prompts:?}"), &format!("{responses:?}"), &format!("{opts:?}")]);
+            super::journaled(&s, "sft", &key, |out, tensors| restore(&model, keep, out, &tensors), || {
+                let opt = optimizer(&model, keep)?;
+                let mut log = logger(&s);
+                let summary = model.with(|m| sft::train(m, &mut opt.borrow_mut(), &data, &sopts, &mut log, &interrupt::requested)).map_err(err)?;
+                trained(&model, &opt, keep, summary)
+            })
         });
     let s = session;
     def(engine, "train_scorer", &["model: Model", "pairs: Pairs", "label: string", "opts: map", "Model"],
@@ -220,31 +271,49 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
                 .iter()
                 .map(|p| p.labels.get(label).copied().ok_or_else(|| script_error(format!("train_scorer: {} has no `{label}` label", p.origin))))
                 .collect::<ScriptResult<_>>()?;
-            let (head, summary, mut scorer) = model
-                .with(|m| -> anyhow::Result<_> {
-                    let tokenized = batch::tokenize(&pairs.pairs, &m.tokenizer, max_len / 2, max_len)?;
-                    let key = cache::key(0, &tokenized, max_len / 2, max_len);
-                    let cached = model.features.borrow().get(&key).map(|t| t.shallow_clone());
-                    let feats = match cached {
-                        Some(f) => f,
-                        None => {
-                            let f = scorer::features(m, &tokenized, &interrupt::requested)?;
-                            model.features.borrow_mut().insert(key, f.shallow_clone());
-                            f
-                        }
-                    };
-                    let (head, summary) = scorer::train_head_on(m, &feats, &chosen, &sopts, &interrupt::requested)?;
-                    Ok((head, summary, m.deep_copy()?))
-                })
-                .map_err(err)?;
-            scorer.score_head = Some(("score".into(), head));
-            scorer.lora = None;
-            let mut row = summary.clone();
-            row.insert("phase".into(), serde_json::json!(format!("scorer:{label}")));
-            if let Some(run) = s.borrow_mut().run.as_mut() {
-                run.log(row).map_err(err)?;
-            }
-            eprintln!("train_scorer({label}): train accuracy {:.3}, held-out accuracy {} on {} pairs", summary["train_accuracy"].as_f64().unwrap_or(f64::NAN), summary["eval_accuracy"], summary["held_out"]);
-            Ok(ScriptModel::new(scorer))
+            let key = journal::key(&[label, &pairs_digest(&pairs), &format!("{opts:?}")]);
+            let replay = |out: &serde_json::Value, tensors: Vec<(String, tch::Tensor)>| -> ScriptResult<ScriptModel> {
+                let find = |name: &str| tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t.shallow_clone());
+                let weight = find("score.weight").ok_or_else(|| script_error("resume: the journal has no score head"))?;
+                let mut scorer = model.with(|m| m.deep_copy()).map_err(err)?;
+                let dev = scorer.device;
+                let to = |t: tch::Tensor| t.f_to_device(dev).map_err(super::api::torch_error);
+                scorer.score_head = Some(("score".into(), crate::model::layers::Linear::new(to(weight)?, find("score.bias").map(to).transpose()?)));
+                scorer.lora = None;
+                eprintln!("train_scorer({label}): replayed from the journal (held-out accuracy {})", out["eval_accuracy"]);
+                Ok(ScriptModel::new(scorer))
+            };
+            super::journaled(&s, "train_scorer", &key, replay, || {
+                let (head, summary, mut scorer) = model
+                    .with(|m| -> anyhow::Result<_> {
+                        let tokenized = batch::tokenize(&pairs.pairs, &m.tokenizer, max_len / 2, max_len)?;
+                        let key = cache::key(0, &tokenized, max_len / 2, max_len);
+                        let cached = model.features.borrow().get(&key).map(|t| t.shallow_clone());
+                        let feats = match cached {
+                            Some(f) => f,
+                            None => {
+                                let f = scorer::features(m, &tokenized, &interrupt::requested)?;
+                                model.features.borrow_mut().insert(key, f.shallow_clone());
+                                f
+                            }
+                        };
+                        let (head, summary) = scorer::train_head_on(m, &feats, &chosen, &sopts, &interrupt::requested)?;
+                        Ok((head, summary, m.deep_copy()?))
+                    })
+                    .map_err(err)?;
+                let mut tensors = vec![("score.weight".to_string(), head.weight.shallow_clone())];
+                if let Some(b) = &head.bias {
+                    tensors.push(("score.bias".to_string(), b.shallow_clone()));
+                }
+                scorer.score_head = Some(("score".into(), head));
+                scorer.lora = None;
+                let mut row = summary.clone();
+                row.insert("phase".into(), serde_json::json!(format!("scorer:{label}")));
+                if let Some(run) = s.borrow_mut().run.as_mut() {
+                    run.log(row).map_err(err)?;
+                }
+                eprintln!("train_scorer({label}): train accuracy {:.3}, held-out accuracy {} on {} pairs", summary["train_accuracy"].as_f64().unwrap_or(f64::NAN), summary["eval_accuracy"], summary["held_out"]);
+                Ok((ScriptModel::new(scorer), serde_json::Value::Object(summary), tensors))
+            })
         });
 }

@@ -87,6 +87,24 @@ impl AdamW {
         Ok(AdamW { slots, steps: 0 })
     }
 
+    /// The moments of every parameter (`NAME.exp_avg`, `NAME.exp_avg_sq`), for the resume journal.
+    pub fn state(&self) -> Vec<(String, Tensor)> {
+        self.slots.iter().flat_map(|s| [(format!("{}.exp_avg", s.name), s.m.shallow_clone()), (format!("{}.exp_avg_sq", s.name), s.v.shallow_clone())]).collect()
+    }
+
+    /// Restores moments written by `state` and the step count.
+    pub fn load_state(&mut self, tensors: &[(String, Tensor)], steps: usize) -> Result<()> {
+        for s in &mut self.slots {
+            for (suffix, dst) in [("exp_avg", &mut s.m), ("exp_avg_sq", &mut s.v)] {
+                let name = format!("{}.{suffix}", s.name);
+                let Some((_, t)) = tensors.iter().find(|(n, _)| *n == name) else { anyhow::bail!("optimizer state: `{name}` is missing") };
+                tch::no_grad(|| dst.f_copy_(t))?;
+            }
+        }
+        self.steps = steps;
+        Ok(())
+    }
+
     /// Parameter names in optimizer order.
     pub fn names(&self) -> Vec<&str> {
         self.slots.iter().map(|s| s.name.as_str()).collect()

@@ -1,0 +1,145 @@
+//! The resume journal. Every expensive, state-changing native call of a script (training,
+//! sampling) is numbered; when it finishes, its result — the returned value, the tensors it
+//! changed (trained weights, optimizer moments) and how many metrics rows the run had — is
+//! written to `journal/NNNNN.safetensors` and then `journal/NNNNN.json` (the commit marker),
+//! each atomically. `host run --resume DIR` runs the script again from the top: a journaled
+//! call whose entry exists is replayed (its result restored, nothing recomputed), and the first
+//! call without one runs live, so a run killed at any point (even `kill -9` inside a DPO epoch)
+//! continues from its last finished call. The torch generator is reseeded from the run seed and
+//! the call number before and after every journaled call, so random draws do not depend on
+//! whether earlier calls ran or were replayed.
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use tch::Tensor;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Entry {
+    pub index: usize,
+    /// The script function: `dpo`, `sft`, `generate`, `train_scorer`.
+    pub kind: String,
+    /// A hash of the call's inputs, to catch a script or settings that changed before resuming.
+    pub key: String,
+    pub output: Value,
+    /// Metrics rows of the run when the call finished.
+    pub rows_after: usize,
+    /// Whether `NNNNN.safetensors` holds tensors for this entry.
+    pub tensors: bool,
+}
+
+pub struct Journal {
+    dir: PathBuf,
+    done: Vec<Entry>,
+    next: usize,
+    seed: i64,
+}
+
+/// What `begin` found for a call.
+pub enum Start {
+    /// Run the call; pass this index to `commit`.
+    Live(usize),
+    /// The call finished before: its entry and tensors.
+    Replay(Entry, Vec<(String, Tensor)>),
+}
+
+fn mix(seed: i64, index: usize, phase: u64) -> i64 {
+    let mut z = (seed as u64) ^ ((index as u64) << 1 | phase).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    ((z ^ (z >> 31)) >> 1) as i64
+}
+
+impl Journal {
+    /// The journal of the run at `run_dir`: empty for a new run; for a resumed run, the
+    /// consecutive committed entries (anything after the first missing or unreadable one is
+    /// removed, as a call that did not finish).
+    pub fn open(run_dir: &Path, seed: i64, resume: bool) -> Result<Journal> {
+        let dir = run_dir.join("journal");
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let mut done = Vec::new();
+        if resume {
+            loop {
+                let path = dir.join(format!("{:05}.json", done.len()));
+                let Ok(text) = std::fs::read_to_string(&path) else { break };
+                let entry: Entry = serde_json::from_str(&text).with_context(|| format!("{}: not a journal entry", path.display()))?;
+                if entry.index != done.len() {
+                    bail!("{}: entry {} out of order", path.display(), entry.index);
+                }
+                done.push(entry);
+            }
+        }
+        // Files of calls that did not commit (or of an earlier run in this folder).
+        for f in std::fs::read_dir(&dir)? {
+            let p = f?.path();
+            let n = p.file_stem().and_then(|s| s.to_str()).and_then(|s| s.trim_start_matches('.').split('.').next().map(str::to_string)).and_then(|s| s.parse::<usize>().ok());
+            if n.is_none_or(|n| n >= done.len()) {
+                let _ = std::fs::remove_file(&p);
+            }
+        }
+        Ok(Journal { dir, done, next: 0, seed })
+    }
+
+    /// Committed entries (a resumed run replays these).
+    pub fn len(&self) -> usize {
+        self.done.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.done.is_empty()
+    }
+
+    /// Metrics rows the run had after its last committed call (0 with none).
+    pub fn rows_after_last(&self) -> usize {
+        self.done.last().map_or(0, |e| e.rows_after)
+    }
+
+    /// Starts the next journaled call: reseeds the torch generator and says whether to run it.
+    pub fn begin(&mut self, kind: &str, key: &str) -> Result<Start> {
+        let index = self.next;
+        self.next += 1;
+        tch::manual_seed(mix(self.seed, index, 0));
+        let Some(entry) = self.done.get(index) else { return Ok(Start::Live(index)) };
+        if entry.kind != kind || entry.key != key {
+            bail!(
+                "resume: call {index} of the interrupted run was `{}` with other inputs than this `{kind}` call; the script, its settings or its data changed since — start a new run instead",
+                entry.kind
+            );
+        }
+        let tensors = if entry.tensors {
+            let path = self.dir.join(format!("{index:05}.safetensors"));
+            Tensor::read_safetensors(&path).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), crate::model::weights::first_line(&e.to_string())))?
+        } else {
+            Vec::new()
+        };
+        let entry = entry.clone();
+        tch::manual_seed(mix(self.seed, index, 1));
+        Ok(Start::Replay(entry, tensors))
+    }
+
+    /// Records a finished call: tensors first, then the entry (the commit marker).
+    pub fn commit(&mut self, index: usize, kind: &str, key: &str, output: Value, rows_after: usize, tensors: &[(String, Tensor)]) -> Result<()> {
+        if !tensors.is_empty() {
+            let path = self.dir.join(format!("{index:05}.safetensors"));
+            let tmp = self.dir.join(format!(".{index:05}.safetensors.tmp"));
+            let cpu: Vec<(String, Tensor)> = tensors.iter().map(|(n, t)| Ok((n.clone(), t.f_detach()?.f_to_device(tch::Device::Cpu)?.f_contiguous()?))).collect::<Result<_>>()?;
+            Tensor::write_safetensors(&cpu, &tmp).map_err(|e| anyhow::anyhow!("{}: {}", tmp.display(), crate::model::weights::first_line(&e.to_string())))?;
+            std::fs::rename(&tmp, &path)?;
+        }
+        let entry = Entry { index, kind: kind.into(), key: key.into(), output, rows_after, tensors: !tensors.is_empty() };
+        super::write_atomic(&self.dir.join(format!("{index:05}.json")), serde_json::to_string(&entry)?.as_bytes())?;
+        self.done.push(entry);
+        tch::manual_seed(mix(self.seed, index, 1));
+        Ok(())
+    }
+}
+
+/// A short content hash of a call's inputs.
+pub fn key(parts: &[&str]) -> String {
+    let mut h = crate::train::cache::Hasher::new();
+    for p in parts {
+        h.bytes(p.as_bytes());
+        h.word(p.len() as u64);
+    }
+    format!("{:016x}", h.finish())
+}

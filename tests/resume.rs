@@ -1,0 +1,122 @@
+//! `host run --resume RUN_DIR`: a run killed with SIGKILL (inside a DPO epoch, then again
+//! later) and resumed ends with the same metrics, dual trajectory, samples and checkpoints as
+//! an uninterrupted run with the same seed.
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn host() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_host"))
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("resume-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn job() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/resume_job.rhai")
+}
+
+/// Metrics rows without the wall-clock fields (throughput, seconds, memory).
+fn metrics(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let m = v.as_object_mut().unwrap();
+            m.retain(|k, _| !(k.starts_with("tokens_per_s") || k.starts_with("seconds") || k == "peak_rss_mib"));
+            v
+        })
+        .collect()
+}
+
+fn dpo_rows(dir: &Path) -> usize {
+    std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap_or_default().matches("\"phase\":\"dpo\"").count()
+}
+
+fn wait_for(what: &str, child: &mut Child, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before {what}");
+        assert!(start.elapsed() < Duration::from_secs(300), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_run_killed_twice_resumes_to_the_same_trajectory_and_metrics() {
+    let dir = scratch("kill");
+    let whole = dir.join("whole");
+    let o = host().args(["run", job().to_str().unwrap(), "--seed", "3", "--out"]).arg(&whole).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let cut = dir.join("cut");
+    // First kill: inside the second DPO call (journal entry 3 is that call; entries 0-2 are
+    // the warm-start sampling, the first DPO and its dual-step sampling), after it has logged
+    // at least one step.
+    let mut child = host().args(["run", job().to_str().unwrap(), "--seed", "3", "--out"]).arg(&cut).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    wait_for("journal entry 2", &mut child, || cut.join("journal/00002.json").exists());
+    let before = dpo_rows(&cut);
+    wait_for("a DPO step of the second call", &mut child, || dpo_rows(&cut) > before);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!cut.join("journal/00003.json").exists(), "the kill came too late to be mid-DPO");
+    let config = std::fs::read_to_string(cut.join("config.json")).unwrap();
+    assert!(config.contains("\"status\": \"running\""), "{config}");
+
+    // Second kill: after the resumed run has passed its replayed calls and finished two more.
+    let mut child = host().arg("run").arg("--resume").arg(&cut).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    wait_for("journal entry 5", &mut child, || cut.join("journal/00005.json").exists());
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let o = host().arg("run").arg("--resume").arg(&cut).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("finished calls to replay"));
+
+    let (a, b) = (metrics(&whole), metrics(&cut));
+    assert_eq!(a.len(), b.len(), "row counts differ");
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert_eq!(x, y, "metrics row {} differs", i + 1);
+    }
+    // The dual trajectory: λ and slack of every iterate, and the final λ.
+    let lambdas: Vec<&serde_json::Value> = b.iter().filter(|r| r["phase"] == "caid").map(|r| &r["lambda_safety"]).collect();
+    assert_eq!(lambdas.len(), 5, "{lambdas:?}");
+    // Byte-identical samples and weights (metrics.csv differs only in throughput columns).
+    for f in ["samples/iteration_3.jsonl", "checkpoints/iterate_3/model.safetensors"] {
+        assert!(std::fs::read(whole.join(f)).unwrap() == std::fs::read(cut.join(f)).unwrap(), "{f} differs");
+    }
+    let config = std::fs::read_to_string(cut.join("config.json")).unwrap();
+    assert!(config.contains("\"status\": \"ok\"") && config.contains("\"resumed\": 2"), "{config}");
+
+    // A finished run has nothing to resume.
+    let o = host().arg("run").arg("--resume").arg(&cut).output().unwrap();
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("nothing to resume"), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn resuming_after_the_settings_changed_is_refused_with_a_reason() {
+    let dir = scratch("changed");
+    let run = dir.join("run");
+    let mut child = host().args(["run", job().to_str().unwrap(), "--set", "iterations=2", "--out"]).arg(&run).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    wait_for("journal entry 1", &mut child, || run.join("journal/00001.json").exists());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Edit the recorded settings as if the run had been started differently.
+    let config = std::fs::read_to_string(run.join("config.json")).unwrap().replace("\"iterations\": \"2\"", "\"iterations\": \"2\", \"pairs\": \"256\"");
+    std::fs::write(run.join("config.json"), config).unwrap();
+    let o = host().arg("run").arg("--resume").arg(&run).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("resume: call 1 of the interrupted run was `dpo`") && err.contains("start a new run"), "{err}");
+    assert!(!err.contains("panicked") && !err.contains("stack backtrace"), "{err}");
+
+    let o = host().arg("run").arg("--resume").arg(dir.join("nowhere")).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--resume takes a run directory"));
+}
