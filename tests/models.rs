@@ -337,3 +337,39 @@ fn sharded_safetensors_load_like_a_single_file() {
     let e = format!("{:#}", CausalLM::load(dir.to_str().unwrap(), &cpu_f32()).err().unwrap());
     assert!(e.contains("model-00002-of-00002.safetensors: weight file is missing"), "{e}");
 }
+
+#[test]
+fn the_pku_saferlhf_recipe_runs_on_hf_checkpoints() {
+    // examples/pku_saferlhf.rhai as a user runs it, on tiny random HF checkpoints written by
+    // transformers (a Llama policy, a LlamaForSequenceClassification as both reward and cost
+    // model) and the shipped PKU-format data, with the sizes turned down.
+    let root = reference("hf_models.py");
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("pku-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/pku_saferlhf.rhai");
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/data/safety_prefs.jsonl");
+    let sets = [
+        format!("policy={}", root.join("llama_gqa_untied_rope3").display()),
+        format!("reward_model={}", root.join("llama_score").display()),
+        format!("cost_model={}", root.join("llama_score").display()),
+        format!("data={}", data.display()),
+        "dtype=f32".into(), "iterations=2".into(), "dual_prompts=3".into(), "samples=2".into(), "max_new_tokens=6".into(),
+        "train_pairs=16".into(), "eval_count=4".into(), "dpo_batch_size=4".into(), "grad_accum=1".into(), "warmup_steps=0".into(), "max_len=96".into(),
+    ];
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_host"));
+    cmd.arg("run").arg(&example).arg("--out").arg(&out);
+    for s in &sets {
+        cmd.args(["--set", s]);
+    }
+    let o = cmd.output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    // Two dual steps taken with the method's rule from the one-shot warm start, λ >= 0.
+    let lambdas: Vec<f64> = rows.iter().filter(|r| r["phase"] == "caid" && r["iteration"].as_i64().unwrap() >= 0).map(|r| r["lambda_safety"].as_f64().unwrap()).collect();
+    assert_eq!(lambdas.len(), 2);
+    assert!(lambdas.iter().all(|l| *l >= 0.0));
+    let last = rows.last().unwrap();
+    assert_eq!(last["phase"], "final");
+    assert!(last["safety_aligned"].as_f64().unwrap().is_finite());
+    assert!(out.join("report.md").is_file() && out.join("checkpoints/iterate_1/adapter_model.safetensors").is_file());
+}

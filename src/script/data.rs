@@ -123,6 +123,27 @@ fn load(session: &SharedSession, path: &str, opts: &Map) -> ScriptResult<ScriptP
     Ok(ScriptPairs { pairs: Rc::new(pairs), chosen: Rc::new(chosen), confidence: None, label, report: Rc::new(report) })
 }
 
+/// The same pairs with every prompt rewritten (labels kept; score columns dropped, since the
+/// scored text changed).
+fn rewrap(p: &ScriptPairs, f: impl Fn(&str) -> String) -> ScriptPairs {
+    let wrapped: Vec<Rc<Pair>> = p
+        .pairs
+        .iter()
+        .map(|x| {
+            Rc::new(Pair {
+                origin: x.origin.clone(),
+                prompt: f(&x.prompt),
+                responses: x.responses.clone(),
+                labels: x.labels.clone(),
+                safe: x.safe,
+                extra: x.extra.clone(),
+                scores: Default::default(),
+            })
+        })
+        .collect();
+    ScriptPairs { pairs: Rc::new(wrapped), ..p.clone() }
+}
+
 /// Relabelling weights `#{column: weight}` as numbers.
 fn weights_of(weights: &Map) -> ScriptResult<BTreeMap<String, f64>> {
     let mut w = BTreeMap::new();
@@ -249,23 +270,13 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
         Ok(ScriptPairs { chosen: Rc::new(chosen), confidence: Some(Rc::new(confidence)), label: "relabel_soft".into(), ..p.clone() })
     });
     def(engine, "with_chat", &["p: Pairs", "model: Model", "Pairs"], "The same pairs with each prompt wrapped in the model's chat format (as m.chat does); labels kept, scores recomputed.", |p: &mut ScriptPairs, m: ScriptModel| -> ScriptPairs {
-        let wrapped: Vec<Rc<Pair>> = m.with(|m| {
-            p.pairs
-                .iter()
-                .map(|x| {
-                    Rc::new(Pair {
-                        origin: x.origin.clone(),
-                        prompt: m.tokenizer.chat(&x.prompt),
-                        responses: x.responses.clone(),
-                        labels: x.labels.clone(),
-                        safe: x.safe,
-                        extra: x.extra.clone(),
-                        scores: Default::default(),
-                    })
-                })
-                .collect()
-        });
-        ScriptPairs { pairs: Rc::new(wrapped), ..p.clone() }
+        m.with(|m| rewrap(p, |prompt| m.tokenizer.chat(prompt)))
+    });
+    def(engine, "with_template", &["p: Pairs", "template: string", "Pairs"], "The same pairs with each prompt put into a template at `{prompt}` (e.g. the safe-rlhf \"BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:\"); labels kept, scores recomputed.", |p: &mut ScriptPairs, template: &str| -> ScriptResult<ScriptPairs> {
+        if !template.contains("{prompt}") {
+            return Err(script_error(format!("with_template: the template {template:?} has no {{prompt}}")));
+        }
+        Ok(rewrap(p, |prompt| template.replace("{prompt}", prompt)))
     });
     def(engine, "get$skipped", &["p: Pairs", "array"], "Bad records skipped at load (with skip_bad), as `file:line: problem`.", |p: &mut ScriptPairs| -> Array { p.report.skipped.iter().map(|s| s.clone().into()).collect() });
     def(engine, "get$warnings", &["p: Pairs", "array"], "Records kept but reported at load: empty or identical responses.", |p: &mut ScriptPairs| -> Array { p.report.warnings.iter().map(|s| s.clone().into()).collect() });
