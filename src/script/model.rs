@@ -121,14 +121,14 @@ fn encode_pairs(m: &CausalLM, prompts: &Array, responses: &Array) -> ScriptResul
     Ok((p, r))
 }
 
-/// Batches of at most 64 pairs and about 4096 tokens, so memory stays bounded on long lists
+/// Batches of at most 512 pairs and about 4096 tokens, so memory stays bounded on long lists
 /// while short sequences are not run a few at a time.
 fn batched(p: &[Vec<i64>], r: &[Vec<i64>], f: impl Fn(&[&[i64]], &[&[i64]]) -> anyhow::Result<tch::Tensor>) -> ScriptResult<Array> {
     let mut out = Array::new();
     let mut start = 0;
     while start < p.len() {
         let (mut end, mut longest) = (start, 0);
-        while end < p.len() && end - start < 64 {
+        while end < p.len() && end - start < 512 {
             let len = p[end].len() + r[end].len();
             if end > start && longest.max(len) * (end - start + 1) > 4096 {
                 break;
