@@ -390,9 +390,9 @@ fn the_default_job_runs_end_to_end_in_a_reduced_configuration() {
     let rows: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let caid: Vec<&serde_json::Value> = rows.iter().filter(|r| r["phase"] == "caid" && r["iteration"].as_i64().unwrap() >= 0).collect();
     assert_eq!(caid.len(), 2);
-    // The dual step of the method: λ(1) = max(0, λ(0) - η u(0)) with η = 4 (the default dual_step).
+    // The dual step of the method: λ(1) = max(0, λ(0) - η u(0)) with η = 1 (the default dual_step).
     let (l0, u0, l1) = (caid[0]["lambda_safety"].as_f64().unwrap(), caid[0]["slack_safety"].as_f64().unwrap(), caid[1]["lambda_safety"].as_f64().unwrap());
-    assert!((l1 - (l0 - 4.0 * u0).max(0.0)).abs() < 1e-9, "{l0} {u0} {l1}");
+    assert!((l1 - (l0 - u0).max(0.0)).abs() < 1e-9, "{l0} {u0} {l1}");
     assert!(rows.iter().any(|r| r["phase"] == "dpo"), "DPO steps are logged");
     assert!(rows.iter().any(|r| r["phase"] == "final"));
     let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
@@ -420,30 +420,3 @@ fn primal_dual_and_preference_modules_run_on_the_tiny_model() {
     assert!(rows.iter().any(|r| r["phase"] == "caid" && r["iteration"] == 0), "the preference-based run reached the iterative method");
 }
 
-#[test]
-fn the_default_job_on_smollm2_makes_the_policy_safer_in_a_reduced_configuration() {
-    // scripts/safe_align.rhai on its real default model (SmolLM2-135M-Instruct, fetched by the
-    // set-up) with the sizes turned down: two outer iterations on 64 pairs each, 8 dual-step
-    // prompts. It checks the run directory and report, and the direction of the effect: the
-    // safety score of the aligned policy's greedy answers on the held-out prompts is above the
-    // reference's (the full run's numbers are in the README).
-    let dir = scratch("safe-align-smollm2");
-    let job = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/safe_align.rhai");
-    let sets = ["iterations=2", "dual_prompts=8", "samples=2", "max_new_tokens=24", "pairs_per_iteration=64", "scorer_pairs=200", "eval_count=16", "max_len=128"];
-    let mut cmd = host();
-    cmd.arg("run").arg(&job).arg("--out").arg(dir.join("out"));
-    for s in sets {
-        cmd.args(["--set", s]);
-    }
-    let o = cmd.output().unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let out = dir.join("out");
-    for f in ["report.md", "dual.svg", "objectives.svg", "eval_generations.jsonl", "checkpoints/iterate_1/adapter_model.safetensors"] {
-        assert!(out.join(f).is_file(), "{f} missing");
-    }
-    let rows: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let last = rows.last().unwrap();
-    assert_eq!(last["phase"], "final");
-    let (before, after) = (last["safety_reference"].as_f64().unwrap(), last["safety_aligned"].as_f64().unwrap());
-    assert!(after > before, "held-out safety: reference {before}, aligned {after}");
-}
