@@ -1,10 +1,11 @@
 //! The exact small world: a policy restricted to an enumerable response space is a proper
 //! distribution that sampling follows; the exact optimum satisfies strong duality; and the
 //! iterative dual method converges to it (examples/exact_optimum.rhai).
+mod common;
+use common::host;
 use dualign::exact::World;
 use dualign::model::{CausalLM, LoadOptions, SampleOptions};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use tch::{Device, Kind, Tensor};
 
 fn world() -> World {
@@ -17,15 +18,8 @@ fn tiny(seed: i64) -> CausalLM {
     m
 }
 
-fn host() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_host"))
-}
-
 fn scratch(name: &str) -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("exact-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::scratch("exact", name)
 }
 
 fn rows(path: &Path) -> Vec<serde_json::Value> {

@@ -1,19 +1,14 @@
 //! `host run --resume RUN_DIR`: a run killed with SIGKILL (inside a DPO epoch, then again
 //! later) and resumed ends with the same metrics, dual trajectory, samples and checkpoints as
 //! an uninterrupted run with the same seed.
+mod common;
+use common::host;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-fn host() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_host"))
-}
-
 fn scratch(name: &str) -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("resume-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::scratch("resume", name)
 }
 
 fn job() -> PathBuf {

@@ -32,3 +32,16 @@ pub fn reference_with(script: &str, args: &[&Path]) -> PathBuf {
 pub fn reference(script: &str) -> PathBuf {
     reference_with(script, &[])
 }
+
+/// The `host` binary under test.
+pub fn host() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_host"))
+}
+
+/// A fresh scratch folder `<prefix>-<name>-<pid>` under the tests' temporary directory.
+pub fn scratch(prefix: &str, name: &str) -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{prefix}-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
