@@ -243,11 +243,14 @@ pub fn train(
                 time.1 += t_bwd.elapsed().as_secs_f64();
                 let rew_c = pc.f_sub(&rc)?.f_detach()?.f_mul_scalar(beta)?;
                 let rew_r = pr.f_sub(&rr)?.f_detach()?.f_mul_scalar(beta)?;
+                // The batch's statistics in one tensor, read back with one device sync.
+                let sums = Tensor::f_stack(&[losses.f_detach()?.f_sum(Kind::Float)?, rew_c.f_sum(Kind::Float)?, rew_r.f_sum(Kind::Float)?, rew_c.f_gt_tensor(&rew_r)?.f_sum(Kind::Float)?], 0)?;
+                let sums = Vec::<f64>::try_from(sums.f_to_kind(Kind::Double)?)?;
                 step_totals.rows += rows as f64;
-                step_totals.loss += losses.f_detach()?.f_sum(Kind::Double)?.double_value(&[]);
-                step_totals.chosen += rew_c.f_sum(Kind::Double)?.double_value(&[]);
-                step_totals.rejected += rew_r.f_sum(Kind::Double)?.double_value(&[]);
-                step_totals.correct += rew_c.f_gt_tensor(&rew_r)?.f_sum(Kind::Double)?.double_value(&[]);
+                step_totals.loss += sums[0];
+                step_totals.chosen += sums[1];
+                step_totals.rejected += sums[2];
+                step_totals.correct += sums[3];
                 step_tokens += micro.tokens;
                 // A step ends after `accum` micro-batches, or early at the end of the epoch.
                 if lp.ready() || k + 1 == n_micro {

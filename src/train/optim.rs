@@ -117,18 +117,21 @@ impl AdamW {
         }
     }
 
-    /// The global L2 norm of all gradients (0 for parameters without one).
+    /// The global L2 norm of all gradients (0 for parameters without one), accumulated in f32
+    /// on the parameters' device and read back once (one device sync per step, not one per tensor).
     pub fn grad_norm(&self) -> Result<f64> {
-        let mut total = 0.0;
+        let mut norms = Vec::new();
         for s in &self.slots {
             let g = s.param.f_grad()?;
             if g.defined() {
                 // Per-tensor norms, then the norm of norms, as torch.nn.utils.clip_grad_norm_.
-                let n = g.f_norm()?.double_value(&[]);
-                total += n * n;
+                norms.push(g.f_norm_scalaropt_dtype(2.0, Kind::Float)?);
             }
         }
-        Ok(total.sqrt())
+        if norms.is_empty() {
+            return Ok(0.0);
+        }
+        Ok(Tensor::f_stack(&norms, 0)?.f_norm()?.f_to_kind(Kind::Double)?.double_value(&[]))
     }
 
     /// Scales gradients so their global norm is at most `max_norm` (torch's clip_grad_norm_:
