@@ -12,7 +12,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 out="$1"; mkdir -p "$out"
 py="${PYTHON:-python3}"
 preset="${PRESET:-qwen2.5-0.5b}"; device="${DEVICE:-cuda}"
-pairs="${PAIRS:-128}"; batch="${BATCH:-8}"; plen=128; rlen=384; max_len=512
+pairs="${PAIRS:-128}"; batches="${BATCHES:-8}"; plen=128; rlen=384; max_len=512
 torchlib="$("$py" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')"
 export LD_LIBRARY_PATH="$torchlib:${LD_LIBRARY_PATH:-}"
 host="$root/target/release/host"
@@ -27,18 +27,19 @@ for dev in cpu "$device"; do
   done
 done
 "$py" tests/reference/compare_parity.py "$out" "$device" 2>"$out/compare.err" | tee "$out/parity.txt" || tail -5 "$out/compare.err"
+for batch in $batches; do
 echo "== DPO throughput ($preset, bf16, batch $batch, $pairs pairs of $plen + 2 x $rlen tokens)"
-"$host" run scripts/bench_dpo.rhai --device "$device" --out "$out/dpo" --set model="$out/model" --set dtype=bf16 \
+"$host" run scripts/bench_dpo.rhai --device "$device" --out "$out/dpo-$batch" --set model="$out/model" --set dtype=bf16 \
   --set data="$out/model/pairs.jsonl" --set chat=false --set pairs="$pairs" --set batch="$batch" --set max_len="$max_len" \
-  --set lr=1e-5 --set online=false > "$out/dpo.log" 2>&1 || { tail -20 "$out/dpo.log"; exit 1; }
-"$py" tests/reference/torch_dpo_step.py "$out/model" "$out/dpo/pairs.jsonl" "$batch" "$max_len" 1e-5 bf16 "$device" 2>"$out/torch.err" | tail -1 > "$out/torch.json" || { tail -20 "$out/torch.err"; exit 1; }
-"$py" - "$out" "$plen" "$rlen" <<'PY'
+  --set lr=1e-5 --set online=false > "$out/dpo-$batch.log" 2>&1 || { tail -20 "$out/dpo-$batch.log"; exit 1; }
+"$py" tests/reference/torch_dpo_step.py "$out/model" "$out/dpo-$batch/pairs.jsonl" "$batch" "$max_len" 1e-5 bf16 "$device" 2>"$out/torch.err" | tail -1 > "$out/torch-$batch.json" || { tail -20 "$out/torch.err"; exit 1; }
+"$py" - "$out" "$plen" "$rlen" "$batch" <<'PY'
 import json, sys
-d, plen, rlen = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+d, plen, rlen, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 m = json.load(open(f"{d}/model.json"))
 cfg = json.load(open(f"{d}/model/config.json"))
-ours = {r["mode"]: r for r in map(json.loads, open(f"{d}/dpo/metrics.jsonl")) if "mode" in r}
-peer = json.load(open(f"{d}/torch.json"))
+ours = {r["mode"]: r for r in map(json.loads, open(f"{d}/dpo-{batch}/metrics.jsonl")) if "mode" in r}
+peer = json.load(open(f"{d}/torch-{batch}.json"))
 host = ours["cache_hit"]
 # Training FLOPs per pair (forward + backward = 3 x forward): 6 x non-embedding parameters for
 # every token of prompt+chosen and prompt+rejected, plus 6 x (vocabulary x hidden) for the LM head
@@ -54,3 +55,4 @@ for name, r in (("host", host), ("pytorch", peer)):
     print(f"{name:8s} {pps:8.2f} pairs/s  {pps * 2 * (plen + rlen):9.0f} tokens/s  MFU {pps * flops_pair / peak:6.1%}  (6N at every position: {pps * conventional / peak:6.1%})  last loss {r.get('loss', r.get('last_loss')):.4f}")
 print(f"ratio host/pytorch: {host['tokens_per_s'] / peer['tokens_per_s']:.2f}x; host time split: forward {host['seconds_forward']:.2f} s, backward {host['seconds_backward']:.2f} s, optimizer {host['seconds_optimizer']:.2f} s of {host['seconds']:.2f} s; pytorch peak GPU memory {peer.get('peak_gpu_mib', 0):.0f} MiB")
 PY
+done
