@@ -292,7 +292,21 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
                         let feats = match cached {
                             Some(f) => f,
                             None => {
-                                let f = scorer::features(m, &tokenized, &interrupt::requested)?;
+                                // Between runs, features live in the per-user cache under a hash
+                                // of the weights and the token ids (verified when read).
+                                let dir = cache::default_dir();
+                                let disk_key = cache::key(cache::weights_fingerprint(m)?, &tokenized, max_len / 2, max_len);
+                                let f = match cache::load_features(&dir, &disk_key, &[tokenized.len() as i64, 2, m.cfg.hidden_size as i64])? {
+                                    Some(f) => {
+                                        eprintln!("train_scorer({label}): features of {} pairs from the cache ({})", tokenized.len(), dir.display());
+                                        f.f_to_device(m.device)?
+                                    }
+                                    None => {
+                                        let f = scorer::features(m, &tokenized, &interrupt::requested)?;
+                                        cache::store_features(&dir, &disk_key, &f)?;
+                                        f
+                                    }
+                                };
                                 model.features.borrow_mut().insert(key, f.shallow_clone());
                                 f
                             }

@@ -1,7 +1,9 @@
 //! The reference log-prob cache: the reference model's summed log-probability of both responses
 //! of every pair, stored on disk under a content hash of (reference weights, token ids, length
 //! limits) and verified when loaded. Both responses are cached, so relabelling (which only swaps
-//! chosen and rejected) never invalidates it.
+//! chosen and rejected) never invalidates it. Score-model features (the frozen model's
+//! last-token states of both responses of every pair) are kept the same way, so the scorers of a
+//! job are trained without a forward pass when the model and data have not changed.
 use crate::data::batch::TokenizedPair;
 use crate::model::CausalLM;
 use anyhow::{bail, Context, Result};
@@ -83,55 +85,98 @@ pub fn key(weights: u64, pairs: &[TokenizedPair], max_prompt: usize, max_len: us
 }
 
 const MAGIC: &[u8; 8] = b"DREFLP01";
+const FEATURES_MAGIC: &[u8; 8] = b"DFEATS01";
 
-fn path(dir: &Path, key: &str) -> PathBuf {
-    dir.join(format!("{key}.reflogp"))
+/// One kind of cache entry: its file magic, extension and what it holds (for messages).
+struct Entry {
+    magic: &'static [u8; 8],
+    ext: &'static str,
+    what: &'static str,
 }
 
-/// Loads `[n][2]` log-probs for `key`, verifying the header and the checksum. `Ok(None)` when
-/// there is no entry; an entry that fails verification is an error (and is left for inspection).
-pub fn load(dir: &Path, key: &str, n: usize) -> Result<Option<Vec<[f32; 2]>>> {
-    let p = path(dir, key);
+const REFERENCE: Entry = Entry { magic: MAGIC, ext: "reflogp", what: "reference cache entry" };
+const FEATURES: Entry = Entry { magic: FEATURES_MAGIC, ext: "features", what: "score-feature cache entry" };
+
+fn path(dir: &Path, key: &str, e: &Entry) -> PathBuf {
+    dir.join(format!("{key}.{}", e.ext))
+}
+
+/// Loads `n` rows of `cols` f32 values stored under `key`, verifying the header and the checksum.
+/// `Ok(None)` when there is no entry; an entry that fails verification is an error (and is left
+/// for inspection).
+fn load_rows(dir: &Path, key: &str, n: usize, cols: usize, e: &Entry) -> Result<Option<Vec<f32>>> {
+    let p = path(dir, key, e);
     let bytes = match std::fs::read(&p) {
         Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("{}: cannot read", p.display())),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(err).with_context(|| format!("{}: cannot read", p.display())),
     };
-    let want = 8 + 16 + 8 + n * 8 + 8;
-    if bytes.len() != want || &bytes[..8] != MAGIC || &bytes[8..24] != key.as_bytes() {
-        bail!("{}: corrupt reference cache entry (bad header or size); delete it to recompute", p.display());
+    let body_len = n * cols * 4;
+    if bytes.len() != 8 + 16 + 8 + body_len + 8 || &bytes[..8] != e.magic || &bytes[8..24] != key.as_bytes() {
+        bail!("{}: corrupt {} (bad header or size); delete it to recompute", p.display(), e.what);
     }
     let count = u64::from_le_bytes(bytes[24..32].try_into()?) as usize;
     if count != n {
-        bail!("{}: corrupt reference cache entry ({count} pairs, expected {n}); delete it to recompute", p.display());
+        bail!("{}: corrupt {} ({count} rows, expected {n}); delete it to recompute", p.display(), e.what);
     }
-    let body = &bytes[32..32 + n * 8];
+    let body = &bytes[32..32 + body_len];
     let mut h = Hasher::new();
     h.bytes(body);
-    if h.finish().to_le_bytes() != bytes[32 + n * 8..] {
-        bail!("{}: reference cache entry fails its checksum; delete it to recompute", p.display());
+    if h.finish().to_le_bytes() != bytes[32 + body_len..] {
+        bail!("{}: {} fails its checksum; delete it to recompute", p.display(), e.what);
     }
-    Ok(Some(body.chunks_exact(8).map(|c| [f32::from_le_bytes(c[..4].try_into().unwrap_or_default()), f32::from_le_bytes(c[4..].try_into().unwrap_or_default())]).collect()))
+    Ok(Some(body.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()))
 }
 
-/// Stores `[n][2]` log-probs under `key`, atomically.
-pub fn store(dir: &Path, key: &str, values: &[[f32; 2]]) -> Result<()> {
+/// Stores rows of f32 values (`values.len() = rows × cols`) under `key`, atomically.
+fn store_rows(dir: &Path, key: &str, rows: usize, values: &[f32], e: &Entry) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let mut out = MAGIC.to_vec();
+    let mut out = e.magic.to_vec();
     out.extend(key.as_bytes());
-    out.extend((values.len() as u64).to_le_bytes());
+    out.extend((rows as u64).to_le_bytes());
     let start = out.len();
     for v in values {
-        out.extend(v[0].to_le_bytes());
-        out.extend(v[1].to_le_bytes());
+        out.extend(v.to_le_bytes());
     }
     let mut h = Hasher::new();
     h.bytes(&out[start..]);
     out.extend(h.finish().to_le_bytes());
-    crate::run::write_atomic(&path(dir, key), &out)
+    crate::run::write_atomic(&path(dir, key, e), &out)
 }
 
-/// The default cache folder: `$DUALIGN_CACHE/refcache` or `~/.cache/dualign/refcache`.
+/// Loads `[n][2]` reference log-probs for `key` (see `load_rows`).
+pub fn load(dir: &Path, key: &str, n: usize) -> Result<Option<Vec<[f32; 2]>>> {
+    Ok(load_rows(dir, key, n, 2, &REFERENCE)?.map(|v| v.chunks_exact(2).map(|c| [c[0], c[1]]).collect()))
+}
+
+/// Stores `[n][2]` reference log-probs under `key`, atomically.
+pub fn store(dir: &Path, key: &str, values: &[[f32; 2]]) -> Result<()> {
+    let flat: Vec<f32> = values.iter().flatten().copied().collect();
+    store_rows(dir, key, values.len(), &flat, &REFERENCE)
+}
+
+/// Loads score-model features of the given shape (rows first; f32, on the CPU) for `key`, if stored.
+pub fn load_features(dir: &Path, key: &str, shape: &[i64]) -> Result<Option<tch::Tensor>> {
+    let rows = shape.first().copied().unwrap_or(0) as usize;
+    let cols = shape.iter().skip(1).product::<i64>() as usize;
+    match load_rows(dir, key, rows, cols, &FEATURES)? {
+        Some(v) => Ok(Some(tch::Tensor::f_from_slice(&v)?.f_reshape(shape)?)),
+        None => Ok(None),
+    }
+}
+
+/// Stores score-model features (rows first) under `key`, atomically.
+pub fn store_features(dir: &Path, key: &str, features: &tch::Tensor) -> Result<()> {
+    let f = features.f_detach()?.f_to_device(Device::Cpu)?.f_to_kind(Kind::Float)?.f_contiguous()?;
+    let n = f.size().first().copied().unwrap_or(0) as usize;
+    let mut v = vec![0f32; f.numel()];
+    let len = v.len();
+    f.f_copy_data(&mut v, len)?;
+    store_rows(dir, key, n, &v, &FEATURES)
+}
+
+/// The default cache folder (reference log-probs and score-model features):
+/// `$DUALIGN_CACHE/refcache` or `~/.cache/dualign/refcache`.
 pub fn default_dir() -> PathBuf {
     if let Ok(d) = std::env::var("DUALIGN_CACHE") {
         return PathBuf::from(d).join("refcache");
