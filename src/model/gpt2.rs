@@ -63,12 +63,12 @@ impl Gpt2 {
         &self.wte
     }
 
-    pub fn forward(&self, ids: &Tensor, positions: &Tensor, mask: &Tensor, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+    pub fn forward(&self, ids: &Tensor, positions: &Tensor, mask: Option<&Tensor>, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
         let (b, t) = (ids.size()[0], ids.size()[1]);
         let mut x = Tensor::f_embedding(&self.wte, ids, -1, false, false)?.f_add(&Tensor::f_embedding(&self.wpe, positions, -1, false, false)?)?;
         let h = x.size()[2];
         let d = h / self.heads;
-        let mask = &super::layers::additive_mask(mask, x.kind())?;
+        let mask = mask.map(|m| super::layers::additive_mask(m, x.kind())).transpose()?;
         for (l, blk) in self.blocks.iter().enumerate() {
             let qkv = blk.c_attn.forward(&blk.ln_1.forward(&x)?)?;
             let parts = qkv.f_split(h, -1)?;
@@ -78,7 +78,7 @@ impl Gpt2 {
                 Some(c) => c.append(l, &k, &v)?,
                 None => (k, v),
             };
-            let y = Tensor::f_scaled_dot_product_attention(&q, &k, &v, Some(mask), 0.0, false, None, false)?;
+            let y = Tensor::f_scaled_dot_product_attention(&q, &k, &v, mask.as_ref(), 0.0, mask.is_none(), None, false)?;
             let y = y.f_transpose(1, 2)?.f_reshape([b, t, h])?;
             x = x.f_add(&blk.c_proj.forward(&y)?)?;
             let m = blk.c_fc.forward(&blk.ln_2.forward(&x)?)?.f_gelu("tanh")?;

@@ -88,7 +88,7 @@ fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 }
 
 impl Attention {
-    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: &Tensor, cache: Option<(&mut KvCache, usize)>) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: Option<&Tensor>, cache: Option<(&mut KvCache, usize)>) -> Result<Tensor> {
         let (b, t) = (x.size()[0], x.size()[1]);
         let shape = |n: i64| [b, t, n, self.head_dim];
         let q = self.q_proj.forward(x)?.f_view(shape(self.heads))?;
@@ -103,7 +103,7 @@ impl Attention {
             None => (k, v),
         };
         let gqa = self.kv_heads != self.heads;
-        let y = Tensor::f_scaled_dot_product_attention(&q, &k, &v, Some(mask), 0.0, false, None, gqa)?;
+        let y = Tensor::f_scaled_dot_product_attention(&q, &k, &v, mask, 0.0, mask.is_none(), None, gqa)?;
         let y = y.f_transpose(1, 2)?.f_reshape([b, t, self.heads * self.head_dim])?;
         self.o_proj.forward(&y)
     }
@@ -154,8 +154,8 @@ impl Llama {
     }
 
     /// Final hidden states `[B, T, H]` for token ids `[B, T]` at `positions` `[B, T]`, with the
-    /// boolean `mask` `[B, 1, T, S]` (S = cached + new positions).
-    pub fn forward(&self, ids: &Tensor, positions: &Tensor, mask: &Tensor, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+    /// boolean `mask` `[B, 1, T, S]` (S = cached + new positions), or causal attention when None.
+    pub fn forward(&self, ids: &Tensor, positions: &Tensor, mask: Option<&Tensor>, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
         let kind = self.embed_tokens.kind();
         let mut x = Tensor::f_embedding(&self.embed_tokens, ids, -1, false, false)?;
         // cos/sin in f32 as HF computes them, then cast to the activation dtype.
@@ -163,10 +163,10 @@ impl Llama {
         let emb = Tensor::f_cat(&[&freqs, &freqs], -1)?;
         let cos = emb.f_cos()?.f_to_kind(kind)?.f_unsqueeze(1)?;
         let sin = emb.f_sin()?.f_to_kind(kind)?.f_unsqueeze(1)?;
-        let mask = &super::layers::additive_mask(mask, kind)?;
+        let mask = mask.map(|m| super::layers::additive_mask(m, kind)).transpose()?;
         for (l, layer) in self.layers.iter().enumerate() {
             let c = cache.as_deref_mut().map(|c| (c, l));
-            let a = layer.self_attn.forward(&layer.input_layernorm.forward(&x)?, &cos, &sin, mask, c)?;
+            let a = layer.self_attn.forward(&layer.input_layernorm.forward(&x)?, &cos, &sin, mask.as_ref(), c)?;
             x = x.f_add(&a)?;
             let m = layer.mlp.forward(&layer.post_attention_layernorm.forward(&x)?)?;
             x = x.f_add(&m)?;

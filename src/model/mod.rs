@@ -326,7 +326,11 @@ impl CausalLM {
     }
 
     /// Final hidden states `[B, T, H]`.
-    pub fn hidden(&self, ids: &Tensor, positions: &Tensor, mask: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
+    /// Final hidden states. `mask` is the boolean attention mask (`layers::attention_mask`); None
+    /// means plain causal attention, exact for unpadded or right-padded rows without a cache
+    /// (a real position never sees padding, and padded positions' outputs are never read), and
+    /// lets SDPA use its fused causal kernels.
+    pub fn hidden(&self, ids: &Tensor, positions: &Tensor, mask: Option<&Tensor>, cache: Option<&mut KvCache>) -> Result<Tensor> {
         match &self.body {
             Body::Llama(m) => m.forward(ids, positions, mask, cache),
             Body::Gpt2(m) => m.forward(ids, positions, mask, cache),
@@ -355,7 +359,7 @@ impl CausalLM {
     pub fn logits(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, t) = (ids.size()[0], ids.size()[1]);
         let valid = Tensor::f_ones([b, t], (Kind::Int64, self.device))?;
-        let h = self.hidden(ids, &positions_from_mask(&valid)?, &attention_mask(&valid, 0, t)?, None)?;
+        let h = self.hidden(ids, &positions_from_mask(&valid)?, None, None)?;
         Ok(h.f_matmul(&self.lm_head().f_tr()?)?.f_to_kind(Kind::Float)?)
     }
 
@@ -403,7 +407,7 @@ impl CausalLM {
     pub fn sequence_logprobs(&self, prompts: &[&[i64]], responses: &[&[i64]], chunk: i64) -> Result<Tensor> {
         let (ids, valid, rows, cols, targets) = self.pack(prompts, responses)?;
         let t = ids.size()[1];
-        let hidden = self.hidden(&ids, &positions_from_mask(&valid)?, &attention_mask(&valid, 0, t)?, None)?;
+        let hidden = self.hidden(&ids, &positions_from_mask(&valid)?, None, None)?; // right-padded
         let h = hidden.size()[2];
         let flat = hidden.f_reshape([-1, h])?;
         let index = rows.f_mul_scalar(t)?.f_add(&cols)?;
@@ -437,8 +441,7 @@ impl CausalLM {
     /// Final hidden state `[N, H]` at the last token of each `prompt ++ response`.
     pub fn last_token_features(&self, prompts: &[&[i64]], responses: &[&[i64]]) -> Result<Tensor> {
         let (ids, valid, _, _, _) = self.pack(prompts, responses)?;
-        let t = ids.size()[1];
-        let hidden = self.hidden(&ids, &positions_from_mask(&valid)?, &attention_mask(&valid, 0, t)?, None)?;
+        let hidden = self.hidden(&ids, &positions_from_mask(&valid)?, None, None)?; // right-padded
         let last = valid.f_sum_dim_intlist(&[1i64][..], false, Kind::Int64)?.f_sub_scalar(1)?; // [B]
         let h = hidden.size()[2];
         let idx = last.f_view([-1, 1, 1])?.f_expand([-1, 1, h], false)?;
@@ -480,7 +483,7 @@ impl CausalLM {
         let max_new = self.space.as_ref().map_or(opts.max_new_tokens, |s| s.length) as i64;
         let mut cache = KvCache::new(self.cfg.num_layers, b, self.cfg.num_kv_heads as i64, l + max_new, self.cfg.head_dim as i64, self.kind, dev)?;
         let positions = positions_from_mask(&key_valid)?;
-        let hidden = self.hidden(&ids, &positions, &attention_mask(&key_valid, 0, l)?, Some(&mut cache))?;
+        let hidden = self.hidden(&ids, &positions, Some(&attention_mask(&key_valid, 0, l)?), Some(&mut cache))?;
         let mut last_h = hidden.f_select(1, l - 1)?;
         let mut pos = positions.f_select(1, l - 1)?;
         let head_t = self.response_head()?.f_tr()?;
@@ -526,7 +529,7 @@ impl CausalLM {
             key_valid = Tensor::f_cat(&[&key_valid, &Tensor::f_ones([active.len() as i64, 1], (Kind::Int64, dev))?], 1)?;
             pos = pos.f_add_scalar(1)?;
             let mask = attention_mask(&key_valid, cache.len, 1)?;
-            let h = self.hidden(&next.f_unsqueeze(1)?, &pos.f_unsqueeze(1)?, &mask, Some(&mut cache))?;
+            let h = self.hidden(&next.f_unsqueeze(1)?, &pos.f_unsqueeze(1)?, Some(&mask), Some(&mut cache))?;
             last_h = h.f_select(1, 0)?;
         }
         Ok(out)

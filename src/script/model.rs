@@ -6,6 +6,7 @@ use crate::model::{CausalLM, LoadOptions, LoraConfig, SampleOptions};
 use crate::{device, interrupt};
 use rhai::{Array, Dynamic, Engine, Map, INT};
 use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
 use std::path::{Component, Path, PathBuf};
 use std::rc::Rc;
 
@@ -21,11 +22,44 @@ pub struct ScriptModel {
     /// Last-token features of tokenised pair sets (by content hash), so training a second score
     /// head on the same frozen body does not recompute them.
     pub features: Rc<RefCell<std::collections::HashMap<String, tch::Tensor>>>,
+    /// For the score models `train_scorer` makes: last-token features by token sequence, shared
+    /// by every score model trained on the same frozen body (reward and safety heads read one
+    /// forward pass), seeded with the features the heads were trained on. `memo_source` keeps,
+    /// on the body's own handle, the memo its score models share and the weights' fingerprint.
+    pub memo: Rc<RefCell<Option<FeatureMemo>>>,
+    pub memo_source: Rc<RefCell<Option<(u64, FeatureMemo)>>>,
+}
+
+/// Last-token features `[H]` by a hash of (prompt ids, response ids).
+pub type FeatureMemo = Rc<RefCell<HashMap<u64, tch::Tensor>>>;
+
+/// The memo key of one token sequence.
+pub fn sequence_key(prompt: &[i64], response: &[i64]) -> u64 {
+    let mut h = crate::train::cache::Hasher::new();
+    for seq in [prompt, response] {
+        h.word(seq.len() as u64);
+        for &t in seq {
+            h.word(t as u64);
+        }
+    }
+    h.finish()
 }
 
 impl ScriptModel {
     pub fn new(m: CausalLM) -> Self {
-        ScriptModel { model: Rc::new(RefCell::new(m)), base_only: false, optimizer: Default::default(), features: Default::default() }
+        Self::new_shared(Rc::new(RefCell::new(m)))
+    }
+
+    /// Another handle on the same weights with its own caches.
+    fn new_shared(model: Rc<RefCell<CausalLM>>) -> Self {
+        ScriptModel { model, base_only: false, optimizer: Default::default(), features: Default::default(), memo: Default::default(), memo_source: Default::default() }
+    }
+
+    /// Forgets every feature computed from these weights (called before they are trained).
+    pub fn forget_features(&self) {
+        self.features.borrow_mut().clear();
+        self.memo.borrow_mut().take();
+        self.memo_source.borrow_mut().take();
     }
 
     /// Runs `f` with the adapters switched as this handle says.
@@ -121,10 +155,10 @@ fn encode_pairs(m: &CausalLM, prompts: &Array, responses: &Array) -> ScriptResul
     Ok((p, r))
 }
 
-/// Batches of at most 512 pairs and about 4096 tokens, so memory stays bounded on long lists
-/// while short sequences are not run a few at a time.
-fn batched(p: &[Vec<i64>], r: &[Vec<i64>], f: impl Fn(&[&[i64]], &[&[i64]]) -> anyhow::Result<tch::Tensor>) -> ScriptResult<Array> {
-    let mut out = Array::new();
+/// Batches (`start..end`) of at most 512 pairs and about 4096 tokens, so memory stays bounded on
+/// long lists while short sequences are not run a few at a time.
+fn plan(p: &[Vec<i64>], r: &[Vec<i64>]) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
     let mut start = 0;
     while start < p.len() {
         let (mut end, mut longest) = (start, 0);
@@ -136,22 +170,60 @@ fn batched(p: &[Vec<i64>], r: &[Vec<i64>], f: impl Fn(&[&[i64]], &[&[i64]]) -> a
             longest = longest.max(len);
             end += 1;
         }
+        out.push((start, end));
+        start = end;
+    }
+    out
+}
+
+/// `f` over the batches of `plan`, values concatenated.
+fn batched(p: &[Vec<i64>], r: &[Vec<i64>], f: impl Fn(&[&[i64]], &[&[i64]]) -> anyhow::Result<tch::Tensor>) -> ScriptResult<Array> {
+    let mut out = Array::new();
+    for (start, end) in plan(p, r) {
         interrupt::check()?;
         let ps: Vec<&[i64]> = p[start..end].iter().map(Vec::as_slice).collect();
         let rs: Vec<&[i64]> = r[start..end].iter().map(Vec::as_slice).collect();
         let t = tch::no_grad(|| f(&ps, &rs)).map_err(err)?;
         let (_, values) = super::tensor::values(&t)?;
         out.extend(values.into_iter().map(Dynamic::from_float));
-        start = end;
     }
     Ok(out)
 }
 
-/// The score head's output for each (prompt, response).
+/// The score head's output for each (prompt, response). A score model with a feature memo runs
+/// the body only on sequences no score model of the same body has seen.
 pub fn score(m: &ScriptModel, prompts: &Array, responses: &Array) -> ScriptResult<Array> {
-    m.with(|m| {
-        let (p, r) = encode_pairs(m, prompts, responses)?;
-        batched(&p, &r, |ps, rs| m.scores(ps, rs))
+    let memo = m.memo.borrow().clone();
+    m.with(|cm| {
+        let (p, r) = encode_pairs(cm, prompts, responses)?;
+        let Some(memo) = memo else {
+            return batched(&p, &r, |ps, rs| cm.scores(ps, rs));
+        };
+        let Some((_, head)) = &cm.score_head else {
+            return Err(script_error(format!("{}: this model has no score head", cm.source)));
+        };
+        let keys: Vec<u64> = p.iter().zip(&r).map(|(a, b)| sequence_key(a, b)).collect();
+        let mut seen = HashSet::new();
+        let todo: Vec<usize> = (0..keys.len()).filter(|&i| !memo.borrow().contains_key(&keys[i]) && seen.insert(keys[i])).collect();
+        let (tp, tr): (Vec<Vec<i64>>, Vec<Vec<i64>>) = todo.iter().map(|&i| (p[i].clone(), r[i].clone())).unzip();
+        for (start, end) in plan(&tp, &tr) {
+            interrupt::check()?;
+            let ps: Vec<&[i64]> = tp[start..end].iter().map(Vec::as_slice).collect();
+            let rs: Vec<&[i64]> = tr[start..end].iter().map(Vec::as_slice).collect();
+            let f = tch::no_grad(|| cm.last_token_features(&ps, &rs)).map_err(err)?;
+            for (j, &i) in todo[start..end].iter().enumerate() {
+                memo.borrow_mut().insert(keys[i], f.f_get(j as i64).map_err(super::api::torch_error)?);
+            }
+        }
+        let memo = memo.borrow();
+        let mut out = Array::new();
+        for chunk in keys.chunks(4096) {
+            let rows: Vec<tch::Tensor> = chunk.iter().map(|k| memo.get(k).map(tch::Tensor::shallow_clone).ok_or_else(|| script_error("score: feature memo lost an entry"))).collect::<ScriptResult<_>>()?;
+            let t = tch::no_grad(|| -> anyhow::Result<tch::Tensor> { Ok(head.forward(&tch::Tensor::f_stack(&rows, 0)?.f_to_kind(head.weight.kind())?)?.f_select(1, 0)?.f_to_kind(tch::Kind::Float)?) }).map_err(err)?;
+            let (_, values) = super::tensor::values(&t)?;
+            out.extend(values.into_iter().map(Dynamic::from_float));
+        }
+        Ok(out)
     })
 }
 
@@ -187,7 +259,7 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
     });
     def(engine, "frozen", &["m: Model", "Model"], "The fixed reference: a copy of the current weights, or for a LoRA model the same base weights with adapters off.", |m: &mut ScriptModel| -> ScriptResult<ScriptModel> {
         if m.model.borrow().lora.is_some() {
-            return Ok(ScriptModel { model: m.model.clone(), base_only: true, optimizer: Default::default(), features: Default::default() });
+            return Ok(ScriptModel { base_only: true, ..ScriptModel::new_shared(m.model.clone()) });
         }
         Ok(ScriptModel::new(m.with(|m| m.deep_copy()).map_err(err)?))
     });

@@ -2,7 +2,7 @@
 //! metrics, shows progress, stops cleanly on Ctrl-C between steps, and returns a summary.
 use super::api::{def, script_error, ScriptResult};
 use super::data::ScriptPairs;
-use super::model::ScriptModel;
+use super::model::{sequence_key, FeatureMemo, ScriptModel};
 use super::SharedSession;
 use crate::data::batch;
 use crate::interrupt;
@@ -149,11 +149,27 @@ fn restore(model: &ScriptModel, keep: bool, out: &serde_json::Value, tensors: &[
     to_map(m.clone())
 }
 
+/// Refuses to train a frozen reference; otherwise forgets the features computed from the weights
+/// about to change.
 fn check_trainable(policy: &ScriptModel, what: &str) -> ScriptResult<()> {
     if policy.base_only {
         return Err(script_error(format!("{what}: this model is a frozen reference (adapters off); train the model it came from")));
     }
+    policy.forget_features();
     Ok(())
+}
+
+/// The feature memo shared by the score models trained on `model`'s current weights.
+fn shared_memo(model: &ScriptModel, fingerprint: u64) -> FeatureMemo {
+    let mut source = model.memo_source.borrow_mut();
+    match &*source {
+        Some((fp, memo)) if *fp == fingerprint => memo.clone(),
+        _ => {
+            let memo = FeatureMemo::default();
+            *source = Some((fingerprint, memo.clone()));
+            memo
+        }
+    }
 }
 
 pub fn register(engine: &mut Engine, session: SharedSession) {
@@ -275,18 +291,21 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
             let replay = |out: &serde_json::Value, tensors: Vec<(String, tch::Tensor)>| -> ScriptResult<ScriptModel> {
                 let find = |name: &str| tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t.shallow_clone());
                 let weight = find("score.weight").ok_or_else(|| script_error("resume: the journal has no score head"))?;
-                let mut scorer = model.with(|m| m.deep_copy()).map_err(err)?;
+                let (mut scorer, fingerprint) = model.with(|m| -> anyhow::Result<_> { Ok((m.deep_copy()?, cache::weights_fingerprint(m)?)) }).map_err(err)?;
                 let dev = scorer.device;
                 let to = |t: tch::Tensor| t.f_to_device(dev).map_err(super::api::torch_error);
                 scorer.score_head = Some(("score".into(), crate::model::layers::Linear::new(to(weight)?, find("score.bias").map(to).transpose()?)));
                 scorer.lora = None;
                 eprintln!("train_scorer({label}): replayed from the journal (held-out accuracy {})", out["eval_accuracy"]);
-                Ok(ScriptModel::new(scorer))
+                let scorer = ScriptModel::new(scorer);
+                *scorer.memo.borrow_mut() = Some(shared_memo(&model, fingerprint));
+                Ok(scorer)
             };
             super::journaled(&s, "train_scorer", &key, replay, || {
-                let (head, summary, mut scorer) = model
+                let (head, summary, mut scorer, fingerprint) = model
                     .with(|m| -> anyhow::Result<_> {
                         let tokenized = batch::tokenize(&pairs.pairs, &m.tokenizer, max_len / 2, max_len)?;
+                        let fingerprint = cache::weights_fingerprint(m)?;
                         let key = cache::key(0, &tokenized, max_len / 2, max_len);
                         let cached = model.features.borrow().get(&key).map(|t| t.shallow_clone());
                         let feats = match cached {
@@ -295,7 +314,7 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
                                 // Between runs, features live in the per-user cache under a hash
                                 // of the weights and the token ids (verified when read).
                                 let dir = cache::default_dir();
-                                let disk_key = cache::key(cache::weights_fingerprint(m)?, &tokenized, max_len / 2, max_len);
+                                let disk_key = cache::key(fingerprint, &tokenized, max_len / 2, max_len);
                                 let f = match cache::load_features(&dir, &disk_key, &[tokenized.len() as i64, 2, m.cfg.hidden_size as i64])? {
                                     Some(f) => {
                                         eprintln!("train_scorer({label}): features of {} pairs from the cache ({})", tokenized.len(), dir.display());
@@ -307,12 +326,22 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
                                         f
                                     }
                                 };
+                                // Score models of this body read these features instead of
+                                // running the body again on the same sequences.
+                                let memo = shared_memo(&model, fingerprint);
+                                let kind = m.kind;
+                                for (i, p) in tokenized.iter().enumerate() {
+                                    for j in 0..2 {
+                                        let row = f.f_get(i as i64)?.f_get(j as i64)?.f_to_kind(kind)?;
+                                        memo.borrow_mut().insert(sequence_key(&p.prompt, &p.responses[j]), row);
+                                    }
+                                }
                                 model.features.borrow_mut().insert(key, f.shallow_clone());
                                 f
                             }
                         };
                         let (head, summary) = scorer::train_head_on(m, &feats, &chosen, &sopts, &interrupt::requested)?;
-                        Ok((head, summary, m.deep_copy()?))
+                        Ok((head, summary, m.deep_copy()?, fingerprint))
                     })
                     .map_err(err)?;
                 let mut tensors = vec![("score.weight".to_string(), head.weight.shallow_clone())];
@@ -327,7 +356,9 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
                     run.log(row).map_err(err)?;
                 }
                 eprintln!("train_scorer({label}): train accuracy {:.3}, held-out accuracy {} on {} pairs", summary["train_accuracy"].as_f64().unwrap_or(f64::NAN), summary["eval_accuracy"], summary["held_out"]);
-                Ok((ScriptModel::new(scorer), serde_json::Value::Object(summary), tensors))
+                let scorer = ScriptModel::new(scorer);
+                *scorer.memo.borrow_mut() = Some(shared_memo(&model, fingerprint));
+                Ok((scorer, serde_json::Value::Object(summary), tensors))
             })
         });
 }
