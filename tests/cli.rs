@@ -390,14 +390,17 @@ fn the_default_job_runs_end_to_end_in_a_reduced_configuration() {
     let rows: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let caid: Vec<&serde_json::Value> = rows.iter().filter(|r| r["phase"] == "caid" && r["iteration"].as_i64().unwrap() >= 0).collect();
     assert_eq!(caid.len(), 2);
-    // The dual step of the method: λ(1) = max(0, λ(0) - η u(0)) with η = 1 (the default dual_step).
+    // The dual step of the method: λ(1) = max(0, λ(0) - η u(0)) with η the dual_step setting
+    // (3 by default, as config.json records it).
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    let eta = config["config"]["dual_step"].as_f64().unwrap();
+    assert_eq!(eta, 3.0);
     let (l0, u0, l1) = (caid[0]["lambda_safety"].as_f64().unwrap(), caid[0]["slack_safety"].as_f64().unwrap(), caid[1]["lambda_safety"].as_f64().unwrap());
-    assert!((l1 - (l0 - u0).max(0.0)).abs() < 1e-9, "{l0} {u0} {l1}");
+    assert!((l1 - (l0 - eta * u0).max(0.0)).abs() < 1e-9, "{l0} {u0} {l1}");
     assert!(rows.iter().any(|r| r["phase"] == "dpo"), "DPO steps are logged");
     assert!(rows.iter().any(|r| r["phase"] == "final"));
-    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["status"], "ok");
-    assert_eq!(config["config"]["threshold"], 0.3);
+    assert_eq!(config["config"]["threshold"], 0.2);
     assert!(stdout(&o).contains("| reference |"), "{}", stdout(&o));
 }
 
@@ -420,3 +423,36 @@ fn primal_dual_and_preference_modules_run_on_the_tiny_model() {
     assert!(rows.iter().any(|r| r["phase"] == "caid" && r["iteration"] == 0), "the preference-based run reached the iterative method");
 }
 
+
+#[test]
+fn score_models_of_one_body_share_features_and_agree_with_a_fresh_forward() {
+    // train_scorer's models read last-token features from a memo shared by every score model of
+    // the same frozen body (seeded with the features they were trained on); `copy` has no memo
+    // and runs the body. Both must give the same scores (up to batch-shape rounding).
+    let dir = scratch("memo");
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/data/safety_prefs.jsonl");
+    let job = r#"
+let base = load_model("builtin:tiny");
+let pairs = load_preferences("DATA").take(24);
+let safety = train_scorer(base, pairs, "safer", #{ max_len: 128 });
+let reward = train_scorer(base, pairs, "better", #{ max_len: 128 });
+let prompts = [];
+let responses = [];
+for i in 0..pairs.len() { let p = pairs[i]; prompts.push(p.prompt); responses.push(p.chosen); prompts.push(p.prompt); responses.push("A new answer " + i); }
+let worst = 0.0;
+for s in [safety, reward] {
+    let a = s.score(prompts, responses);
+    let b = s.copy().score(prompts, responses);
+    for i in 0..a.len() { let d = a[i] - b[i]; if d < 0.0 { d = -d; } if d > worst { worst = d; } }
+}
+log(#{ worst: worst, n: prompts.len() });
+"#
+    .replace("DATA", &data.display().to_string());
+    write(&dir, "memo.rhai", &job);
+    let o = run_in(&dir, &["run", "memo.rhai", "--out", "out"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let rows = std::fs::read_to_string(dir.join("out/metrics.jsonl")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(rows.lines().last().unwrap()).unwrap();
+    assert_eq!(last["n"], 48);
+    assert!(last["worst"].as_f64().unwrap() < 1e-4, "{last}");
+}
