@@ -25,9 +25,9 @@ pub struct ScriptModel {
     /// For the score models `train_scorer` makes: last-token features by token sequence, shared
     /// by every score model trained on the same frozen body (reward and safety heads read one
     /// forward pass), seeded with the features the heads were trained on. `memo_source` keeps,
-    /// on the body's own handle, the memo its score models share and the weights' fingerprint.
+    /// on the body's own handle, the memo its score models share (dropped when it is trained).
     pub memo: Rc<RefCell<Option<FeatureMemo>>>,
-    pub memo_source: Rc<RefCell<Option<(u64, FeatureMemo)>>>,
+    pub memo_source: Rc<RefCell<Option<FeatureMemo>>>,
 }
 
 /// Last-token features `[H]` by a hash of (prompt ids, response ids).
@@ -176,17 +176,26 @@ fn plan(p: &[Vec<i64>], r: &[Vec<i64>]) -> Vec<(usize, usize)> {
     out
 }
 
-/// `f` over the batches of `plan`, values concatenated.
-fn batched(p: &[Vec<i64>], r: &[Vec<i64>], f: impl Fn(&[&[i64]], &[&[i64]]) -> anyhow::Result<tch::Tensor>) -> ScriptResult<Array> {
-    let mut out = Array::new();
+/// Calls `f(range, prompts, responses)` on each batch of `plan`, without gradients, stopping on
+/// Ctrl-C between batches.
+fn each_batch(p: &[Vec<i64>], r: &[Vec<i64>], mut f: impl FnMut(std::ops::Range<usize>, &[&[i64]], &[&[i64]]) -> ScriptResult<()>) -> ScriptResult<()> {
     for (start, end) in plan(p, r) {
         interrupt::check()?;
         let ps: Vec<&[i64]> = p[start..end].iter().map(Vec::as_slice).collect();
         let rs: Vec<&[i64]> = r[start..end].iter().map(Vec::as_slice).collect();
-        let t = tch::no_grad(|| f(&ps, &rs)).map_err(err)?;
-        let (_, values) = super::tensor::values(&t)?;
-        out.extend(values.into_iter().map(Dynamic::from_float));
+        tch::no_grad(|| f(start..end, &ps, &rs))?;
     }
+    Ok(())
+}
+
+/// `f` over the batches of `plan`, values concatenated.
+fn batched(p: &[Vec<i64>], r: &[Vec<i64>], f: impl Fn(&[&[i64]], &[&[i64]]) -> anyhow::Result<tch::Tensor>) -> ScriptResult<Array> {
+    let mut out = Array::new();
+    each_batch(p, r, |_, ps, rs| {
+        let (_, values) = super::tensor::values(&f(ps, rs).map_err(err)?)?;
+        out.extend(values.into_iter().map(Dynamic::from_float));
+        Ok(())
+    })?;
     Ok(out)
 }
 
@@ -206,15 +215,13 @@ pub fn score(m: &ScriptModel, prompts: &Array, responses: &Array) -> ScriptResul
         let mut seen = HashSet::new();
         let todo: Vec<usize> = (0..keys.len()).filter(|&i| !memo.borrow().contains_key(&keys[i]) && seen.insert(keys[i])).collect();
         let (tp, tr): (Vec<Vec<i64>>, Vec<Vec<i64>>) = todo.iter().map(|&i| (p[i].clone(), r[i].clone())).unzip();
-        for (start, end) in plan(&tp, &tr) {
-            interrupt::check()?;
-            let ps: Vec<&[i64]> = tp[start..end].iter().map(Vec::as_slice).collect();
-            let rs: Vec<&[i64]> = tr[start..end].iter().map(Vec::as_slice).collect();
-            let f = tch::no_grad(|| cm.last_token_features(&ps, &rs)).map_err(err)?;
-            for (j, &i) in todo[start..end].iter().enumerate() {
+        each_batch(&tp, &tr, |range, ps, rs| {
+            let f = cm.last_token_features(ps, rs).map_err(err)?;
+            for (j, &i) in todo[range].iter().enumerate() {
                 memo.borrow_mut().insert(keys[i], f.f_get(j as i64).map_err(super::api::torch_error)?);
             }
-        }
+            Ok(())
+        })?;
         let memo = memo.borrow();
         let mut out = Array::new();
         for chunk in keys.chunks(4096) {

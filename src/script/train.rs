@@ -125,7 +125,7 @@ fn pairs_digest(pairs: &ScriptPairs) -> String {
 fn trained(model: &ScriptModel, opt: &Rc<RefCell<AdamW>>, keep: bool, mut summary: serde_json::Map<String, serde_json::Value>) -> ScriptResult<(Map, serde_json::Value, Vec<(String, tch::Tensor)>)> {
     let mut tensors: Vec<(String, tch::Tensor)> = model.model.borrow_mut().trainable_parameters().map_err(err)?.into_iter().map(|(n, t)| (format!("param.{n}"), t)).collect();
     if keep {
-        tensors.extend(opt.borrow().state().into_iter().map(|(n, t)| (format!("opt.{n}"), t)));
+        tensors.extend(opt.borrow().state().map_err(err)?.into_iter().map(|(n, t)| (format!("opt.{n}"), t)));
         summary.insert("optimizer_steps".into(), serde_json::json!(opt.borrow().steps));
     }
     let json = serde_json::Value::Object(summary.clone());
@@ -159,17 +159,10 @@ fn check_trainable(policy: &ScriptModel, what: &str) -> ScriptResult<()> {
     Ok(())
 }
 
-/// The feature memo shared by the score models trained on `model`'s current weights.
-fn shared_memo(model: &ScriptModel, fingerprint: u64) -> FeatureMemo {
-    let mut source = model.memo_source.borrow_mut();
-    match &*source {
-        Some((fp, memo)) if *fp == fingerprint => memo.clone(),
-        _ => {
-            let memo = FeatureMemo::default();
-            *source = Some((fingerprint, memo.clone()));
-            memo
-        }
-    }
+/// The feature memo shared by the score models trained on `model`'s current weights (training
+/// the model drops it: `check_trainable`).
+fn shared_memo(model: &ScriptModel) -> FeatureMemo {
+    model.memo_source.borrow_mut().get_or_insert_with(FeatureMemo::default).clone()
 }
 
 pub fn register(engine: &mut Engine, session: SharedSession) {
@@ -291,21 +284,20 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
             let replay = |out: &serde_json::Value, tensors: Vec<(String, tch::Tensor)>| -> ScriptResult<ScriptModel> {
                 let find = |name: &str| tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t.shallow_clone());
                 let weight = find("score.weight").ok_or_else(|| script_error("resume: the journal has no score head"))?;
-                let (mut scorer, fingerprint) = model.with(|m| -> anyhow::Result<_> { Ok((m.deep_copy()?, cache::weights_fingerprint(m)?)) }).map_err(err)?;
+                let mut scorer = model.with(|m| m.deep_copy()).map_err(err)?;
                 let dev = scorer.device;
                 let to = |t: tch::Tensor| t.f_to_device(dev).map_err(super::api::torch_error);
                 scorer.score_head = Some(("score".into(), crate::model::layers::Linear::new(to(weight)?, find("score.bias").map(to).transpose()?)));
                 scorer.lora = None;
                 eprintln!("train_scorer({label}): replayed from the journal (held-out accuracy {})", out["eval_accuracy"]);
                 let scorer = ScriptModel::new(scorer);
-                *scorer.memo.borrow_mut() = Some(shared_memo(&model, fingerprint));
+                *scorer.memo.borrow_mut() = Some(shared_memo(&model));
                 Ok(scorer)
             };
             super::journaled(&s, "train_scorer", &key, replay, || {
-                let (head, summary, mut scorer, fingerprint) = model
+                let (head, summary, mut scorer) = model
                     .with(|m| -> anyhow::Result<_> {
                         let tokenized = batch::tokenize(&pairs.pairs, &m.tokenizer, max_len / 2, max_len)?;
-                        let fingerprint = cache::weights_fingerprint(m)?;
                         let key = cache::key(0, &tokenized, max_len / 2, max_len);
                         let cached = model.features.borrow().get(&key).map(|t| t.shallow_clone());
                         let feats = match cached {
@@ -314,7 +306,7 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
                                 // Between runs, features live in the per-user cache under a hash
                                 // of the weights and the token ids (verified when read).
                                 let dir = cache::default_dir();
-                                let disk_key = cache::key(fingerprint, &tokenized, max_len / 2, max_len);
+                                let disk_key = cache::key(cache::weights_fingerprint(m)?, &tokenized, max_len / 2, max_len);
                                 let f = match cache::load_features(&dir, &disk_key, &[tokenized.len() as i64, 2, m.cfg.hidden_size as i64])? {
                                     Some(f) => {
                                         eprintln!("train_scorer({label}): features of {} pairs from the cache ({})", tokenized.len(), dir.display());
@@ -328,7 +320,7 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
                                 };
                                 // Score models of this body read these features instead of
                                 // running the body again on the same sequences.
-                                let memo = shared_memo(&model, fingerprint);
+                                let memo = shared_memo(&model);
                                 let kind = m.kind;
                                 for (i, p) in tokenized.iter().enumerate() {
                                     for j in 0..2 {
@@ -341,7 +333,7 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
                             }
                         };
                         let (head, summary) = scorer::train_head_on(m, &feats, &chosen, &sopts, &interrupt::requested)?;
-                        Ok((head, summary, m.deep_copy()?, fingerprint))
+                        Ok((head, summary, m.deep_copy()?))
                     })
                     .map_err(err)?;
                 let mut tensors = vec![("score.weight".to_string(), head.weight.shallow_clone())];
@@ -357,7 +349,7 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
                 }
                 eprintln!("train_scorer({label}): train accuracy {:.3}, held-out accuracy {} on {} pairs", summary["train_accuracy"].as_f64().unwrap_or(f64::NAN), summary["eval_accuracy"], summary["held_out"]);
                 let scorer = ScriptModel::new(scorer);
-                *scorer.memo.borrow_mut() = Some(shared_memo(&model, fingerprint));
+                *scorer.memo.borrow_mut() = Some(shared_memo(&model));
                 Ok((scorer, serde_json::Value::Object(summary), tensors))
             })
         });

@@ -106,9 +106,13 @@ impl AdamW {
     }
 
     /// The moments of every parameter (`NAME.exp_avg`, `NAME.exp_avg_sq`), for the resume journal.
-    pub fn state(&self) -> Vec<(String, Tensor)> {
-        let view = |flat: &Tensor, s: &Slot| Self::part(flat, s).unwrap_or_else(|_| flat.f_narrow(0, s.offset, s.numel).unwrap_or_else(|_| flat.shallow_clone()));
-        self.slots.iter().flat_map(|s| [(format!("{}.exp_avg", s.name), view(&self.m, s)), (format!("{}.exp_avg_sq", s.name), view(&self.v, s))]).collect()
+    pub fn state(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut out = Vec::with_capacity(2 * self.slots.len());
+        for s in &self.slots {
+            out.push((format!("{}.exp_avg", s.name), Self::part(&self.m, s)?));
+            out.push((format!("{}.exp_avg_sq", s.name), Self::part(&self.v, s)?));
+        }
+        Ok(out)
     }
 
     /// Restores moments written by `state` and the step count.
