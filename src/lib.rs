@@ -7,6 +7,7 @@ pub mod device;
 pub mod dual;
 pub mod exact;
 pub mod interrupt;
+pub mod judge;
 pub mod model;
 pub mod run;
 pub mod script;

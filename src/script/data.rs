@@ -189,6 +189,20 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
     def(engine, "load_preferences", &["path: string", "Pairs"], "Loads preference pairs (PKU-SafeRLHF, HH-RLHF or prompt/chosen/rejected; JSONL, .jsonl.gz, JSON or CSV).", move |path: &str| load(&s, path, &Map::new()));
     let s = session.clone();
     def(engine, "load_preferences", &["path: string", "opts: map", "Pairs"], "Loads preference pairs with #{schema: \"pku\"|\"hh\"|\"plain\", fields: #{prompt: \"question\"}, skip_bad, label}.", move |path: &str, opts: Map| load(&s, path, &opts));
+    let s = session.clone();
+    def(engine, "read_jsonl", &["path: string", "array"], "The records of a JSONL file as maps (a prompt set with its fields, samples written by write_jsonl); bad lines are errors naming file:line.", move |path: &str| -> ScriptResult<Array> {
+        let file = data_path(&s, path);
+        let text = std::fs::read_to_string(&file).map_err(|e| script_error(format!("read_jsonl: {}: {e}", file.display())))?;
+        let mut out = Array::new();
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let v: serde_json::Value = serde_json::from_str(line).map_err(|e| script_error(format!("{}:{}: {e}", file.display(), i + 1)))?;
+            out.push(rhai::serde::to_dynamic(v).map_err(|e| script_error(format!("{}:{}: {e}", file.display(), i + 1)))?);
+        }
+        Ok(out)
+    });
     let s = session;
     def(engine, "load_prompts", &["path: string", "array"], "Prompts from a text file (one per line) or the `prompt` field of JSONL, JSON or CSV records.", move |path: &str| -> ScriptResult<Array> {
         let prompts = data::load_prompts(&data_path(&s, path)).map_err(|e| script_error(format!("{e:#}")))?;

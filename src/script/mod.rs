@@ -7,6 +7,7 @@ pub mod data;
 pub mod dual;
 pub mod errors;
 pub mod exact;
+pub mod judge;
 pub mod model;
 pub mod resolver;
 pub mod tensor;
@@ -109,6 +110,7 @@ pub fn engine(script: &Path, session: SharedSession) -> Engine {
     train::register(&mut engine, session.clone());
     dual::register(&mut engine);
     exact::register(&mut engine, session.clone());
+    judge::register(&mut engine);
     register_session(&mut engine, session);
     engine
 }
