@@ -370,7 +370,7 @@ fn the_default_job_runs_end_to_end_in_a_reduced_configuration() {
     // and the run directory, not the size of the effect (the full run's table is in the README).
     let dir = scratch("safe-align");
     let job = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/safe_align.rhai");
-    let sets = ["policy=builtin:tiny", "iterations=2", "dual_prompts=6", "samples=2", "max_new_tokens=8", "pairs_per_iteration=16", "scorer_pairs=40", "eval_count=6", "max_len=96"];
+    let sets = ["policy=builtin:tiny", "iterations=2", "dual_prompts=6", "samples=2", "max_new_tokens=8", "pairs_per_iteration=16", "scorer_pairs=40", "eval_harmful=3", "eval_benign=3", "eval_samples=1", "max_len=96"];
     let mut cmd = host();
     cmd.current_dir(&dir).arg("run").arg(&job).args(["--out", "out"]);
     for s in sets {
@@ -400,7 +400,7 @@ fn the_default_job_runs_end_to_end_in_a_reduced_configuration() {
     assert!(rows.iter().any(|r| r["phase"] == "dpo"), "DPO steps are logged");
     assert!(rows.iter().any(|r| r["phase"] == "final"));
     assert_eq!(config["status"], "ok");
-    assert_eq!(config["config"]["threshold"], 0.2);
+    assert_eq!(config["config"]["threshold"], 0.5);
     assert!(stdout(&o).contains("| reference |"), "{}", stdout(&o));
 }
 
