@@ -456,3 +456,30 @@ log(#{ worst: worst, n: prompts.len() });
     assert_eq!(last["n"], 48);
     assert!(last["worst"].as_f64().unwrap() < 1e-4, "{last}");
 }
+
+#[test]
+fn the_seeds_example_runs_the_default_job_per_seed_on_the_tiny_model() {
+    // The pipeline and the aggregate table, not the effect (the tiny model is random).
+    let dir = scratch("seeds");
+    let job = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/seeds.rhai");
+    let sets = ["policy=builtin:tiny", "seeds=2", "iterations=2", "eval_harmful=3", "eval_benign=3", "eval_samples=1", "samples=2", "dual_prompts=4",
+                "pairs_per_iteration=8", "scorer_pairs=32", "max_new_tokens=8", "max_len=96"];
+    let mut cmd = host();
+    cmd.current_dir(&dir).arg("run").arg(&job).args(["--out", "out"]);
+    for s in sets {
+        cmd.args(["--set", s]);
+    }
+    let o = cmd.output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = dir.join("out");
+    for f in ["seed_0/aligned/config.json", "seed_1/aligned/config.json", "seed_0/eval_generations.jsonl", "seed_1/samples/iteration_1.jsonl", "report.md"] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let text = stdout(&o);
+    assert!(text.contains("| 0 | ") && text.contains("| 1 | ") && text.contains("Mean Δ refusal over 2 seeds"), "{text}");
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let finals: Vec<&serde_json::Value> = rows.iter().filter(|r| r["phase"] == "final").collect();
+    assert_eq!(finals.iter().map(|r| r["seed"].as_i64().unwrap()).collect::<Vec<_>>(), vec![0, 0, 1, 1], "reference and aligned rows per seed");
+    let agg = rows.iter().find(|r| r["phase"] == "seeds").expect("the aggregate row");
+    assert_eq!(agg["seeds"], 2);
+}
