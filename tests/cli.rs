@@ -1,5 +1,6 @@
 //! Integration tests: the real `host` binary on real scripts, checking exit codes, the exact
 //! `file:line:col` of errors, the run directory, `--set`, `host check` and `host api`.
+mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -369,14 +370,8 @@ fn the_default_job_runs_end_to_end_in_a_reduced_configuration() {
     // The tiny random model stands in for SmolLM2 so this stays fast; it checks the pipeline
     // and the run directory, not the size of the effect (the full run's table is in the README).
     let dir = scratch("safe-align");
-    let job = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/safe_align.rhai");
     let sets = ["policy=builtin:tiny", "iterations=2", "dual_prompts=6", "samples=2", "max_new_tokens=8", "pairs_per_iteration=16", "scorer_pairs=40", "eval_harmful=3", "eval_benign=3", "eval_samples=1", "max_len=96"];
-    let mut cmd = host();
-    cmd.current_dir(&dir).arg("run").arg(&job).args(["--out", "out"]);
-    for s in sets {
-        cmd.args(["--set", s]);
-    }
-    let o = cmd.output().unwrap();
+    let o = common::run_job(&dir, "scripts/safe_align.rhai", &sets);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let out = dir.join("out");
     for f in ["config.json", "metrics.csv", "metrics.jsonl", "eval_generations.jsonl", "samples/iteration_0.jsonl", "samples/iteration_1.jsonl", "checkpoints/iterate_0/adapter_model.safetensors", "checkpoints/iterate_1/adapter_config.json", "report.md", "dual.svg", "objectives.svg"] {
@@ -461,15 +456,9 @@ log(#{ worst: worst, n: prompts.len() });
 fn the_seeds_example_runs_the_default_job_per_seed_on_the_tiny_model() {
     // The pipeline and the aggregate table, not the effect (the tiny model is random).
     let dir = scratch("seeds");
-    let job = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/seeds.rhai");
     let sets = ["policy=builtin:tiny", "seeds=2", "iterations=2", "eval_harmful=3", "eval_benign=3", "eval_samples=1", "samples=2", "dual_prompts=4",
                 "pairs_per_iteration=8", "scorer_pairs=32", "max_new_tokens=8", "max_len=96"];
-    let mut cmd = host();
-    cmd.current_dir(&dir).arg("run").arg(&job).args(["--out", "out"]);
-    for s in sets {
-        cmd.args(["--set", s]);
-    }
-    let o = cmd.output().unwrap();
+    let o = common::run_job(&dir, "examples/seeds.rhai", &sets);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let out = dir.join("out");
     for f in ["seed_0/aligned/config.json", "seed_1/aligned/config.json", "seed_0/eval_generations.jsonl", "seed_1/samples/iteration_1.jsonl", "report.md"] {
@@ -477,7 +466,7 @@ fn the_seeds_example_runs_the_default_job_per_seed_on_the_tiny_model() {
     }
     let text = stdout(&o);
     assert!(text.contains("| 0 | ") && text.contains("| 1 | ") && text.contains("Mean Δ refusal over 2 seeds"), "{text}");
-    let rows: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rows = common::jsonl(&out.join("metrics.jsonl"));
     let finals: Vec<&serde_json::Value> = rows.iter().filter(|r| r["phase"] == "final").collect();
     assert_eq!(finals.iter().map(|r| r["seed"].as_i64().unwrap()).collect::<Vec<_>>(), vec![0, 0, 1, 1], "reference and aligned rows per seed");
     let agg = rows.iter().find(|r| r["phase"] == "seeds").expect("the aggregate row");

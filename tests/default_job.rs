@@ -8,7 +8,7 @@
 //! Also: the prompt split is disjoint and the shipped pairs use training prompts only; the pair
 //! generator is deterministic for a seed on one machine.
 mod common;
-use common::{host, python, scratch};
+use common::{host, jsonl, python, run_job, scratch};
 use std::collections::BTreeSet;
 use std::path::Path;
 
@@ -16,20 +16,11 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn jsonl(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
-}
-
 #[test]
 fn the_reduced_default_job_writes_its_tables_and_the_aligned_model() {
     let dir = scratch("default-job", "smollm2");
     let sets = ["iterations=2", "pairs_per_iteration=16", "scorer_pairs=64", "dual_prompts=4", "samples=2", "max_new_tokens=16", "eval_harmful=6", "eval_benign=6", "eval_samples=2"];
-    let mut cmd = host();
-    cmd.current_dir(&dir).arg("run").arg(root().join("scripts/safe_align.rhai")).args(["--out", "out"]);
-    for s in sets {
-        cmd.args(["--set", s]);
-    }
-    let o = cmd.output().unwrap();
+    let o = run_job(&dir, "scripts/safe_align.rhai", &sets);
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert_eq!(o.status.code(), Some(0), "{}\n{stdout}", String::from_utf8_lossy(&o.stderr));
     let out = dir.join("out");

@@ -1,11 +1,8 @@
 //! Script access to the gold judge (`crate::judge`): `refusal_judge` and `degenerate`.
 use super::api::{def, script_error, ScriptResult};
+use super::model::strings;
 use crate::judge;
 use rhai::{Array, Dynamic, Engine};
-
-fn strings(v: &Array, what: &str) -> ScriptResult<Vec<String>> {
-    v.iter().enumerate().map(|(i, x)| x.clone().into_string().map_err(|t| script_error(format!("{what}[{i}] is a {t}, not a string")))).collect()
-}
 
 fn both(prompts: &Array, responses: &Array, name: &str) -> ScriptResult<(Vec<String>, Vec<String>)> {
     if prompts.len() != responses.len() {

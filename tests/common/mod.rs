@@ -45,3 +45,18 @@ pub fn scratch(prefix: &str, name: &str) -> PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// `host run SCRIPT --out out --set ...` in `dir` (a reduced job); the output of the command.
+pub fn run_job(dir: &Path, script: &str, sets: &[&str]) -> std::process::Output {
+    let mut cmd = host();
+    cmd.current_dir(dir).arg("run").arg(Path::new(env!("CARGO_MANIFEST_DIR")).join(script)).args(["--out", "out"]);
+    for s in sets {
+        cmd.args(["--set", s]);
+    }
+    cmd.output().unwrap()
+}
+
+/// The records of a JSONL file.
+pub fn jsonl(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
