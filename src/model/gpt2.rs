@@ -85,7 +85,7 @@ impl Gpt2 {
             x = x.f_add(&blk.mlp_proj.forward(&m)?)?;
         }
         if let Some(c) = cache {
-            c.len += t;
+            c.advance(t);
         }
         self.ln_f.forward(&x)
     }

@@ -1,5 +1,5 @@
-//! Building blocks shared by the model files: linear layers, norms, the KV cache and the
-//! attention mask for left-padded batches.
+//! Building blocks shared by the model files: linear layers, norms, the KV cache, masks and
+//! positions.
 use anyhow::Result;
 use std::cell::Cell;
 use std::rc::Rc;
@@ -113,12 +113,19 @@ impl LayerNorm {
 
 /// Keys and values of every layer for incremental decoding, preallocated to `capacity`
 /// positions so each step writes in place instead of concatenating.
+///
+/// Two ways of writing: every row at the shared length `len` (prefill, lock-step decoding), or,
+/// when `row_positions` is set, one new token per row at that row's own position (the slots of
+/// continuous batching, each holding a sequence of its own length); `len` is then the number of
+/// positions attention reads, set by the caller before each step.
 pub struct KvCache {
     pub keys: Vec<Tensor>,
     pub values: Vec<Tensor>,
-    /// Positions filled so far.
+    /// Positions filled so far (shared length), or read by attention (per-row mode).
     pub len: i64,
     pub capacity: i64,
+    /// Per-row write positions `[B]` (per-row mode), else None.
+    pub row_positions: Option<Tensor>,
 }
 
 impl KvCache {
@@ -130,41 +137,42 @@ impl KvCache {
             keys.push(Tensor::f_zeros(shape, (kind, device))?);
             values.push(Tensor::f_zeros(shape, (kind, device))?);
         }
-        Ok(KvCache { keys, values, len: 0, capacity })
+        Ok(KvCache { keys, values, len: 0, capacity, row_positions: None })
     }
 
-    /// Writes this step's `k`, `v` (`[B, kvH, T, D]`) for `layer` at the current length and
-    /// returns all keys and values so far.
+    /// Writes this step's `k`, `v` (`[B, kvH, T, D]`) for `layer` at the current length (or at
+    /// each row's position) and returns the keys and values attention reads.
     pub fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
         let t = k.size()[2];
+        if let Some(pos) = &self.row_positions {
+            anyhow::ensure!(t == 1, "per-row KV cache writes take one token per row, got {t}");
+            anyhow::ensure!(self.len <= self.capacity, "KV cache overflow: {} > {}", self.len, self.capacity);
+            let index = pos.f_view([-1, 1, 1, 1])?.f_expand(k.size(), false)?;
+            let _ = self.keys[layer].f_scatter_(2, &index, k)?;
+            let _ = self.values[layer].f_scatter_(2, &index, v)?;
+            return Ok((self.keys[layer].f_narrow(2, 0, self.len)?, self.values[layer].f_narrow(2, 0, self.len)?));
+        }
         anyhow::ensure!(self.len + t <= self.capacity, "KV cache overflow: {} + {t} > {}", self.len, self.capacity);
         self.keys[layer].f_narrow(2, self.len, t)?.f_copy_(k)?;
         self.values[layer].f_narrow(2, self.len, t)?.f_copy_(v)?;
         Ok((self.keys[layer].f_narrow(2, 0, self.len + t)?, self.values[layer].f_narrow(2, 0, self.len + t)?))
     }
 
-    /// Keeps only the rows in `index` (used when finished sequences leave the batch).
+    /// Called by a model after a forward of `t` new positions: the shared length grows (in
+    /// per-row mode the caller moves each row's position itself).
+    pub fn advance(&mut self, t: i64) {
+        if self.row_positions.is_none() {
+            self.len += t;
+        }
+    }
+
+    /// Keeps only the rows in `index`.
     pub fn select_rows(&mut self, index: &Tensor) -> Result<()> {
         for t in self.keys.iter_mut().chain(self.values.iter_mut()) {
             *t = t.f_index_select(0, index)?;
         }
         Ok(())
     }
-}
-
-/// The boolean attention mask `[B, 1, T, S]` for `T` new queries after `past` cached positions:
-/// query `i` (absolute position `past + i`) may see key `j` when `j <= past + i` and key `j` is
-/// not padding. Padded queries also see themselves, so no softmax row is empty (their outputs
-/// are never read).
-pub fn attention_mask(key_valid: &Tensor, past: i64, t: i64) -> Result<Tensor> {
-    let device = key_valid.device();
-    let s = key_valid.size()[1];
-    let q = Tensor::f_arange_start(past, past + t, (Kind::Int64, device))?.f_unsqueeze(1)?;
-    let k = Tensor::f_arange(s, (Kind::Int64, device))?.f_unsqueeze(0)?;
-    let causal = k.f_le_tensor(&q)?; // [T, S]
-    let valid = key_valid.f_to_kind(Kind::Bool)?.f_unsqueeze(1)?.f_unsqueeze(1)?; // [B,1,1,S]
-    let diag = k.f_eq_tensor(&q)?;
-    Ok(causal.f_logical_and(&valid)?.f_logical_or(&diag)?)
 }
 
 /// The boolean mask as an additive one (0 where allowed, -inf elsewhere) in the activation

@@ -172,7 +172,7 @@ impl Llama {
             x = x.f_add(&m)?;
         }
         if let Some(c) = cache {
-            c.len += ids.size()[1];
+            c.advance(ids.size()[1]);
         }
         self.norm.forward(&x)
     }

@@ -1,24 +1,28 @@
 //! Causal language models and score models on libtorch: loading (HF folders, GGUF, built-ins),
-//! summed response log-probabilities, batched sampling with a KV cache, saving in HF layout.
+//! summed response log-probabilities, score heads, saving in HF layout; sampling is in
+//! `sampler.rs`.
 //! One file per model family (`llama.rs`, `gpt2.rs`); this file dispatches between them.
 pub mod config;
 pub mod gguf;
 pub mod gpt2;
 pub mod layers;
 pub mod llama;
+pub mod sampler;
 pub mod tokenizer;
 pub mod weights;
 
 use anyhow::{bail, Context, Result};
 use config::{Arch, Config};
 use gguf::Gguf;
-use layers::{attention_mask, positions_from_mask, AdapterState, KvCache, Linear};
+use layers::{positions_from_mask, AdapterState, KvCache, Linear};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use tch::{Device, Kind, Tensor};
 use tokenizer::Tokenizer;
 use weights::Weights;
+
+pub use sampler::{sample, SampleOptions};
 
 pub enum Body {
     Llama(llama::Llama),
@@ -86,28 +90,6 @@ pub struct LoadOptions {
     pub kind: Kind,
     /// Seed for the random initialisation of built-in models.
     pub seed: i64,
-}
-
-/// Sampling settings of `generate`.
-#[derive(Debug, Clone)]
-pub struct SampleOptions {
-    /// Samples per prompt.
-    pub n: usize,
-    pub max_new_tokens: usize,
-    /// 0 means greedy.
-    pub temperature: f64,
-    pub top_p: f64,
-    /// 0 means no top-k filter.
-    pub top_k: i64,
-    pub seed: Option<i64>,
-    /// Rows decoded together.
-    pub batch_size: usize,
-}
-
-impl Default for SampleOptions {
-    fn default() -> Self {
-        SampleOptions { n: 1, max_new_tokens: 64, temperature: 1.0, top_p: 1.0, top_k: 0, seed: None, batch_size: 64 }
-    }
 }
 
 /// Where offline assets (the default policy GGUF) live: `$DUALIGN_ASSETS`, else the per-user
@@ -325,8 +307,8 @@ impl CausalLM {
         Ok(CausalLM { source: source.to_string(), device: w.device, kind: w.kind, cfg, body, tokenizer, score_head, lora: None, space: None })
     }
 
-    /// Final hidden states `[B, T, H]`.
-    /// Final hidden states. `mask` is the boolean attention mask (`layers::attention_mask`); None
+    /// Final hidden states `[B, T, H]`. `mask` is a boolean attention mask `[B, 1, T, S]` (true:
+    /// query may see key; S = cached + new positions, as the sampler builds it); None
     /// means plain causal attention, exact for unpadded or right-padded rows without a cache
     /// (a real position never sees padding, and padded positions' outputs are never read), and
     /// lets SDPA use its fused causal kernels.
@@ -446,93 +428,6 @@ impl CausalLM {
         let h = hidden.size()[2];
         let idx = last.f_view([-1, 1, 1])?.f_expand([-1, 1, h], false)?;
         Ok(hidden.f_gather(1, &idx, false)?.f_squeeze_dim(1)?)
-    }
-
-    /// Batched sampling with a KV cache. Returns the new tokens of each (prompt, sample), prompt
-    /// by prompt, without the stop token. Prompts are left-padded; rows stop at any EOS id.
-    pub fn generate(&self, prompts: &[Vec<i64>], opts: &SampleOptions, stop: &dyn Fn() -> bool) -> Result<Vec<Vec<i64>>> {
-        if let Some(seed) = opts.seed {
-            tch::manual_seed(seed);
-        }
-        let rows: Vec<&Vec<i64>> = prompts.iter().flat_map(|p| std::iter::repeat_n(p, opts.n)).collect();
-        let mut out = Vec::with_capacity(rows.len());
-        for chunk in rows.chunks(opts.batch_size.max(1)) {
-            out.extend(tch::no_grad(|| self.generate_batch(chunk, opts, stop))?);
-        }
-        Ok(out)
-    }
-
-    fn generate_batch(&self, prompts: &[&Vec<i64>], opts: &SampleOptions, stop: &dyn Fn() -> bool) -> Result<Vec<Vec<i64>>> {
-        let b = prompts.len() as i64;
-        let l = prompts.iter().map(|p| p.len()).max().unwrap_or(0) as i64;
-        if prompts.iter().any(|p| p.is_empty()) {
-            bail!("generate: a prompt has no tokens");
-        }
-        let dev = self.device;
-        let pad = self.tokenizer.pad_id;
-        let mut ids = vec![pad; (b * l) as usize];
-        let mut valid = vec![0i64; (b * l) as usize];
-        for (i, p) in prompts.iter().enumerate() {
-            let off = i * l as usize + (l as usize - p.len());
-            ids[off..off + p.len()].copy_from_slice(p);
-            valid[off..off + p.len()].iter_mut().for_each(|v| *v = 1);
-        }
-        let ids = Tensor::f_from_slice(&ids)?.f_view([b, l])?.f_to_device(dev)?;
-        let mut key_valid = Tensor::f_from_slice(&valid)?.f_view([b, l])?.f_to_device(dev)?;
-        // A closed response space fixes the length: exactly `length` tokens, none of them EOS.
-        let max_new = self.space.as_ref().map_or(opts.max_new_tokens, |s| s.length) as i64;
-        let mut cache = KvCache::new(self.cfg.num_layers, b, self.cfg.num_kv_heads as i64, l + max_new, self.cfg.head_dim as i64, self.kind, dev)?;
-        let positions = positions_from_mask(&key_valid)?;
-        let hidden = self.hidden(&ids, &positions, Some(&attention_mask(&key_valid, 0, l)?), Some(&mut cache))?;
-        let mut last_h = hidden.f_select(1, l - 1)?;
-        let mut pos = positions.f_select(1, l - 1)?;
-        let head_t = self.response_head()?.f_tr()?;
-        let allowed = match &self.space {
-            Some(s) => Some(Tensor::f_from_slice(&s.allowed)?.f_to_device(dev)?),
-            None => None,
-        };
-        let eos_ids = &self.tokenizer.eos_ids;
-        let mut out: Vec<Vec<i64>> = vec![Vec::new(); b as usize];
-        // Rows still decoding, by their index in `out`; finished rows leave the batch (and the
-        // KV cache), so the remaining steps cost only what the unfinished rows need.
-        let mut active: Vec<usize> = (0..b as usize).collect();
-        for step in 0..max_new {
-            if stop() {
-                bail!("interrupted");
-            }
-            let logits = last_h.f_matmul(&head_t)?.f_to_kind(Kind::Float)?;
-            let mut next = sample(&logits, opts)?;
-            if let Some(a) = &allowed {
-                next = a.f_index_select(0, &next)?;
-            }
-            let mut tokens = vec![0i64; active.len()];
-            next.f_to_device(Device::Cpu)?.f_copy_data(&mut tokens, active.len())?;
-            let mut keep = Vec::with_capacity(active.len());
-            for (k, (&row, &tok)) in active.iter().zip(&tokens).enumerate() {
-                if eos_ids.contains(&tok) {
-                    continue;
-                }
-                out[row].push(tok);
-                keep.push(k as i64);
-            }
-            if keep.is_empty() || step == max_new - 1 {
-                break;
-            }
-            if keep.len() < active.len() {
-                let index = Tensor::f_from_slice(&keep)?.f_to_device(dev)?;
-                cache.select_rows(&index)?;
-                key_valid = key_valid.f_index_select(0, &index)?;
-                pos = pos.f_index_select(0, &index)?;
-                next = next.f_index_select(0, &index)?;
-                active = keep.iter().map(|&k| active[k as usize]).collect();
-            }
-            key_valid = Tensor::f_cat(&[&key_valid, &Tensor::f_ones([active.len() as i64, 1], (Kind::Int64, dev))?], 1)?;
-            pos = pos.f_add_scalar(1)?;
-            let mask = attention_mask(&key_valid, cache.len, 1)?;
-            let h = self.hidden(&next.f_unsqueeze(1)?, &pos.f_unsqueeze(1)?, Some(&mask), Some(&mut cache))?;
-            last_h = h.f_select(1, 0)?;
-        }
-        Ok(out)
     }
 
     /// A deep copy with its own weights (the reference model for training), sharing the tokenizer.
@@ -680,37 +575,3 @@ impl CausalLM {
     }
 }
 
-/// Picks the next token of each row from f32 logits `[B, V]`: greedy at temperature 0, else
-/// temperature, top-k, then top-p (nucleus) filtering and a multinomial draw.
-///
-/// The nucleus is found among the `k` most likely tokens for growing `k` (64, 1024, then all):
-/// once the top `k` hold at least `top_p` of the mass in every row, the nucleus lies inside them,
-/// so the result is exactly the full-sort definition without sorting the whole vocabulary.
-pub fn sample(logits: &Tensor, opts: &SampleOptions) -> Result<Tensor> {
-    if opts.temperature <= 0.0 {
-        return Ok(logits.f_argmax(-1, false)?);
-    }
-    let v = logits.size()[1];
-    let logits = logits.f_div_scalar(opts.temperature)?;
-    let top_k = if opts.top_k > 0 && opts.top_k < v { opts.top_k } else { v };
-    let probs = logits.f_softmax(-1, Kind::Float)?;
-    if opts.top_p >= 1.0 && top_k == v {
-        return Ok(probs.f_multinomial(1, false)?.f_squeeze_dim(1)?);
-    }
-    let top_p = opts.top_p.min(1.0);
-    for k in [64, 1024, v] {
-        let k = k.min(top_k);
-        let (vals, idx) = probs.f_topk(k, -1, true, true)?;
-        let cum = vals.f_cumsum(-1, Kind::Float)?;
-        let covered = cum.f_select(1, k - 1)?.f_min()?.double_value(&[]) >= top_p;
-        if !(covered || k == top_k) {
-            continue;
-        }
-        // Keep a token while the mass before it is below top_p (the first one always stays).
-        let keep = cum.f_sub(&vals)?.f_lt(top_p)?;
-        let kept = vals.f_mul(&keep.f_to_kind(Kind::Float)?)?;
-        let choice = kept.f_multinomial(1, false)?;
-        return Ok(idx.f_gather(1, &choice, false)?.f_squeeze_dim(1)?);
-    }
-    unreachable!("the last candidate size is the whole top-k set")
-}

@@ -18,6 +18,11 @@ impl Progress {
         Progress { label: label.to_string(), total, done: 0, start: now, last: now, tty: std::io::stderr().is_terminal() }
     }
 
+    /// A progress that began at `start` (shown only once a phase turns out to be long).
+    pub fn started(label: &str, total: usize, start: Instant) -> Self {
+        Progress { start, ..Progress::new(label, total) }
+    }
+
     fn line(&self, note: &str) -> String {
         let secs = self.start.elapsed().as_secs_f64();
         let rate = self.done as f64 / secs.max(1e-9);

@@ -290,8 +290,8 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
     });
     def(engine, "score", &["s: Model", "prompts: array", "responses: array", "array"], "The score head's output for each prompt and response, read at the last token.", |m: &mut ScriptModel, prompts: Array, responses: Array| score(m, &prompts, &responses));
     let s = session.clone();
-    def(engine, "generate", &["m: Model", "prompts: array", "opts: map", "array"], "Samples responses: opts #{n, max_new_tokens, temperature (0 = greedy), top_p, top_k, seed, batch_size}; n per prompt, prompt by prompt.", move |m: &mut ScriptModel, prompts: Array, opts: Map| -> ScriptResult<Array> {
-        check_keys(&opts, &["n", "max_new_tokens", "temperature", "top_p", "top_k", "seed", "batch_size"], "generate")?;
+    def(engine, "generate", &["m: Model", "prompts: array", "opts: map", "array"], "Samples responses: opts #{n, max_new_tokens, temperature (0 = greedy), top_p, top_k, seed, slots (sequences decoded together; default 64 on CPU, 256 on GPU)}; n per prompt, prompt by prompt.", move |m: &mut ScriptModel, prompts: Array, opts: Map| -> ScriptResult<Array> {
+        check_keys(&opts, &["n", "max_new_tokens", "temperature", "top_p", "top_k", "seed", "slots"], "generate")?;
         let d = SampleOptions::default();
         let o = SampleOptions {
             n: opt_int(&opts, "n", d.n as INT)?.max(1) as usize,
@@ -300,7 +300,7 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
             top_p: opt_f64(&opts, "top_p", d.top_p)?,
             top_k: opt_int(&opts, "top_k", d.top_k)?,
             seed: opts.get("seed").map(|_| opt_int(&opts, "seed", 0)).transpose()?,
-            batch_size: opt_int(&opts, "batch_size", d.batch_size as INT)?.max(1) as usize,
+            slots: opt_int(&opts, "slots", d.slots as INT)?.max(0) as usize,
         };
         let key = crate::run::journal::key(&[&m.model.borrow().source, &m.base_only.to_string(), &format!("{prompts:?}"), &format!("{opts:?}")]);
         let replay = |out: &serde_json::Value, _| -> ScriptResult<Array> {

@@ -1,0 +1,448 @@
+//! On-policy sampling at scale: continuous batching over a fixed number of decoding slots, one
+//! prefill per distinct prompt, and a random stream per sequence.
+//!
+//! The work is the list of (prompt, sample) sequences, prompt by prompt. Each slot holds one
+//! sequence at its own length in a per-row KV cache (`KvCache::row_positions`); when a sequence
+//! stops (an EOS id or `max_new_tokens`), the next one takes its slot at once: its prompt's keys
+//! and values, computed once for all of that prompt's samples, are copied into the slot, and its
+//! first token is drawn from the prompt's last hidden state. The batch therefore stays full until
+//! the work runs out, no step copies the whole cache, and the cost is linear in the number of
+//! samples. When the work has run out and at most half the slots are still decoding, the cache
+//! is compacted to those rows (at most a few times per call, halving each time).
+//!
+//! Every draw is an inverse-CDF lookup at a uniform number that depends only on the seed, the
+//! sequence's index and its step (`uniform`), never on the slot or on what else is in the
+//! batch: a seed means the same samples whatever the slot count.
+use super::layers::KvCache;
+use super::CausalLM;
+use crate::run::progress::Progress;
+use anyhow::{bail, Result};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use tch::{Device, Kind, Tensor};
+
+/// Sampling settings of `generate`.
+#[derive(Debug, Clone)]
+pub struct SampleOptions {
+    /// Samples per prompt.
+    pub n: usize,
+    pub max_new_tokens: usize,
+    /// 0 means greedy.
+    pub temperature: f64,
+    pub top_p: f64,
+    /// 0 means no top-k filter.
+    pub top_k: i64,
+    pub seed: Option<i64>,
+    /// Sequences decoded together; 0 means the device's default (`default_slots`).
+    pub slots: usize,
+}
+
+impl Default for SampleOptions {
+    fn default() -> Self {
+        SampleOptions { n: 1, max_new_tokens: 64, temperature: 1.0, top_p: 1.0, top_k: 0, seed: None, slots: 0 }
+    }
+}
+
+/// Decoding slots when the caller gives none: 64 rows on a CPU (the measured knee of tokens/s for
+/// SmolLM2-135M on 2 cores, README), 256 on a GPU.
+pub fn default_slots(device: Device) -> usize {
+    if device.is_cuda() {
+        256
+    } else {
+        64
+    }
+}
+
+/// SplitMix64's output function (Steele, Lea, Flood 2014): a bijective 64-bit mixer.
+fn mix(z: u64) -> u64 {
+    let mut z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The uniform number in `[0, 1)` (53 bits) that draws token `step` of sequence `seq` under
+/// `seed`: a counter-based stream, so the draw does not depend on batch position or slot count.
+pub fn uniform(seed: u64, seq: u64, step: u64) -> f64 {
+    let h = mix(mix(mix(seed) ^ seq) ^ step);
+    (h >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+}
+
+/// Draws one token per row of `logits` `[R, V]` at the uniforms `u` `[R]` (f64): greedy when the
+/// temperature is 0, else from the softmax at the temperature, restricted first to the `top_k`
+/// most likely tokens and then to the nucleus of what remains (the most likely tokens until their
+/// renormalised mass reaches `top_p`, Holtzman et al. 2020), renormalised: the order and meaning
+/// of HF transformers' `TopKLogitsWarper` followed by `TopPLogitsWarper`.
+///
+/// The nucleus is found among the `k` most likely tokens for growing `k` (64, 1024, then all):
+/// once the top `k` hold at least `top_p` of the mass in every row, the nucleus lies inside them,
+/// so the result is exactly the full-sort definition without sorting the whole vocabulary.
+pub fn sample(logits: &Tensor, opts: &SampleOptions, u: &Tensor) -> Result<Tensor> {
+    if opts.temperature <= 0.0 {
+        return Ok(logits.f_argmax(-1, false)?);
+    }
+    let v = logits.size()[1];
+    let scaled = logits.f_div_scalar(opts.temperature)?;
+    // Top-k first: the candidates (sorted, with their vocabulary ids) and their renormalised mass.
+    let (ids, probs) = if opts.top_k > 0 && opts.top_k < v {
+        let (vals, idx) = scaled.f_topk(opts.top_k, -1, true, true)?;
+        (Some(idx), vals.f_softmax(-1, Kind::Float)?)
+    } else {
+        (None, scaled.f_softmax(-1, Kind::Float)?)
+    };
+    let to_vocab = |choice: Tensor| -> Result<Tensor> {
+        match &ids {
+            Some(idx) => Ok(idx.f_gather(1, &choice.f_unsqueeze(1)?, false)?.f_squeeze_dim(1)?),
+            None => Ok(choice),
+        }
+    };
+    if opts.top_p >= 1.0 {
+        return to_vocab(inverse_cdf(&probs, u)?);
+    }
+    let n = probs.size()[1];
+    for k in [64, 1024, n] {
+        let k = k.min(n);
+        let (vals, idx) = probs.f_topk(k, -1, true, true)?;
+        // Cumulative mass in f64, so the nucleus boundary is not moved by f32 rounding.
+        let cum = vals.f_cumsum(-1, Kind::Double)?;
+        let covered = cum.f_select(1, k - 1)?.f_min()?.double_value(&[]) >= opts.top_p;
+        if !(covered || k == n) {
+            continue;
+        }
+        // Keep a token while the mass before it is below top_p (the first one always stays).
+        let keep = cum.f_sub(&vals.f_to_kind(Kind::Double)?)?.f_lt(opts.top_p)?;
+        let kept = vals.f_mul(&keep.f_to_kind(Kind::Float)?)?;
+        let choice = inverse_cdf(&kept, u)?.f_unsqueeze(1)?;
+        return to_vocab(idx.f_gather(1, &choice, false)?.f_squeeze_dim(1)?);
+    }
+    unreachable!("the last candidate size is every candidate")
+}
+
+/// For each row of non-negative `weights` `[R, K]`, the index `i` with
+/// `cum[i-1] <= u·total < cum[i]` (cumulative sums in f64): index `i` with probability
+/// `weights[i] / total`.
+fn inverse_cdf(weights: &Tensor, u: &Tensor) -> Result<Tensor> {
+    let k = weights.size()[1];
+    let cum = weights.f_cumsum(-1, Kind::Double)?;
+    let target = u.f_mul(&cum.f_select(1, k - 1)?)?.f_unsqueeze(1)?;
+    Ok(cum.f_le_tensor(&target)?.f_sum_dim_intlist(&[-1i64][..], false, Kind::Int64)?.f_clamp_max(k - 1)?)
+}
+
+/// Prompts prefilled together: their keys and values per layer `[G, kvH, L, D]` (right-padded to
+/// the longest, `L`), and the final hidden state at each prompt's last token `[G, H]`.
+struct PromptGroup {
+    keys: Vec<Tensor>,
+    values: Vec<Tensor>,
+    last: Tensor,
+    len: i64,
+    /// Sequences of these prompts not yet started; the group is dropped at zero.
+    unstarted: usize,
+}
+
+/// The sequence a slot is decoding.
+struct Slot {
+    seq: usize,
+    /// Positions of the slot's cache row filled so far (prompt plus fed-back tokens).
+    len: i64,
+    /// Tokens drawn so far.
+    drawn: usize,
+}
+
+/// Most prompt tokens prefilled in one forward.
+const PREFILL_TOKENS: usize = 8192;
+
+impl CausalLM {
+    /// Samples `opts.n` responses for each prompt with continuous batching (module docs). Returns
+    /// the new tokens of each (prompt, sample), prompt by prompt, without the stop token; a
+    /// sequence stops at any EOS id or after `max_new_tokens` (exactly `length` tokens in a closed
+    /// response space).
+    pub fn generate(&self, prompts: &[Vec<i64>], opts: &SampleOptions, stop: &dyn Fn() -> bool) -> Result<Vec<Vec<i64>>> {
+        if let Some(i) = prompts.iter().position(|p| p.is_empty()) {
+            bail!("generate: prompt {i} has no tokens");
+        }
+        let n = opts.n.max(1);
+        let total = prompts.len() * n;
+        if total == 0 {
+            return Ok(Vec::new());
+        }
+        let seed = match opts.seed {
+            Some(s) => s as u64,
+            // Unseeded: a stream drawn from torch's generator, which the script's `seed()` sets.
+            None => Tensor::f_randint(i64::MAX, [1], (Kind::Int64, Device::Cpu))?.int64_value(&[0]) as u64,
+        };
+        tch::no_grad(|| Decoder::new(self, prompts, opts, n, seed)?.run(stop))
+    }
+}
+
+/// The state of one `generate` call.
+struct Decoder<'a> {
+    m: &'a CausalLM,
+    prompts: &'a [Vec<i64>],
+    opts: &'a SampleOptions,
+    n: usize,
+    seed: u64,
+    max_new: usize,
+    cache: KvCache,
+    /// Hidden state `[S, H]` whose LM-head row gives each slot's next-token distribution.
+    last_h: Tensor,
+    slots: Vec<Option<Slot>>,
+    head_t: Tensor,
+    allowed: Option<Tensor>,
+    out: Vec<Vec<i64>>,
+    /// The next sequence to start.
+    next: usize,
+    groups: Vec<Option<PromptGroup>>,
+    /// Prompt index to (group, row) while its group lives.
+    prompt_rows: HashMap<usize, (usize, i64)>,
+    finished: usize,
+    tokens: usize,
+    start: Instant,
+    progress: Option<Progress>,
+    reported: usize,
+}
+
+impl<'a> Decoder<'a> {
+    fn new(m: &'a CausalLM, prompts: &'a [Vec<i64>], opts: &'a SampleOptions, n: usize, seed: u64) -> Result<Self> {
+        let total = prompts.len() * n;
+        let max_new = m.space.as_ref().map_or(opts.max_new_tokens, |s| s.length).max(1);
+        let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        let slots = if opts.slots == 0 { default_slots(m.device) } else { opts.slots }.min(total);
+        let cfg = &m.cfg;
+        let cache = KvCache::new(cfg.num_layers, slots as i64, cfg.num_kv_heads as i64, (longest + max_new) as i64, cfg.head_dim as i64, m.kind, m.device)?;
+        let last_h = Tensor::f_zeros([slots as i64, cfg.hidden_size as i64], (m.kind, m.device))?;
+        let allowed = match &m.space {
+            Some(s) => Some(Tensor::f_from_slice(&s.allowed)?.f_to_device(m.device)?),
+            None => None,
+        };
+        Ok(Decoder {
+            m,
+            prompts,
+            opts,
+            n,
+            seed,
+            max_new,
+            cache,
+            last_h,
+            slots: (0..slots).map(|_| None).collect(),
+            head_t: m.response_head()?.f_tr()?,
+            allowed,
+            out: vec![Vec::new(); total],
+            next: 0,
+            groups: Vec::new(),
+            prompt_rows: HashMap::new(),
+            finished: 0,
+            tokens: 0,
+            start: Instant::now(),
+            progress: None,
+            reported: 0,
+        })
+    }
+
+    fn run(mut self, stop: &dyn Fn() -> bool) -> Result<Vec<Vec<i64>>> {
+        let all: Vec<usize> = (0..self.slots.len()).collect();
+        let mut fresh = self.start_sequences(&all)?;
+        loop {
+            if stop() {
+                bail!("interrupted");
+            }
+            // Draw for every slot with a fresh distribution; slots whose sequence stops take the
+            // next sequence at once and draw its first token in the same round.
+            let mut feed: Vec<(usize, i64)> = Vec::new();
+            while !fresh.is_empty() {
+                let tokens = self.draw(&fresh)?;
+                let mut freed = Vec::new();
+                for (&s, &tok) in fresh.iter().zip(&tokens) {
+                    let slot = self.slots[s].as_mut().expect("a fresh slot holds a sequence");
+                    slot.drawn += 1;
+                    let eos = self.m.tokenizer.eos_ids.contains(&tok);
+                    if !eos {
+                        self.out[slot.seq].push(tok);
+                        self.tokens += 1;
+                    }
+                    if eos || slot.drawn >= self.max_new {
+                        self.slots[s] = None;
+                        self.finished += 1;
+                        freed.push(s);
+                    } else {
+                        feed.push((s, tok));
+                    }
+                }
+                fresh = self.start_sequences(&freed)?;
+            }
+            self.report();
+            if feed.is_empty() {
+                break;
+            }
+            if self.next == self.prompts.len() * self.n && feed.len() * 2 <= self.slots.len() && self.slots.len() > 1 {
+                feed = self.compact(feed)?;
+            }
+            fresh = self.step(&feed)?;
+        }
+        let note = self.rate();
+        if let Some(p) = &mut self.progress {
+            p.finish(&note);
+        }
+        Ok(self.out)
+    }
+
+    fn rate(&self) -> String {
+        format!("{:.0} new tokens/s", self.tokens as f64 / self.start.elapsed().as_secs_f64().max(1e-9))
+    }
+
+    /// Progress after two seconds (short calls stay quiet): sequences finished, tokens/s, ETA.
+    fn report(&mut self) {
+        if self.progress.is_none() && self.start.elapsed() >= Duration::from_secs(2) {
+            self.progress = Some(Progress::started("sampling", self.out.len(), self.start));
+        }
+        let note = self.rate();
+        if let Some(p) = &mut self.progress {
+            p.tick(self.finished - self.reported, &note);
+            self.reported = self.finished;
+        }
+    }
+
+    /// Tokens for `rows` (slot indices) from their fresh distributions, one uniform per sequence
+    /// and step.
+    fn draw(&self, rows: &[usize]) -> Result<Vec<i64>> {
+        let dev = self.m.device;
+        let index = Tensor::f_from_slice(&rows.iter().map(|&s| s as i64).collect::<Vec<_>>())?.f_to_device(dev)?;
+        let logits = self.last_h.f_index_select(0, &index)?.f_matmul(&self.head_t)?.f_to_kind(Kind::Float)?;
+        let u: Vec<f64> = rows
+            .iter()
+            .map(|&s| {
+                let slot = self.slots[s].as_ref().expect("a drawing slot holds a sequence");
+                uniform(self.seed, slot.seq as u64, slot.drawn as u64)
+            })
+            .collect();
+        let u = Tensor::f_from_slice(&u)?.f_to_device(dev)?;
+        let mut next = sample(&logits, self.opts, &u)?;
+        if let Some(a) = &self.allowed {
+            next = a.f_index_select(0, &next)?;
+        }
+        let mut tokens = vec![0i64; rows.len()];
+        next.f_to_device(Device::Cpu)?.f_copy_data(&mut tokens, rows.len())?;
+        Ok(tokens)
+    }
+
+    /// Starts the next sequences in the free slots `free` (as many as there is work for): copies
+    /// each one's prompt keys and values into its cache row and its prompt's last hidden state
+    /// into `last_h`. Returns the slots started.
+    fn start_sequences(&mut self, free: &[usize]) -> Result<Vec<usize>> {
+        let total = self.prompts.len() * self.n;
+        let count = free.len().min(total - self.next);
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let started: Vec<usize> = free[..count].to_vec();
+        // (group, slot, row) for each new sequence.
+        let mut by_group: Vec<(usize, Vec<i64>, Vec<i64>)> = Vec::new();
+        for &s in &started {
+            let seq = self.next;
+            self.next += 1;
+            let p = seq / self.n;
+            if !self.prompt_rows.contains_key(&p) {
+                self.prefill_from(p, count.div_ceil(self.n).max(self.slots.len().div_ceil(self.n)))?;
+            }
+            let (g, row) = self.prompt_rows[&p];
+            match by_group.iter_mut().find(|(gg, _, _)| *gg == g) {
+                Some((_, slots, rows)) => {
+                    slots.push(s as i64);
+                    rows.push(row);
+                }
+                None => by_group.push((g, vec![s as i64], vec![row])),
+            }
+            self.slots[s] = Some(Slot { seq, len: self.prompts[p].len() as i64, drawn: 0 });
+        }
+        let dev = self.m.device;
+        for (g, slots, rows) in by_group {
+            let group = self.groups[g].as_mut().expect("a started prompt's group is alive");
+            let slot_index = Tensor::f_from_slice(&slots)?.f_to_device(dev)?;
+            let row_index = Tensor::f_from_slice(&rows)?.f_to_device(dev)?;
+            for (cache, src) in self.cache.keys.iter_mut().zip(&group.keys).chain(self.cache.values.iter_mut().zip(&group.values)) {
+                let _ = cache.f_narrow(2, 0, group.len)?.f_index_copy_(0, &slot_index, &src.f_index_select(0, &row_index)?)?;
+            }
+            let _ = self.last_h.f_index_copy_(0, &slot_index, &group.last.f_index_select(0, &row_index)?)?;
+            group.unstarted -= slots.len();
+            if group.unstarted == 0 {
+                self.groups[g] = None;
+                self.prompt_rows.retain(|_, (gg, _)| *gg != g);
+            }
+        }
+        Ok(started)
+    }
+
+    /// One forward over prompts `first..`, as many as `want` within `PREFILL_TOKENS` (at least
+    /// one): right-padded with plain causal attention, exact for every real position.
+    fn prefill_from(&mut self, first: usize, want: usize) -> Result<()> {
+        let mut end = first + 1;
+        let mut longest = self.prompts[first].len();
+        while end < self.prompts.len() && end - first < want && longest.max(self.prompts[end].len()) * (end - first + 1) <= PREFILL_TOKENS {
+            longest = longest.max(self.prompts[end].len());
+            end += 1;
+        }
+        let (g, l) = ((end - first) as i64, longest as i64);
+        let dev = self.m.device;
+        let mut ids = vec![self.m.tokenizer.pad_id; (g * l) as usize];
+        for (i, p) in self.prompts[first..end].iter().enumerate() {
+            ids[i * longest..i * longest + p.len()].copy_from_slice(p);
+        }
+        let ids = Tensor::f_from_slice(&ids)?.f_view([g, l])?.f_to_device(dev)?;
+        let positions = Tensor::f_arange(l, (Kind::Int64, dev))?.f_unsqueeze(0)?.f_expand([g, l], false)?;
+        let cfg = &self.m.cfg;
+        let mut cache = KvCache::new(cfg.num_layers, g, cfg.num_kv_heads as i64, l, cfg.head_dim as i64, self.m.kind, dev)?;
+        let hidden = self.m.hidden(&ids, &positions, None, Some(&mut cache))?;
+        let last: Vec<i64> = self.prompts[first..end].iter().map(|p| p.len() as i64 - 1).collect();
+        let h = hidden.size()[2];
+        let idx = Tensor::f_from_slice(&last)?.f_to_device(dev)?.f_view([-1, 1, 1])?.f_expand([-1, 1, h], false)?;
+        let last = hidden.f_gather(1, &idx, false)?.f_squeeze_dim(1)?;
+        let id = self.groups.len();
+        for (row, p) in (first..end).enumerate() {
+            self.prompt_rows.insert(p, (id, row as i64));
+        }
+        self.groups.push(Some(PromptGroup { keys: cache.keys, values: cache.values, last, len: l, unstarted: (end - first) * self.n }));
+        Ok(())
+    }
+
+    /// Feeds each `(slot, token)` at the slot's next position in one forward over every slot (an
+    /// empty slot feeds padding at position 0 and is not read). Returns the slots fed.
+    fn step(&mut self, feed: &[(usize, i64)]) -> Result<Vec<usize>> {
+        let rows = self.slots.len();
+        let mut ids = vec![self.m.tokenizer.pad_id; rows];
+        let mut pos = vec![0i64; rows];
+        for &(s, tok) in feed {
+            ids[s] = tok;
+            pos[s] = self.slots[s].as_ref().expect("a fed slot holds a sequence").len;
+        }
+        let dev = self.m.device;
+        let reach = pos.iter().max().copied().unwrap_or(0) + 1;
+        let ids = Tensor::f_from_slice(&ids)?.f_view([rows as i64, 1])?.f_to_device(dev)?;
+        let pos_t = Tensor::f_from_slice(&pos)?.f_to_device(dev)?;
+        // Key j is visible to a slot's new token when j <= its position (the slot's own tokens).
+        let keys = Tensor::f_arange(reach, (Kind::Int64, dev))?.f_unsqueeze(0)?;
+        let mask = keys.f_le_tensor(&pos_t.f_unsqueeze(1)?)?.f_view([rows as i64, 1, 1, reach])?;
+        self.cache.row_positions = Some(pos_t.shallow_clone());
+        self.cache.len = reach;
+        let h = self.m.hidden(&ids, &pos_t.f_unsqueeze(1)?, Some(&mask), Some(&mut self.cache))?;
+        self.cache.row_positions = None;
+        self.last_h = h.f_select(1, 0)?;
+        for &(s, _) in feed {
+            self.slots[s].as_mut().expect("a fed slot holds a sequence").len += 1;
+        }
+        Ok(feed.iter().map(|&(s, _)| s).collect())
+    }
+
+    /// Keeps only the cache rows of the slots in `feed` (no work is left to start), renumbering
+    /// them; returns `feed` with the new slot numbers.
+    fn compact(&mut self, feed: Vec<(usize, i64)>) -> Result<Vec<(usize, i64)>> {
+        let keep: Vec<i64> = feed.iter().map(|&(s, _)| s as i64).collect();
+        let index = Tensor::f_from_slice(&keep)?.f_to_device(self.m.device)?;
+        self.cache.select_rows(&index)?;
+        self.last_h = self.last_h.f_index_select(0, &index)?;
+        let mut slots: Vec<Option<Slot>> = Vec::with_capacity(feed.len());
+        for &(s, _) in &feed {
+            slots.push(self.slots[s].take());
+        }
+        self.slots = slots;
+        Ok(feed.iter().enumerate().map(|(i, &(_, tok))| (i, tok)).collect())
+    }
+}
