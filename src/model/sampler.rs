@@ -33,7 +33,7 @@ pub struct SampleOptions {
     /// 0 means no top-k filter.
     pub top_k: i64,
     pub seed: Option<i64>,
-    /// Sequences decoded together; 0 means the device's default (`default_slots`).
+    /// Sequences decoded together; 0 means the default for the model and device (`default_slots`).
     pub slots: usize,
 }
 
@@ -43,14 +43,13 @@ impl Default for SampleOptions {
     }
 }
 
-/// Decoding slots when the caller gives none: 64 rows on a CPU (the measured knee of tokens/s for
-/// SmolLM2-135M on 2 cores, README), 256 on a GPU.
-pub fn default_slots(device: Device) -> usize {
-    if device.is_cuda() {
-        256
-    } else {
-        64
-    }
+/// Decoding slots when the caller gives none: 256, the fastest of 32/64/128/256 for SmolLM2-135M
+/// at the dual step's shape on a 2-core CPU (README), fewer where the KV cache of 256 sequences of
+/// `capacity` positions would pass 2 GiB on a CPU or 16 GiB on a GPU.
+pub fn default_slots(cfg: &super::config::Config, capacity: usize, kind: Kind, device: Device) -> usize {
+    let budget: f64 = if device.is_cuda() { 16.0 } else { 2.0 } * (1u64 << 30) as f64;
+    let per_token = (2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * kind.elt_size_in_bytes()) as f64;
+    ((budget / (per_token * capacity.max(1) as f64)) as usize).clamp(1, 256)
 }
 
 /// SplitMix64's output function (Steele, Lea, Flood 2014): a bijective 64-bit mixer.
@@ -99,23 +98,34 @@ pub fn sample(logits: &Tensor, opts: &SampleOptions, u: &Tensor) -> Result<Tenso
     if opts.top_p >= 1.0 {
         return to_vocab(inverse_cdf(&probs, u)?);
     }
-    let n = probs.size()[1];
+    // Rows whose nucleus is not yet found; a row moves on to a larger `k` only if the top `k` of
+    // its own distribution do not reach `top_p` (one flat row does not make every row sort).
+    let (rows, n) = (probs.size()[0], probs.size()[1]);
+    let dev = probs.device();
+    let mut out = Tensor::f_zeros([rows], (Kind::Int64, dev))?;
+    let mut todo = Tensor::f_arange(rows, (Kind::Int64, dev))?;
     for k in [64, 1024, n] {
         let k = k.min(n);
-        let (vals, idx) = probs.f_topk(k, -1, true, true)?;
+        let (vals, idx) = probs.f_index_select(0, &todo)?.f_topk(k, -1, true, true)?;
         // Cumulative mass in f64, so the nucleus boundary is not moved by f32 rounding.
         let cum = vals.f_cumsum(-1, Kind::Double)?;
-        let covered = cum.f_select(1, k - 1)?.f_min()?.double_value(&[]) >= opts.top_p;
-        if !(covered || k == n) {
-            continue;
+        let covered = if k == n { Tensor::f_ones([todo.size()[0]], (Kind::Bool, dev))? } else { cum.f_select(1, k - 1)?.f_ge(opts.top_p)? };
+        let here = covered.f_nonzero()?.f_squeeze_dim(1)?;
+        if here.size()[0] > 0 {
+            let (vals, idx, cum) = (vals.f_index_select(0, &here)?, idx.f_index_select(0, &here)?, cum.f_index_select(0, &here)?);
+            let rows_here = todo.f_index_select(0, &here)?;
+            // Keep a token while the mass before it is below top_p (the first one always stays).
+            let keep = cum.f_sub(&vals.f_to_kind(Kind::Double)?)?.f_lt(opts.top_p)?;
+            let kept = vals.f_mul(&keep.f_to_kind(Kind::Float)?)?;
+            let choice = inverse_cdf(&kept, &u.f_index_select(0, &rows_here)?)?.f_unsqueeze(1)?;
+            let _ = out.f_index_copy_(0, &rows_here, &idx.f_gather(1, &choice, false)?.f_squeeze_dim(1)?)?;
         }
-        // Keep a token while the mass before it is below top_p (the first one always stays).
-        let keep = cum.f_sub(&vals.f_to_kind(Kind::Double)?)?.f_lt(opts.top_p)?;
-        let kept = vals.f_mul(&keep.f_to_kind(Kind::Float)?)?;
-        let choice = inverse_cdf(&kept, u)?.f_unsqueeze(1)?;
-        return to_vocab(idx.f_gather(1, &choice, false)?.f_squeeze_dim(1)?);
+        todo = todo.f_masked_select(&covered.f_logical_not()?)?;
+        if todo.size()[0] == 0 {
+            break;
+        }
     }
-    unreachable!("the last candidate size is every candidate")
+    to_vocab(out)
 }
 
 /// For each row of non-negative `weights` `[R, K]`, the index `i` with
@@ -206,7 +216,7 @@ impl<'a> Decoder<'a> {
         let total = prompts.len() * n;
         let max_new = m.space.as_ref().map_or(opts.max_new_tokens, |s| s.length).max(1);
         let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
-        let slots = if opts.slots == 0 { default_slots(m.device) } else { opts.slots }.min(total);
+        let slots = if opts.slots == 0 { default_slots(&m.cfg, longest + max_new, m.kind, m.device) } else { opts.slots }.min(total);
         let cfg = &m.cfg;
         let cache = KvCache::new(cfg.num_layers, slots as i64, cfg.num_kv_heads as i64, (longest + max_new) as i64, cfg.head_dim as i64, m.kind, m.device)?;
         let last_h = Tensor::f_zeros([slots as i64, cfg.hidden_size as i64], (m.kind, m.device))?;
@@ -273,7 +283,7 @@ impl<'a> Decoder<'a> {
             if feed.is_empty() {
                 break;
             }
-            if self.next == self.prompts.len() * self.n && feed.len() * 2 <= self.slots.len() && self.slots.len() > 1 {
+            if self.next == self.prompts.len() * self.n && feed.len() * 8 <= self.slots.len() * 7 && self.slots.len() > 1 {
                 feed = self.compact(feed)?;
             }
             fresh = self.step(&feed)?;

@@ -142,6 +142,9 @@ fn register_session(engine: &mut Engine, session: SharedSession) {
             Ok(value)
         },
     );
+    def(engine, "peak_memory_mib", &["float"], "Peak resident memory of this process so far in MiB (Linux VmHWM), or 0.0 where the OS does not report it.", || -> ScriptResult<f64> {
+        Ok(crate::run::progress::peak_rss_mib().unwrap_or(0.0))
+    });
     let s = session.clone();
     def(engine, "log", &["row: map", "()"], "Appends a row of numbers, strings or booleans to metrics.csv and metrics.jsonl.", move |row: Map| {
         let mut fields = serde_json::Map::new();

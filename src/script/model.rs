@@ -290,7 +290,7 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
     });
     def(engine, "score", &["s: Model", "prompts: array", "responses: array", "array"], "The score head's output for each prompt and response, read at the last token.", |m: &mut ScriptModel, prompts: Array, responses: Array| score(m, &prompts, &responses));
     let s = session.clone();
-    def(engine, "generate", &["m: Model", "prompts: array", "opts: map", "array"], "Samples responses: opts #{n, max_new_tokens, temperature (0 = greedy), top_p, top_k, seed, slots (sequences decoded together; default 64 on CPU, 256 on GPU)}; n per prompt, prompt by prompt.", move |m: &mut ScriptModel, prompts: Array, opts: Map| -> ScriptResult<Array> {
+    def(engine, "generate", &["m: Model", "prompts: array", "opts: map", "array"], "Samples responses: opts #{n, max_new_tokens, temperature (0 = greedy), top_p, top_k, seed, slots (sequences decoded together; default 256, fewer where their KV cache would pass 2 GiB on a CPU, 16 GiB on a GPU)}; n per prompt, prompt by prompt.", move |m: &mut ScriptModel, prompts: Array, opts: Map| -> ScriptResult<Array> {
         check_keys(&opts, &["n", "max_new_tokens", "temperature", "top_p", "top_k", "seed", "slots"], "generate")?;
         let d = SampleOptions::default();
         let o = SampleOptions {
