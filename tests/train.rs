@@ -73,7 +73,7 @@ fn world() -> World {
     let m = CausalLM::load("builtin:tiny", &cpu()).unwrap();
     let tokenized = tokenize(pairs, &m.tokenizer, 64, 96).unwrap();
     let eval = |p: &[&[i64]], r: &[&[i64]]| m.sequence_logprobs(p, r, 256);
-    let table = dpo::reference_table(&eval, &tokenized, 8, &|| false).unwrap();
+    let table = dpo::reference_table(&eval, &tokenized, &|| false).unwrap();
     World {
         chosen: Arc::new(pairs.iter().map(|p| p.labels["better"]).collect()),
         origins: pairs.iter().map(|p| p.origin.clone()).collect(),

@@ -51,8 +51,10 @@ pub fn tokenize(pairs: &[Rc<Pair>], tok: &Tokenizer, max_prompt: usize, max_len:
 pub struct BatchOptions {
     /// Rows (pairs) per batch.
     pub batch_size: usize,
-    /// Optional cap on padded tokens per batch (rows × longest sequence × 2 responses).
+    /// Optional cap on padded tokens per batch (items × `rows_per_item` × longest sequence).
     pub token_budget: Option<usize>,
+    /// Sequences each item puts in the batch: 2 for a pair (both responses), 1 for a sequence.
+    pub rows_per_item: usize,
     /// Group pairs of similar length into the same batch.
     pub group_by_length: bool,
     /// Seed of the per-epoch shuffle (None: data order).
@@ -74,7 +76,7 @@ pub fn plan(lengths: &[usize], opts: &BatchOptions, epoch: u64) -> Vec<Vec<usize
     let mut longest = 0;
     for i in order {
         let l = lengths[i].max(longest);
-        let over_budget = opts.token_budget.is_some_and(|b| !current.is_empty() && (current.len() + 1) * l * 2 > b);
+        let over_budget = opts.token_budget.is_some_and(|b| !current.is_empty() && (current.len() + 1) * opts.rows_per_item.max(1) * l > b);
         if current.len() == opts.batch_size.max(1) || over_budget {
             batches.push(std::mem::take(&mut current));
             longest = 0;
@@ -92,6 +94,19 @@ pub fn plan(lengths: &[usize], opts: &BatchOptions, epoch: u64) -> Vec<Vec<usize
         }
     }
     batches
+}
+
+/// Most padded tokens and rows in one batch of `by_length`.
+const EVAL_TOKENS: usize = 4096;
+const EVAL_ROWS: usize = 512;
+
+/// Batches for passes without gradients over many sequences (log-probs, scores, features, the
+/// reference table): indices grouped by length, each batch at most `EVAL_ROWS` rows and about
+/// `EVAL_TOKENS` padded tokens, so the cost follows the tokens rather than the longest sequence.
+pub fn by_length(lengths: &[usize], rows_per_item: usize) -> Vec<Vec<usize>> {
+    let rows_per_item = rows_per_item.max(1);
+    let opts = BatchOptions { batch_size: EVAL_ROWS / rows_per_item, token_budget: Some(EVAL_TOKENS), rows_per_item, group_by_length: true, seed: None };
+    plan(lengths, &opts, 0)
 }
 
 /// Runs `build` on each planned batch in a background thread, at most `ahead` batches ahead of
@@ -116,9 +131,9 @@ mod tests {
     fn every_pair_exactly_once_per_epoch_through_the_prefetcher() {
         let lengths: Vec<usize> = (0..103).map(|i| (i * 37) % 50 + 1).collect();
         for opts in [
-            BatchOptions { batch_size: 8, token_budget: None, group_by_length: false, seed: None },
-            BatchOptions { batch_size: 8, token_budget: None, group_by_length: true, seed: Some(3) },
-            BatchOptions { batch_size: 64, token_budget: Some(400), group_by_length: true, seed: Some(4) },
+            BatchOptions { batch_size: 8, token_budget: None, rows_per_item: 2, group_by_length: false, seed: None },
+            BatchOptions { batch_size: 8, token_budget: None, rows_per_item: 2, group_by_length: true, seed: Some(3) },
+            BatchOptions { batch_size: 64, token_budget: Some(400), rows_per_item: 2, group_by_length: true, seed: Some(4) },
         ] {
             for epoch in 0..3 {
                 let plan = plan(&lengths, &opts, epoch);
@@ -136,7 +151,7 @@ mod tests {
             }
         }
         // A seeded plan is reproducible and differs between epochs.
-        let o = BatchOptions { batch_size: 8, token_budget: None, group_by_length: false, seed: Some(9) };
+        let o = BatchOptions { batch_size: 8, token_budget: None, rows_per_item: 2, group_by_length: false, seed: Some(9) };
         assert_eq!(plan(&lengths, &o, 1), plan(&lengths, &o, 1));
         assert_ne!(plan(&lengths, &o, 1), plan(&lengths, &o, 2));
     }
@@ -145,12 +160,35 @@ mod tests {
     fn grouping_by_length_reduces_padding() {
         let lengths: Vec<usize> = (0..256).map(|i| (i * 97) % 200 + 1).collect();
         let padded = |g: bool| -> usize {
-            let o = BatchOptions { batch_size: 16, token_budget: None, group_by_length: g, seed: Some(1) };
+            let o = BatchOptions { batch_size: 16, token_budget: None, rows_per_item: 2, group_by_length: g, seed: Some(1) };
             plan(&lengths, &o, 0).iter().map(|b| b.len() * b.iter().map(|&i| lengths[i]).max().unwrap()).sum()
         };
         let real: usize = lengths.iter().sum();
         // Grouped batches pad to within a few percent of the real token count; random ones do not.
         assert!((padded(true) as f64) < 1.1 * real as f64, "{} vs {real}", padded(true));
         assert!((padded(false) as f64) > 1.5 * real as f64, "{} vs {real}", padded(false));
+    }
+
+    #[test]
+    fn evaluation_batches_follow_the_tokens() {
+        // 3,000 sequences of 1..=400 tokens: every index once, each batch within the budget
+        // (4096 padded tokens, or a single longer sequence) and 512 rows, and the padded total
+        // within 5% of the real token count, so cost grows with the tokens, not the longest row.
+        let lengths: Vec<usize> = (0..3000).map(|i| (i * 7919) % 400 + 1).collect();
+        for rows_per_item in [1, 2] {
+            let batches = by_length(&lengths, rows_per_item);
+            let mut seen = vec![0; lengths.len()];
+            let mut padded = 0;
+            for b in &batches {
+                let longest = b.iter().map(|&i| lengths[i]).max().unwrap();
+                assert!(b.len() == 1 || b.len() * rows_per_item * longest <= EVAL_TOKENS, "{} x {longest}", b.len());
+                assert!(b.len() * rows_per_item <= EVAL_ROWS);
+                padded += b.len() * longest;
+                b.iter().for_each(|&i| seen[i] += 1);
+            }
+            assert!(seen.iter().all(|&c| c == 1));
+            let real: usize = lengths.iter().sum();
+            assert!((padded as f64) < 1.05 * real as f64, "{padded} vs {real}");
+        }
     }
 }

@@ -155,45 +155,27 @@ fn encode_pairs(m: &CausalLM, prompts: &Array, responses: &Array) -> ScriptResul
     Ok((p, r))
 }
 
-/// Batches (`start..end`) of at most 512 pairs and about 4096 tokens, so memory stays bounded on
-/// long lists while short sequences are not run a few at a time.
-fn plan(p: &[Vec<i64>], r: &[Vec<i64>]) -> Vec<(usize, usize)> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    while start < p.len() {
-        let (mut end, mut longest) = (start, 0);
-        while end < p.len() && end - start < 512 {
-            let len = p[end].len() + r[end].len();
-            if end > start && longest.max(len) * (end - start + 1) > 4096 {
-                break;
-            }
-            longest = longest.max(len);
-            end += 1;
-        }
-        out.push((start, end));
-        start = end;
-    }
-    out
-}
-
-/// Calls `f(range, prompts, responses)` on each batch of `plan`, without gradients, stopping on
-/// Ctrl-C between batches.
-fn each_batch(p: &[Vec<i64>], r: &[Vec<i64>], mut f: impl FnMut(std::ops::Range<usize>, &[&[i64]], &[&[i64]]) -> ScriptResult<()>) -> ScriptResult<()> {
-    for (start, end) in plan(p, r) {
+/// Calls `f(indices, prompts, responses)` on length-grouped batches (`data::batch::by_length`),
+/// without gradients, stopping on Ctrl-C between batches.
+fn each_batch(p: &[Vec<i64>], r: &[Vec<i64>], mut f: impl FnMut(&[usize], &[&[i64]], &[&[i64]]) -> ScriptResult<()>) -> ScriptResult<()> {
+    let lengths: Vec<usize> = p.iter().zip(r).map(|(a, b)| a.len() + b.len()).collect();
+    for batch in crate::data::batch::by_length(&lengths, 1) {
         interrupt::check()?;
-        let ps: Vec<&[i64]> = p[start..end].iter().map(Vec::as_slice).collect();
-        let rs: Vec<&[i64]> = r[start..end].iter().map(Vec::as_slice).collect();
-        tch::no_grad(|| f(start..end, &ps, &rs))?;
+        let ps: Vec<&[i64]> = batch.iter().map(|&i| p[i].as_slice()).collect();
+        let rs: Vec<&[i64]> = batch.iter().map(|&i| r[i].as_slice()).collect();
+        tch::no_grad(|| f(&batch, &ps, &rs))?;
     }
     Ok(())
 }
 
-/// `f` over the batches of `plan`, values concatenated.
+/// `f` over the batches of `each_batch`, one value per sequence, in the input order.
 fn batched(p: &[Vec<i64>], r: &[Vec<i64>], f: impl Fn(&[&[i64]], &[&[i64]]) -> anyhow::Result<tch::Tensor>) -> ScriptResult<Array> {
-    let mut out = Array::new();
-    each_batch(p, r, |_, ps, rs| {
+    let mut out = vec![Dynamic::UNIT; p.len()];
+    each_batch(p, r, |batch, ps, rs| {
         let (_, values) = super::tensor::values(&f(ps, rs).map_err(err)?)?;
-        out.extend(values.into_iter().map(Dynamic::from_float));
+        for (&i, v) in batch.iter().zip(values) {
+            out[i] = Dynamic::from_float(v);
+        }
         Ok(())
     })?;
     Ok(out)
@@ -215,9 +197,9 @@ pub fn score(m: &ScriptModel, prompts: &Array, responses: &Array) -> ScriptResul
         let mut seen = HashSet::new();
         let todo: Vec<usize> = (0..keys.len()).filter(|&i| !memo.borrow().contains_key(&keys[i]) && seen.insert(keys[i])).collect();
         let (tp, tr): (Vec<Vec<i64>>, Vec<Vec<i64>>) = todo.iter().map(|&i| (p[i].clone(), r[i].clone())).unzip();
-        each_batch(&tp, &tr, |range, ps, rs| {
+        each_batch(&tp, &tr, |batch, ps, rs| {
             let f = cm.last_token_features(ps, rs).map_err(err)?;
-            for (j, &i) in todo[range].iter().enumerate() {
+            for (j, &i) in batch.iter().map(|&k| &todo[k]).enumerate() {
                 memo.borrow_mut().insert(keys[i], f.f_get(j as i64).map_err(super::api::torch_error)?);
             }
             Ok(())

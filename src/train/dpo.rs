@@ -64,20 +64,24 @@ pub enum Reference<'a> {
 }
 
 /// Reference log-probs of both responses of every pair, in batches, without gradients.
-pub fn reference_table(reference: &dyn Fn(&[&[i64]], &[&[i64]]) -> Result<Tensor>, pairs: &[TokenizedPair], batch: usize, stop: &dyn Fn() -> bool) -> Result<Vec<[f32; 2]>> {
-    let mut out = Vec::with_capacity(pairs.len());
+pub fn reference_table(reference: &dyn Fn(&[&[i64]], &[&[i64]]) -> Result<Tensor>, pairs: &[TokenizedPair], stop: &dyn Fn() -> bool) -> Result<Vec<[f32; 2]>> {
+    let mut out = vec![[0f32; 2]; pairs.len()];
     let mut progress = Progress::new("reference log-probs", pairs.len());
-    for chunk in pairs.chunks(batch.max(1)) {
+    let lengths: Vec<usize> = pairs.iter().map(TokenizedPair::len).collect();
+    for batch in crate::data::batch::by_length(&lengths, 2) {
         if stop() {
             bail!("interrupted");
         }
+        let chunk: Vec<&TokenizedPair> = batch.iter().map(|&i| &pairs[i]).collect();
         let prompts: Vec<&[i64]> = chunk.iter().chain(chunk.iter()).map(|p| p.prompt.as_slice()).collect();
         let responses: Vec<&[i64]> = chunk.iter().map(|p| p.responses[0].as_slice()).chain(chunk.iter().map(|p| p.responses[1].as_slice())).collect();
         let lp = tch::no_grad(|| reference(&prompts, &responses))?;
         let n = chunk.len();
         let mut v = vec![0f32; 2 * n];
         lp.f_to_device(tch::Device::Cpu)?.f_to_kind(Kind::Float)?.f_copy_data(&mut v, 2 * n)?;
-        out.extend((0..n).map(|i| [v[i], v[n + i]]));
+        for (k, &i) in batch.iter().enumerate() {
+            out[i] = [v[k], v[n + k]];
+        }
         progress.tick(n, "");
     }
     progress.finish("");
@@ -88,13 +92,13 @@ pub fn reference_table(reference: &dyn Fn(&[&[i64]], &[&[i64]]) -> Result<Tensor
 /// Returns the table and whether it was a cache hit.
 pub fn cached_reference(reference: &CausalLM, eval: &dyn Fn(&[&[i64]], &[&[i64]]) -> Result<Tensor>, pairs: &[TokenizedPair], opts: &DpoOptions, stop: &dyn Fn() -> bool) -> Result<(Vec<[f32; 2]>, bool)> {
     let Some(dir) = &opts.cache_dir else {
-        return Ok((reference_table(eval, pairs, opts.batch_size * 2, stop)?, false));
+        return Ok((reference_table(eval, pairs, stop)?, false));
     };
     let key = cache::key(cache::weights_fingerprint(reference)?, pairs, opts.max_prompt_len, opts.max_len);
     if let Some(table) = cache::load(dir, &key, pairs.len())? {
         return Ok((table, true));
     }
-    let table = reference_table(eval, pairs, opts.batch_size * 2, stop)?;
+    let table = reference_table(eval, pairs, stop)?;
     cache::store(dir, &key, &table)?;
     Ok((table, false))
 }
@@ -164,7 +168,7 @@ pub fn train(
         bail!("dpo: soft labels (relabel_soft) need the sigmoid loss");
     }
     let lengths: Vec<usize> = pairs.iter().map(TokenizedPair::len).collect();
-    let bopts = BatchOptions { batch_size: opts.batch_size, token_budget: None, group_by_length: opts.group_by_length, seed: Some(opts.seed) };
+    let bopts = BatchOptions { batch_size: opts.batch_size, token_budget: None, rows_per_item: 2, group_by_length: opts.group_by_length, seed: Some(opts.seed) };
     let accum = opts.loop_opts.grad_accum.max(1);
     let per_epoch = steps_per_epoch(batch::plan(&lengths, &bopts, 0).len(), accum);
     let total = per_epoch * opts.epochs;

@@ -51,20 +51,28 @@ pub fn features(model: &CausalLM, pairs: &[TokenizedPair], stop: &dyn Fn() -> bo
         bail!("train_scorer: needs at least 2 pairs, got {n}");
     }
     let mut progress = Progress::new("scorer features", n);
-    let mut feats: Vec<Tensor> = Vec::new();
-    for chunk in pairs.chunks(16) {
+    let lengths: Vec<usize> = pairs.iter().map(TokenizedPair::len).collect();
+    let mut feats: Option<Tensor> = None;
+    for batch in crate::data::batch::by_length(&lengths, 2) {
         if stop() {
             bail!("interrupted");
         }
+        let chunk: Vec<&TokenizedPair> = batch.iter().map(|&i| &pairs[i]).collect();
         let prompts: Vec<&[i64]> = chunk.iter().chain(chunk.iter()).map(|p| p.prompt.as_slice()).collect();
         let responses: Vec<&[i64]> = chunk.iter().map(|p| p.responses[0].as_slice()).chain(chunk.iter().map(|p| p.responses[1].as_slice())).collect();
         let f = tch::no_grad(|| model.last_token_features(&prompts, &responses))?.f_to_kind(Kind::Float)?;
         let m = chunk.len() as i64;
-        feats.push(Tensor::f_stack(&[f.f_narrow(0, 0, m)?, f.f_narrow(0, m, m)?], 1)?); // [m, 2, H]
+        let f = Tensor::f_stack(&[f.f_narrow(0, 0, m)?, f.f_narrow(0, m, m)?], 1)?; // [m, 2, H]
+        let all = match &mut feats {
+            Some(t) => t,
+            None => feats.insert(Tensor::f_zeros([n as i64, 2, f.size()[2]], (Kind::Float, f.device()))?),
+        };
+        let index = Tensor::f_from_slice(&batch.iter().map(|&i| i as i64).collect::<Vec<_>>())?.f_to_device(f.device())?;
+        let _ = all.f_index_copy_(0, &index, &f)?;
         progress.tick(chunk.len(), "");
     }
     progress.finish("");
-    Ok(Tensor::f_cat(&feats, 0)?)
+    feats.ok_or_else(|| anyhow::anyhow!("train_scorer: no pairs"))
 }
 
 /// Trains the head on precomputed features `[N, 2, H]`.

@@ -23,7 +23,7 @@ pub fn train(model: &CausalLM, opt: &mut super::optim::AdamW, data: &[(Vec<i64>,
         bail!("sft: no examples");
     }
     let lengths: Vec<usize> = data.iter().map(|(p, r)| p.len() + r.len()).collect();
-    let bopts = BatchOptions { batch_size: opts.batch_size, token_budget: None, group_by_length: true, seed: Some(opts.seed) };
+    let bopts = BatchOptions { batch_size: opts.batch_size, token_budget: None, rows_per_item: 1, group_by_length: true, seed: Some(opts.seed) };
     let accum = opts.loop_opts.grad_accum.max(1);
     let total = steps_per_epoch(batch::plan(&lengths, &bopts, 0).len(), accum) * opts.epochs;
     let mut lp = Loop::new(opt, opts.loop_opts.clone(), total);
