@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # DPO training throughput, host vs TRL's DPOTrainer (trl 1.16, transformers 5.24, the same torch),
-# on SmolLM2-135M-Instruct (full fine-tuning, f32), the same pairs from the shipped data set,
-# batch size, max length, beta 0.1 and learning rate. Both sides with and without precomputed
-# reference log-probs. Usage: scripts/bench_dpo.sh [PAIRS] [BATCH] [MAX_LEN]
+# on SmolLM2-135M-Instruct (full fine-tuning), the same pairs from the shipped data set, batch
+# size, max length, beta 0.1 and learning rate. Both sides with and without precomputed reference
+# log-probs, and the same work: f32 and no activation recomputation on both sides (TRL with
+# bf16=False, gradient_checkpointing=False). TRL_DEFAULTS=1 adds TRL's own defaults (bf16
+# autocast, gradient checkpointing) as extra lines, which is not the same work.
+# Usage: [TRL_DEFAULTS=1] scripts/bench_dpo.sh [PAIRS] [BATCH] [MAX_LEN]
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 dualign_build
 dualign_assets
@@ -15,20 +18,29 @@ pairs="${1:-64}"; batch="${2:-8}"; max_len="${3:-256}"
 out="$(mktemp -d)"
 "$DUALIGN_ROOT/target/release/host" run "$DUALIGN_ROOT/scripts/bench_dpo.rhai" --out "$out/run" \
   --set pairs="$pairs" --set batch="$batch" --set max_len="$max_len" > /dev/null 2> "$out/host.err" || { cat "$out/host.err"; exit 1; }
-for pre in 0 1; do
-  HF_HUB_OFFLINE=1 "$DUALIGN_PYTHON" "$DUALIGN_ROOT/tests/reference/trl_dpo_bench.py" "$out/run/hf" "$out/run/pairs.jsonl" "$batch" "$max_len" "$pre" 2>/dev/null | tail -1 > "$out/trl$pre.json"
+settings="like"; [ "${TRL_DEFAULTS:-0}" = 1 ] && settings="like defaults"
+for s in $settings; do
+  for pre in 0 1; do
+    HF_HUB_OFFLINE=1 "$DUALIGN_PYTHON" "$DUALIGN_ROOT/tests/reference/trl_dpo_bench.py" "$out/run/hf" "$out/run/pairs.jsonl" "$batch" "$max_len" "$pre" "$s" 2> "$out/trl.err" | tail -1 > "$out/trl-$s-$pre.json" \
+      || { tail -5 "$out/trl.err"; exit 1; }
+  done
 done
 "$DUALIGN_PYTHON" - "$out" <<'PY'
-import json, sys
+import json, os, sys
 d = sys.argv[1]
 ours = {r["mode"]: r for r in map(json.loads, open(f"{d}/run/metrics.jsonl")) if "mode" in r}
-trl = {p: json.load(open(f"{d}/trl{p}.json")) for p in (0, 1)}
 def line(name, a, b):
     print(f"{name:34s} host {a['pairs_per_s']:6.2f} pairs/s ({a['seconds']:6.1f} s)   TRL {b['pairs_per_s']:6.2f} pairs/s ({b['seconds']:6.1f} s)   ratio {a['pairs_per_s'] / b['pairs_per_s']:.2f}x")
-line("reference every step", ours["online"], trl[0])
-line("precomputed reference (first run)", ours["cache_miss"], trl[1])
-line("cached reference (later runs)", ours["cache_hit"], trl[1])
+for s in ("like", "defaults"):
+    if not os.path.exists(f"{d}/trl-{s}-0.json"):
+        continue
+    trl = {p: json.load(open(f"{d}/trl-{s}-{p}.json")) for p in (0, 1)}
+    print(f"host: f32, no recomputation.  TRL: bf16={trl[0]['bf16']}, gradient_checkpointing={trl[0]['gradient_checkpointing']}"
+          + ("  (the same work)" if s == "like" else "  (TRL's defaults: not the same work)"))
+    line("reference every step", ours["online"], trl[0])
+    line("precomputed reference (first run)", ours["cache_miss"], trl[1])
+    line("cached reference (later runs)", ours["cache_hit"], trl[1])
+    print(f"final loss: host {ours['cache_hit']['loss']:.4f}, TRL {trl[1]['last_loss']}")
 print(f"host tokens/s (cached): {ours['cache_hit']['tokens_per_s']:.0f}; host peak RSS {ours['cache_hit'].get('peak_rss_mib', 0):.0f} MiB")
-print(f"final loss: host {ours['cache_hit']['loss']:.4f}, TRL {trl[1]['last_loss']}")
 PY
 rm -rf "$out"
