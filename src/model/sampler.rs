@@ -81,7 +81,7 @@ pub fn sample(logits: &Tensor, opts: &SampleOptions, u: &Tensor) -> Result<Tenso
         return Ok(logits.f_argmax(-1, false)?);
     }
     let v = logits.size()[1];
-    let scaled = logits.f_div_scalar(opts.temperature)?;
+    let scaled = if opts.temperature == 1.0 { logits.shallow_clone() } else { logits.f_div_scalar(opts.temperature)? };
     // Top-k first: the candidates (sorted, with their vocabulary ids) and their renormalised mass.
     let (ids, probs) = if opts.top_k > 0 && opts.top_k < v {
         let (vals, idx) = scaled.f_topk(opts.top_k, -1, true, true)?;
@@ -106,7 +106,8 @@ pub fn sample(logits: &Tensor, opts: &SampleOptions, u: &Tensor) -> Result<Tenso
     let mut todo = Tensor::f_arange(rows, (Kind::Int64, dev))?;
     for k in [64, 1024, n] {
         let k = k.min(n);
-        let (vals, idx) = probs.f_index_select(0, &todo)?.f_topk(k, -1, true, true)?;
+        let candidates = if todo.size()[0] == rows { probs.shallow_clone() } else { probs.f_index_select(0, &todo)? };
+        let (vals, idx) = candidates.f_topk(k, -1, true, true)?;
         // Cumulative mass in f64, so the nucleus boundary is not moved by f32 rounding.
         let cum = vals.f_cumsum(-1, Kind::Double)?;
         let covered = if k == n { Tensor::f_ones([todo.size()[0]], (Kind::Bool, dev))? } else { cum.f_select(1, k - 1)?.f_ge(opts.top_p)? };
