@@ -51,11 +51,15 @@ PY
   ;;
 scaling)
   : > "$out/scaling.jsonl"
-  for per_prompt in 250 500 1000 2000 4000 8000 10000; do
-    "$host" run "$DUALIGN_ROOT/scripts/bench_generate.rhai" --out "$out/s$per_prompt" --set model=builtin:tiny --set chat=false \
-      --set prompts=4 --set n=$per_prompt --set max_new_tokens=16 --set repeats="$repeats" > /dev/null 2> "$out/host.err" \
-      || { cat "$out/host.err"; exit 1; }
-    cat "$out/s$per_prompt/metrics.jsonl" >> "$out/scaling.jsonl"
+  # Sizes interleaved within each repeat, so drift in the machine's speed hits every size alike.
+  for r in $(seq 1 "$repeats"); do
+    for per_prompt in 250 500 1000 2000 4000 8000 10000; do
+      rm -rf "$out/s"
+      "$host" run "$DUALIGN_ROOT/scripts/bench_generate.rhai" --out "$out/s" --set model=builtin:tiny --set chat=false \
+        --set prompts=4 --set n=$per_prompt --set max_new_tokens=16 --set repeats=1 > /dev/null 2> "$out/host.err" \
+        || { cat "$out/host.err"; exit 1; }
+      cat "$out/s/metrics.jsonl" >> "$out/scaling.jsonl"
+    done
   done
   "$DUALIGN_PYTHON" - "$out/scaling.jsonl" <<'PY'
 import json, statistics, sys
