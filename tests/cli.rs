@@ -286,6 +286,26 @@ m.save("adapter", #{ merge: false });
     let o = run_in(&dir, &["run", "escape.rhai", "--out", "out2"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(error_text(&o).starts_with("error: escape.rhai:2:3: ../outside: scripts write only inside the run directory"), "{}", error_text(&o));
+    // Nor through a symbolic link already in the run directory that points outside it (a folder
+    // or a file); a link that stays inside is followed, and absolute paths are refused.
+    let outside = dir.join("elsewhere");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::create_dir_all(dir.join("out4/inner")).unwrap();
+    std::os::unix::fs::symlink(&outside, dir.join("out4/link")).unwrap();
+    std::os::unix::fs::symlink(outside.join("f.jsonl"), dir.join("out4/f.jsonl")).unwrap();
+    std::os::unix::fs::symlink("inner", dir.join("out4/ok")).unwrap();
+    for (target, line) in [("link/x.jsonl", "out4/link is a symbolic link to"), ("f.jsonl", "out4/f.jsonl is a symbolic link"), ("/tmp/x.jsonl", "scripts write only inside the run directory")] {
+        write(&dir, "link.rhai", &format!("write_jsonl(\"{target}\", [#{{ a: 1 }}]);\n"));
+        let o = run_in(&dir, &["run", "link.rhai", "--out", "out4"]);
+        assert_eq!(o.status.code(), Some(1), "{target}");
+        let e = error_text(&o);
+        assert!(e.starts_with(&format!("error: link.rhai:1:1: {target}: ")) && e.contains(line), "{e}");
+    }
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "nothing written outside");
+    write(&dir, "link.rhai", "write_jsonl(\"ok/x.jsonl\", [#{ a: 1 }]);\n");
+    let o = run_in(&dir, &["run", "link.rhai", "--out", "out4"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(dir.join("out4/inner/x.jsonl").is_file());
     // A missing model is one clear error at the call.
     write(&dir, "missing.rhai", "let m = load_model(\"no/such/model\");\n");
     let o = run_in(&dir, &["run", "missing.rhai", "--out", "out3"]);

@@ -224,6 +224,11 @@ fn tiny_config() -> Config {
 }
 
 fn random_weights(cfg: &Config, opts: &LoadOptions) -> Result<Weights> {
+    // Seeding and drawing use torch's global generator: two threads building models at once (the
+    // tests run in parallel) would interleave their draws and get other weights for the same
+    // seed, so one model is drawn at a time.
+    static DRAWING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = DRAWING.lock().unwrap_or_else(|e| e.into_inner());
     tch::manual_seed(opts.seed);
     let (h, i, hd, v) = (cfg.hidden_size as i64, cfg.intermediate_size as i64, cfg.head_dim as i64, cfg.vocab_size as i64);
     let (nh, nkv) = (cfg.num_heads as i64, cfg.num_kv_heads as i64);

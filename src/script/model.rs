@@ -227,6 +227,22 @@ pub fn output_path(session: &SharedSession, path: &str) -> ScriptResult<PathBuf>
     if p.is_absolute() || p.components().any(|c| matches!(c, Component::ParentDir)) {
         return Err(script_error(format!("{path}: scripts write only inside the run directory; give a relative path without `..`")));
     }
+    // A symbolic link already in the run directory (placed there by hand, or an existing --out
+    // folder) must not carry a write outside it: every link on the way must resolve inside.
+    let root = run.path.canonicalize().map_err(|e| script_error(format!("{}: cannot resolve the run directory ({e})", run.path.display())))?;
+    let mut at = run.path.clone();
+    for c in p.components() {
+        at.push(c);
+        match std::fs::symlink_metadata(&at) {
+            Ok(m) if m.file_type().is_symlink() => match at.canonicalize() {
+                Ok(target) if target.starts_with(&root) => {}
+                Ok(target) => return Err(script_error(format!("{path}: {} is a symbolic link to {}, outside the run directory; scripts write only inside it", at.display(), target.display()))),
+                Err(_) => return Err(script_error(format!("{path}: {} is a symbolic link that does not resolve; scripts write only inside the run directory", at.display()))),
+            },
+            Ok(_) => {}
+            Err(_) => break, // nothing there yet: what follows is created inside
+        }
+    }
     Ok(run.path.join(p))
 }
 

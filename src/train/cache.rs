@@ -6,7 +6,7 @@
 //! job are trained without a forward pass when the model and data have not changed.
 use crate::data::batch::TokenizedPair;
 use crate::model::CausalLM;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind};
 
@@ -102,8 +102,8 @@ fn path(dir: &Path, key: &str, e: &Entry) -> PathBuf {
 }
 
 /// Loads `n` rows of `cols` f32 values stored under `key`, verifying the header and the checksum.
-/// `Ok(None)` when there is no entry; an entry that fails verification is an error (and is left
-/// for inspection).
+/// `Ok(None)` when there is no entry, or when the entry fails verification: a corrupt or truncated
+/// entry is removed with one warning line, so the caller recomputes and stores it again.
 fn load_rows(dir: &Path, key: &str, n: usize, cols: usize, e: &Entry) -> Result<Option<Vec<f32>>> {
     let p = path(dir, key, e);
     let bytes = match std::fs::read(&p) {
@@ -111,21 +111,33 @@ fn load_rows(dir: &Path, key: &str, n: usize, cols: usize, e: &Entry) -> Result<
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(err) => return Err(err).with_context(|| format!("{}: cannot read", p.display())),
     };
+    match verify(&bytes, key, n, cols, e) {
+        Ok(values) => Ok(Some(values)),
+        Err(problem) => {
+            eprintln!("warning: {}: {} {problem}; discarded, recomputing", p.display(), e.what);
+            let _ = std::fs::remove_file(&p);
+            Ok(None)
+        }
+    }
+}
+
+/// The values of an entry's bytes, or what is wrong with them.
+fn verify(bytes: &[u8], key: &str, n: usize, cols: usize, e: &Entry) -> std::result::Result<Vec<f32>, String> {
     let body_len = n * cols * 4;
     if bytes.len() != 8 + 16 + 8 + body_len + 8 || &bytes[..8] != e.magic || &bytes[8..24] != key.as_bytes() {
-        bail!("{}: corrupt {} (bad header or size); delete it to recompute", p.display(), e.what);
+        return Err(format!("is corrupt (bad header or size: {} bytes, expected {})", bytes.len(), 8 + 16 + 8 + body_len + 8));
     }
-    let count = u64::from_le_bytes(bytes[24..32].try_into()?) as usize;
+    let count = u64::from_le_bytes(bytes[24..32].try_into().map_err(|_| "has a bad row count".to_string())?) as usize;
     if count != n {
-        bail!("{}: corrupt {} ({count} rows, expected {n}); delete it to recompute", p.display(), e.what);
+        return Err(format!("is corrupt ({count} rows, expected {n})"));
     }
     let body = &bytes[32..32 + body_len];
     let mut h = Hasher::new();
     h.bytes(body);
     if h.finish().to_le_bytes() != bytes[32 + body_len..] {
-        bail!("{}: {} fails its checksum; delete it to recompute", p.display(), e.what);
+        return Err("fails its checksum".into());
     }
-    Ok(Some(body.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()))
+    Ok(body.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
 }
 
 /// Stores rows of f32 values (`values.len() = rows × cols`) under `key`, atomically.
