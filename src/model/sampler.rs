@@ -209,6 +209,7 @@ struct Decoder<'a> {
     tokens: usize,
     start: Instant,
     progress: Option<Progress>,
+    /// Token budget already reported to the progress.
     reported: usize,
 }
 
@@ -291,24 +292,33 @@ impl<'a> Decoder<'a> {
         }
         let note = self.rate();
         if let Some(p) = &mut self.progress {
+            p.tick((self.out.len() * self.max_new).saturating_sub(self.reported), &note);
             p.finish(&note);
         }
         Ok(self.out)
     }
 
     fn rate(&self) -> String {
-        format!("{:.0} new tokens/s", self.tokens as f64 / self.start.elapsed().as_secs_f64().max(1e-9))
+        let secs = self.start.elapsed().as_secs_f64().max(1e-9);
+        format!("{}/{} samples, {:.0} new tokens/s", self.finished, self.out.len(), self.tokens as f64 / secs)
     }
 
-    /// Progress after two seconds (short calls stay quiet): sequences finished, tokens/s, ETA.
+    /// Progress after two seconds (short calls stay quiet). It counts the token budget
+    /// (`max_new_tokens` per sample: a finished sample uses up its budget, a running one its
+    /// tokens so far), so the ETA holds when every sample runs at once and finishes near the end.
     fn report(&mut self) {
+        let budget = self.out.len() * self.max_new;
         if self.progress.is_none() && self.start.elapsed() >= Duration::from_secs(2) {
-            self.progress = Some(Progress::started("sampling", self.out.len(), self.start));
+            self.progress = Some(Progress::started("sampling (token budget)", budget, self.start));
         }
-        let note = self.rate();
-        if let Some(p) = &mut self.progress {
-            p.tick(self.finished - self.reported, &note);
-            self.reported = self.finished;
+        if self.progress.is_some() {
+            let running: usize = self.slots.iter().flatten().map(|s| s.drawn).sum();
+            let used = (self.finished * self.max_new + running).min(budget);
+            let note = self.rate();
+            if let Some(p) = &mut self.progress {
+                p.tick(used.saturating_sub(self.reported), &note);
+            }
+            self.reported = used.max(self.reported);
         }
     }
 
