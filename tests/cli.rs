@@ -492,3 +492,23 @@ fn the_seeds_example_runs_the_default_job_per_seed_on_the_tiny_model() {
     let agg = rows.iter().find(|r| r["phase"] == "seeds").expect("the aggregate row");
     assert_eq!(agg["seeds"], 2);
 }
+
+#[test]
+fn impossible_sizes_are_one_error_at_the_call() {
+    // A tensor or a sampler KV cache of tens of terabytes: libtorch refuses the allocation and the
+    // user sees one line naming the call, without libtorch's C++ backtrace (the generate path
+    // printed 40 `frame #` lines before).
+    let dir = scratch("sizes");
+    for (script, call) in [
+        ("let t = zeros([100000000, 100000000]);\n", "sizes.rhai:1:9: libtorch: "),
+        ("let m = load_model(\"builtin:tiny\");\nm.generate([\"hi\"], #{ max_new_tokens: 100000000000 });\n", "sizes.rhai:2:3: libtorch: "),
+    ] {
+        write(&dir, "sizes.rhai", script);
+        let o = run_in(&dir, &["run", "sizes.rhai", "--out", "out"]);
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        let e = error_text(&o);
+        assert!(e.starts_with(&format!("error: {call}")) && e.contains("can't allocate memory"), "{e}");
+        assert_no_backtrace(&stderr(&o));
+        let _ = std::fs::remove_dir_all(dir.join("out"));
+    }
+}

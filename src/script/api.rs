@@ -8,7 +8,19 @@ pub type ScriptResult<T> = Result<T, Box<EvalAltResult>>;
 
 /// A runtime error for scripts; the engine fills in the position of the call.
 pub fn script_error(message: impl Into<String>) -> Box<EvalAltResult> {
-    EvalAltResult::ErrorRuntime(message.into().into(), rhai::Position::NONE).into()
+    EvalAltResult::ErrorRuntime(without_backtrace(message.into()).into(), rhai::Position::NONE).into()
+}
+
+/// A message without the C++ backtrace libtorch appends to its errors (`frame #N: ...` lines, the
+/// "Exception raised from" tail), and with "Internal torch error:" said as "libtorch:". No
+/// backtrace reaches a user, whichever path the error took.
+fn without_backtrace(message: String) -> String {
+    if !message.contains("frame #") && !message.contains("Exception raised from") && !message.contains("Internal torch error:") {
+        return message;
+    }
+    let head = message.split("Exception raised from").next().unwrap_or(&message);
+    let kept: Vec<&str> = head.lines().take_while(|l| !l.trim_start().starts_with("frame #")).collect();
+    kept.join("\n").trim_end().replace("Internal torch error: ", "libtorch: ")
 }
 
 /// A libtorch error as a script error: the first line of the C++ message, without its backtrace.
