@@ -109,6 +109,15 @@ pub fn by_length(lengths: &[usize], rows_per_item: usize) -> Vec<Vec<usize>> {
     plan(lengths, &opts, 0)
 }
 
+/// The rows of a batch of pairs for a pass over both responses: prompts twice, then the first
+/// responses followed by the second ones (row `k` and row `batch.len() + k` belong to pair
+/// `batch[k]`).
+pub fn both_responses<'a>(pairs: &'a [TokenizedPair], batch: &[usize]) -> (Vec<&'a [i64]>, Vec<&'a [i64]>) {
+    let prompts = batch.iter().chain(batch).map(|&i| pairs[i].prompt.as_slice()).collect();
+    let responses = batch.iter().map(|&i| pairs[i].responses[0].as_slice()).chain(batch.iter().map(|&i| pairs[i].responses[1].as_slice())).collect();
+    (prompts, responses)
+}
+
 /// Runs `build` on each planned batch in a background thread, at most `ahead` batches ahead of
 /// the consumer. Dropping the receiver stops the thread at its next send.
 pub fn prefetch<T: Send + 'static>(batches: Vec<Vec<usize>>, ahead: usize, build: impl Fn(&[usize]) -> T + Send + 'static) -> Receiver<T> {

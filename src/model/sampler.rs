@@ -7,8 +7,8 @@
 //! and values, computed once for all of that prompt's samples, are copied into the slot, and its
 //! first token is drawn from the prompt's last hidden state. The batch therefore stays full until
 //! the work runs out, no step copies the whole cache, and the cost is linear in the number of
-//! samples. When the work has run out and at most half the slots are still decoding, the cache
-//! is compacted to those rows (at most a few times per call, halving each time).
+//! samples. When the work has run out and at most 7/8 of the slots are still decoding, the cache
+//! is compacted to those rows (a geometric series of copies, bounded by a few cache sizes).
 //!
 //! Every draw is an inverse-CDF lookup at a uniform number that depends only on the seed, the
 //! sequence's index and its step (`uniform`), never on the slot or on what else is in the

@@ -72,11 +72,9 @@ pub fn reference_table(reference: &dyn Fn(&[&[i64]], &[&[i64]]) -> Result<Tensor
         if stop() {
             bail!("interrupted");
         }
-        let chunk: Vec<&TokenizedPair> = batch.iter().map(|&i| &pairs[i]).collect();
-        let prompts: Vec<&[i64]> = chunk.iter().chain(chunk.iter()).map(|p| p.prompt.as_slice()).collect();
-        let responses: Vec<&[i64]> = chunk.iter().map(|p| p.responses[0].as_slice()).chain(chunk.iter().map(|p| p.responses[1].as_slice())).collect();
+        let (prompts, responses) = batch::both_responses(pairs, &batch);
         let lp = tch::no_grad(|| reference(&prompts, &responses))?;
-        let n = chunk.len();
+        let n = batch.len();
         let mut v = vec![0f32; 2 * n];
         lp.f_to_device(tch::Device::Cpu)?.f_to_kind(Kind::Float)?.f_copy_data(&mut v, 2 * n)?;
         for (k, &i) in batch.iter().enumerate() {

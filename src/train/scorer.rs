@@ -57,11 +57,9 @@ pub fn features(model: &CausalLM, pairs: &[TokenizedPair], stop: &dyn Fn() -> bo
         if stop() {
             bail!("interrupted");
         }
-        let chunk: Vec<&TokenizedPair> = batch.iter().map(|&i| &pairs[i]).collect();
-        let prompts: Vec<&[i64]> = chunk.iter().chain(chunk.iter()).map(|p| p.prompt.as_slice()).collect();
-        let responses: Vec<&[i64]> = chunk.iter().map(|p| p.responses[0].as_slice()).chain(chunk.iter().map(|p| p.responses[1].as_slice())).collect();
+        let (prompts, responses) = crate::data::batch::both_responses(pairs, &batch);
         let f = tch::no_grad(|| model.last_token_features(&prompts, &responses))?.f_to_kind(Kind::Float)?;
-        let m = chunk.len() as i64;
+        let m = batch.len() as i64;
         let f = Tensor::f_stack(&[f.f_narrow(0, 0, m)?, f.f_narrow(0, m, m)?], 1)?; // [m, 2, H]
         let all = match &mut feats {
             Some(t) => t,
@@ -69,7 +67,7 @@ pub fn features(model: &CausalLM, pairs: &[TokenizedPair], stop: &dyn Fn() -> bo
         };
         let index = Tensor::f_from_slice(&batch.iter().map(|&i| i as i64).collect::<Vec<_>>())?.f_to_device(f.device())?;
         let _ = all.f_index_copy_(0, &index, &f)?;
-        progress.tick(chunk.len(), "");
+        progress.tick(batch.len(), "");
     }
     progress.finish("");
     feats.ok_or_else(|| anyhow::anyhow!("train_scorer: no pairs"))
