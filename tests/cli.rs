@@ -109,6 +109,38 @@ fn runtime_error_in_a_stdlib_module_points_into_the_module() {
 }
 
 #[test]
+fn a_misspelt_stdlib_option_is_an_error_naming_it() {
+    // Every stdlib entry point merges its options over its defaults() (stdlib/options.rhai):
+    // an unknown key stops the run before any work, naming the key, the function and the
+    // script line; an int where a float is declared is taken as the float; other types fail.
+    let dir = scratch("stdlib-options");
+    let task = "let task = #{ reward: |p, r| r.map(|x| 0.0), beta: 0.1, constraints: [] };\n";
+    let cases = [
+        ("caid", "caid::run((), (), (), task, #{ prompts: [\"q\"], keepbest: true });", "caid::run: unknown option \"keepbest\""),
+        ("primal_dual", "primal_dual::run((), (), (), task, #{ lambda0: [1.0], prompts: [], updats: 2 });", "primal_dual::run: unknown option \"updats\""),
+        ("oneshot", "oneshot::solve((), [], task, 0.1, #{ soft_label: true });", "oneshot::solve: unknown option \"soft_label\""),
+        ("safety_experiment", "let o = safety_experiment::defaults(); o.pairs_per_iteraton = 8; safety_experiment::run(o);",
+         "safety_experiment::run: unknown option \"pairs_per_iteraton\""),
+        ("caid", "caid::run((), (), (), task, #{ prompts: [\"q\"], keep_best: \"yes\" });", "caid::run: option \"keep_best\" must be bool"),
+        ("caid", "caid::run((), (), (), task, #{ iterations: 2 });", "caid::run: option \"prompts\" is required"),
+    ];
+    for (i, (module, call, message)) in cases.iter().enumerate() {
+        let name = format!("case{i}.rhai");
+        write(&dir, &name, &format!("import \"{module}\" as {module};\n{task}{call}\n"));
+        let o = run_in(&dir, &["run", &name, "--out", &format!("out{i}")]);
+        assert_eq!(o.status.code(), Some(1), "{call}");
+        let err = error_text(&o);
+        assert!(err.lines().next().unwrap().contains(message), "{call}: {err}");
+        assert!(err.contains(&format!("at {name}:3:")), "the script line is named: {err}");
+    }
+    // The int-to-float rule: `x: 2` is taken as 2.0 where the default is a float; defaults fill the rest.
+    write(&dir, "merge.rhai", "import \"options\" as options;\nlet o = options::merge(\"f\", #{ x: 1.0, y: \"a\" }, #{ x: 2 });\nlog(#{ x: o.x, t: type_of(o.x), y: o.y });\n");
+    let o = run_in(&dir, &["run", "merge.rhai", "--out", "merged"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(dir.join("merged/metrics.csv")).unwrap(), "t,x,y\nf64,2.0,a\n");
+}
+
+#[test]
 fn module_next_to_the_script_is_imported_and_its_syntax_errors_located() {
     let dir = scratch("local-module");
     write(&dir, "helpers.rhai", "fn twice(x) { x * 2 }\n");
