@@ -1,4 +1,4 @@
-//! The exact small world (method.md, "What the theory promises"): a few prompts and every
+//! The exact small world (docs/method.md, "What the theory promises"): a few prompts and every
 //! response of `length` letters over a small alphabet. A policy restricted to that response
 //! space (`model::ResponseSpace`) is a distribution over `alphabet^length` responses per prompt,
 //! so its reward, KL and utilities — and the dual function, `λ*` and the constrained optimum —

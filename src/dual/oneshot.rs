@@ -3,7 +3,7 @@
 //!
 //! `D̂(λ) = β (1/N) Σ_x log (1/K) Σ_k exp((r_xk + λ·(g_xk - ḡ - b)) / β)`
 //!
-//! (method.md). Its gradient is the slack under the tilted distribution
+//! (docs/method.md). Its gradient is the slack under the tilted distribution
 //! `w_xk = softmax_k((r_xk + λ·g_xk)/β)`: `∇ = (1/N) Σ_x Σ_k w_xk (g_xk - ḡ - b)`, and its Hessian
 //! is the weighted covariance of `g` divided by `β`. Projected Newton steps with backtracking,
 //! all in log space.
