@@ -223,6 +223,8 @@ fn seeded_sampling_is_reproducible_and_respects_top_k() {
     let b = m.generate(&prompts, &opts, &|| false).unwrap();
     assert_eq!(a, b);
     assert_eq!(a.len(), 6, "n samples per prompt, prompt by prompt");
+    // Top-p and top-k against a full-sort reference nucleus on fixed logits:
+    // tests/sampler.rs, top_k_and_top_p_match_a_full_sort_reference.
     // top_k = 1 is greedy whatever the temperature.
     let greedy = m.generate(&prompts, &SampleOptions { max_new_tokens: 10, temperature: 0.0, ..Default::default() }, &|| false).unwrap();
     let k1 = m.generate(&prompts, &SampleOptions { max_new_tokens: 10, temperature: 2.0, top_k: 1, seed: Some(1), ..Default::default() }, &|| false).unwrap();
@@ -364,12 +366,30 @@ fn the_pku_saferlhf_recipe_runs_on_hf_checkpoints() {
     let o = cmd.output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let rows: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    // Two dual steps taken with the method's rule from the one-shot warm start, λ >= 0.
-    let lambdas: Vec<f64> = rows.iter().filter(|r| r["phase"] == "caid" && r["iteration"].as_i64().unwrap() >= 0).map(|r| r["lambda_safety"].as_f64().unwrap()).collect();
-    assert_eq!(lambdas.len(), 2);
-    assert!(lambdas.iter().all(|l| *l >= 0.0));
+    // The dual trajectory follows the method's rule from the one-shot warm start: iteration 0
+    // trains at λ* and each later λ is max(0, λ - η·slack) of the step before, with the
+    // example's default η = 0.5 (dual_step) and the constant rule.
+    let f = |r: &serde_json::Value, k: &str| r[k].as_f64().unwrap_or_else(|| panic!("{k} missing in {r}"));
+    // How Rhai prints a float in `${x}`: Rust's Display, with ".0" on integral values.
+    let shown = |x: f64| if x.fract() == 0.0 { format!("{x:.1}") } else { format!("{x}") };
+    let warm = rows.iter().find(|r| r["phase"] == "caid" && r["iteration"] == -1).expect("the warm-start row");
+    let steps: Vec<&serde_json::Value> = rows.iter().filter(|r| r["phase"] == "caid" && r["iteration"].as_i64().unwrap() >= 0).collect();
+    assert_eq!(steps.len(), 2);
+    assert_eq!(f(steps[0], "lambda_safety"), f(warm, "one_shot_lambda"));
+    let expected = (f(steps[0], "lambda_safety") - 0.5 * f(steps[0], "slack_safety")).max(0.0);
+    assert!((f(steps[1], "lambda_safety") - expected).abs() < 1e-12, "{} vs {expected}", f(steps[1], "lambda_safety"));
     let last = rows.last().unwrap();
     assert_eq!(last["phase"], "final");
-    assert!(last["safety_aligned"].as_f64().unwrap().is_finite());
-    assert!(out.join("report.md").is_file() && out.join("checkpoints/iterate_1/adapter_model.safetensors").is_file());
+    // The report's table: the reference, one on-policy row per iterate with its λ, the held-out row
+    // with the final λ (after the last step).
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    let reference_row = format!("| reference | {}", shown(f(last, "reward_reference")));
+    assert!(report.contains(&reference_row), "{reference_row} not in\n{report}");
+    for (t, r) in steps.iter().enumerate() {
+        let row = format!("| iterate {t} (on-policy) | {} | {} | {} |", shown(f(r, "reward")), shown(f(r, "utility_safety")), shown(f(r, "lambda_safety")));
+        assert!(report.contains(&row), "{row} not in\n{report}");
+    }
+    let final_lambda = (f(steps[1], "lambda_safety") - 0.5 * f(steps[1], "slack_safety")).max(0.0);
+    assert!(report.lines().any(|l| l.starts_with("| aligned (held-out) |") && l.trim_end().ends_with(&format!("| {} |", shown(final_lambda)))), "{report}");
+    assert!(out.join("checkpoints/iterate_1/adapter_model.safetensors").is_file());
 }

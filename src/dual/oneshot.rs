@@ -247,9 +247,38 @@ mod tests {
         assert!(s.converged, "{s:?}");
         assert!(s.lambda.iter().all(|l| *l > 0.0), "both active: {s:?}");
         assert!(s.slack.iter().all(|u| u.abs() < 1e-7), "{s:?}");
-        // The first-order condition, checked independently from the weights.
-        let (_, g, _) = p.evaluate(&s.lambda);
-        assert!(g.iter().all(|x| x.abs() < 1e-7));
+        // The first-order condition without `evaluate`'s gradient: central differences of the
+        // dual value D̂ vanish at an interior minimiser (h = 1e-5: truncation error O(h²) ≈ 1e-10,
+        // rounding ≈ 1e-16/h ≈ 1e-11).
+        let h = 1e-5;
+        for i in 0..2 {
+            let (mut up, mut down) = (s.lambda.clone(), s.lambda.clone());
+            up[i] += h;
+            down[i] -= h;
+            let fd = (p.evaluate(&up).0 - p.evaluate(&down).0) / (2.0 * h);
+            assert!(fd.abs() < 1e-7, "∂D̂/∂λ_{i} = {fd}");
+        }
+        // And the tilted policy written out here, not by the solver: w_xk ∝ exp((r + λ·g)/β);
+        // under it each constraint holds with equality (E_w[g_i] = ḡ_i + b_i).
+        for i in 0..2 {
+            let mut mean = 0.0;
+            for x in 0..2 {
+                let z: Vec<f64> = (0..3).map(|k| (p.rewards[x][k] + (0..2).map(|j| s.lambda[j] * p.utilities[j][x][k]).sum::<f64>()) / p.beta).collect();
+                let total: f64 = z.iter().map(|v| v.exp()).sum();
+                mean += (0..3).map(|k| z[k].exp() / total * p.utilities[i][x][k]).sum::<f64>() / 2.0;
+            }
+            assert!((mean - p.ref_means[i] - p.thresholds[i]).abs() < 1e-7, "constraint {i}: {mean}");
+        }
+        // The gradient `evaluate` returns is the finite-difference gradient at any λ.
+        let at = [0.7, 1.3];
+        let (_, g, _) = p.evaluate(&at);
+        for i in 0..2 {
+            let (mut up, mut down) = (at.to_vec(), at.to_vec());
+            up[i] += h;
+            down[i] -= h;
+            let fd = (p.evaluate(&up).0 - p.evaluate(&down).0) / (2.0 * h);
+            assert!((fd - g[i]).abs() < 1e-7, "gradient {i}: {} vs finite difference {fd}", g[i]);
+        }
         // λ* minimises D̂: nearby points are not lower.
         for d in [[1e-3, 0.0], [0.0, 1e-3], [-1e-3, 0.0], [0.0, -1e-3]] {
             let near: Vec<f64> = s.lambda.iter().zip(d).map(|(l, e)| (l + e).max(0.0)).collect();
