@@ -32,8 +32,14 @@ pub fn request() {
 /// interruption, not as a script failure.
 pub fn check() -> Result<(), Box<rhai::EvalAltResult>> {
     if requested() {
-        Err(rhai::EvalAltResult::ErrorTerminated("interrupted".into(), rhai::Position::NONE).into())
+        Err(terminated())
     } else {
         Ok(())
     }
+}
+
+/// The one "stopped by request" error: the engine and `host` report it as an interruption
+/// (exit 130), not as a script failure.
+pub fn terminated() -> Box<rhai::EvalAltResult> {
+    rhai::EvalAltResult::ErrorTerminated("interrupted".into(), rhai::Position::NONE).into()
 }

@@ -197,10 +197,8 @@ fn cmd_run(script_path: Option<PathBuf>, resume: Option<PathBuf>, sets: Vec<Stri
         run.finish(status)?;
     }
     if let Err(e) = result {
-        if let Some(msg) = s.usage_error.take() {
-            return Err(Failure::Usage(msg));
-        }
-        return Err(Failure::Script(ScriptError::from_eval(*e, &script_path.display().to_string())));
+        let e = ScriptError::from_eval(*e, &script_path.display().to_string());
+        return Err(if e.usage { Failure::Usage(e.message) } else { Failure::Script(e) });
     }
     Ok(())
 }
@@ -240,6 +238,9 @@ fn cmd_api(json: bool, definitions: Option<PathBuf>) -> Result<(), Failure> {
         let width = entries.iter().map(|e| e.signature.len()).max().unwrap_or(0).min(60);
         for e in &entries {
             println!("{:width$}  {}", e.signature, e.doc);
+            for o in &e.options {
+                println!("    {o}");
+            }
         }
     }
     Ok(())

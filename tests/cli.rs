@@ -133,6 +133,22 @@ fn a_misspelt_stdlib_option_is_an_error_naming_it() {
         assert!(err.lines().next().unwrap().contains(message), "{call}: {err}");
         assert!(err.contains(&format!("at {name}:3:")), "the script line is named: {err}");
     }
+    // The Rust functions follow the same rule from their declarations (src/script/options.rs).
+    let rust = [
+        ("load_model(\"builtin:tiny\").generate([\"a\"], #{ temprature: 1.0 });", "generate: unknown option `temprature` (known: n, max_new_tokens, temperature,"),
+        ("load_model(\"builtin:tiny\", #{ lora: #{ rnk: 4 } });", "lora: unknown option `rnk` (known: rank, alpha, dropout, targets)"),
+        ("load_model(\"builtin:tiny\").generate([\"a\"], #{ n: -2 });", "generate: option `n` must be count, found i64 -2"),
+        ("report(#{ title: \"t\", plots: [#{ x: \"a\", y: [\"b\"], scater: true }] });", "report: plots[0]: plots[i]: unknown option `scater`"),
+        ("exact_world(#{ alphabet: \"ab\" });", "exact_world: option `prompts` is required (the world's prompts)"),
+    ];
+    for (i, (call, message)) in rust.iter().enumerate() {
+        let name = format!("rust{i}.rhai");
+        write(&dir, &name, &format!("{call}\n"));
+        let o = run_in(&dir, &["run", &name, "--out", &format!("rust_out{i}")]);
+        assert_eq!(o.status.code(), Some(1), "{call}");
+        let err = error_text(&o);
+        assert!(err.lines().next().unwrap().contains(message), "{call}: {err}");
+    }
     // The int-to-float rule: `x: 2` is taken as 2.0 where the default is a float; defaults fill the rest.
     write(&dir, "merge.rhai", "import \"options\" as options;\nlet o = options::merge(\"f\", #{ x: 1.0, y: \"a\" }, #{ x: 2 });\nlog(#{ x: o.x, t: type_of(o.x), y: o.y });\n");
     let o = run_in(&dir, &["run", "merge.rhai", "--out", "merged"]);
@@ -167,6 +183,15 @@ fn set_with_the_wrong_type_is_a_usage_error() {
     let err = stderr(&o);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("--set samples=lots: expected an integer, the type of the script's default (8); read by config at job.rhai:1:9"), "{err}");
+    // The classification travels in the error value: read inside a module's function, it is
+    // still a usage error; a script that catches it and then fails otherwise is a script failure.
+    write(&dir, "helper.rhai", "fn n() { config(\"samples\", 8) }\n");
+    write(&dir, "nested.rhai", "import \"helper\" as h;\nprint(h::n());\n");
+    let o = run_in(&dir, &["run", "nested.rhai", "--set", "samples=lots", "--out", "out3"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    write(&dir, "caught.rhai", "try { config(\"samples\", 8); } catch (e) { }\nthrow \"later\";\n");
+    let o = run_in(&dir, &["run", "caught.rhai", "--set", "samples=lots", "--out", "out4"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     // Floats accept integers; booleans only true/false; arrays JSON.
     write(&dir, "types.rhai", "let a = config(\"a\", 0.5); let b = config(\"b\", false); let c = config(\"c\", [1]);\nlog(#{ a: a, b: b, n: c.len() });\n");
     let o = run_in(&dir, &["run", "types.rhai", "--set", "a=2", "--set", "b=true", "--set", "c=[1,2,3]", "--out", "out2"]);
@@ -240,6 +265,21 @@ fn api_lists_registered_functions_with_docs() {
     let log = entries.iter().find(|e| e["name"] == "log").unwrap();
     assert_eq!(log["signature"], "log(row: map)");
     assert!(entries.iter().all(|e| !e["doc"].as_str().unwrap().is_empty()), "every function has a doc line");
+    // Every function that takes an option map lists its options, each from the declaration the
+    // function parses with (src/script/options.rs), with its type and default.
+    for e in &entries {
+        let sig = e["signature"].as_str().unwrap();
+        if sig.contains("opts: map") || sig.contains("spec: map") {
+            assert!(!e["options"].as_array().unwrap().is_empty(), "{sig} lists no options");
+        }
+    }
+    let dpo = entries.iter().find(|e| e["name"] == "dpo").unwrap();
+    let dpo_opts: Vec<&str> = dpo["options"].as_array().unwrap().iter().map(|o| o.as_str().unwrap()).collect();
+    // DpoOptions::default(): β = 0.1, lr 5e-4 (the one default; the binding no longer has its own).
+    assert!(dpo_opts.contains(&"beta: number = 0.1. KL weight β of the implicit reward β·log(π/π_ref)"), "{dpo_opts:?}");
+    assert!(dpo_opts.contains(&"lr: number = 0.0005. AdamW learning rate"), "{dpo_opts:?}");
+    assert_eq!(dpo_opts.len(), 21, "11 DPO options and 10 of the optimizer loop: {dpo_opts:?}");
+    assert!(text.contains("\n    lora.rank: count = 8. adapter rank r (at least 1)\n"), "nested options are listed with their map's name: {text}");
 
     let dir = scratch("definitions");
     let o = host().args(["api", "--definitions"]).arg(dir.join("defs")).output().unwrap();

@@ -11,6 +11,16 @@ pub fn script_error(message: impl Into<String>) -> Box<EvalAltResult> {
     EvalAltResult::ErrorRuntime(without_backtrace(message.into()).into(), rhai::Position::NONE).into()
 }
 
+/// What a usage error (a `--set` value that does not parse) carries through the engine, so that
+/// `host` can tell it from a script failure (exit 2, not 1) by the error value itself.
+#[derive(Debug, Clone)]
+pub struct Usage(pub String);
+
+/// A usage error for scripts: like `script_error`, classified as the user's command line.
+pub fn usage_error(message: impl Into<String>) -> Box<EvalAltResult> {
+    EvalAltResult::ErrorRuntime(rhai::Dynamic::from(Usage(message.into())), rhai::Position::NONE).into()
+}
+
 /// A message without the C++ backtrace libtorch appends to its errors (`frame #N: ...` lines, the
 /// "Exception raised from" tail), and with "Internal torch error:" said as "libtorch:". No
 /// backtrace reaches a user, whichever path the error took.
@@ -49,12 +59,35 @@ pub fn def<A: 'static, const N: usize, const X: bool, R: Variant + Clone, const 
         .register_into_engine(engine, f);
 }
 
+/// Registers `f` like `def`, with the options it reads: `decls[0]` is the function's own option
+/// map, later ones nested maps (listed as `lora.rank`, ...). `host api` lists every option with
+/// its type, default and doc line from these declarations, the same ones the function parses with.
+pub fn def_with_options<A: 'static, const N: usize, const X: bool, R: Variant + Clone, const F: bool, FUNC>(
+    engine: &mut Engine,
+    name: &str,
+    params: &[&str],
+    doc: &str,
+    decls: &[super::options::Decl],
+    f: FUNC,
+) where
+    FUNC: RhaiNativeFunc<A, N, X, R, F> + 'static,
+{
+    let mut comments = vec![format!("/// {doc}")];
+    for (i, d) in decls.iter().enumerate() {
+        let prefix = if i == 0 { String::new() } else { format!("{}.", d.what) };
+        comments.extend(d.doc_lines().into_iter().map(|l| format!("/// - {prefix}{l}")));
+    }
+    FuncRegistration::new(name).with_params_info(params).with_comments(comments).register_into_engine(engine, f);
+}
+
 /// One entry of `host api`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ApiEntry {
     pub name: String,
     pub signature: String,
     pub doc: String,
+    /// The declared options, one line each ("key: type = default. doc").
+    pub options: Vec<String>,
 }
 
 /// Every function registered with `def`, sorted by name, read from the engine's metadata.
@@ -63,12 +96,15 @@ pub fn listing(engine: &Engine) -> anyhow::Result<Vec<ApiEntry>> {
     let mut out = Vec::new();
     for f in json["functions"].as_array().into_iter().flatten() {
         let name = f["name"].as_str().unwrap_or_default().to_string();
-        let doc = f["docComments"]
+        let comments: Vec<String> = f["docComments"]
             .as_array()
-            .and_then(|d| d.first())
-            .and_then(|d| d.as_str())
-            .map(|d| d.trim_start_matches("///").trim().to_string())
-            .unwrap_or_default();
+            .into_iter()
+            .flatten()
+            .filter_map(|d| d.as_str())
+            .flat_map(|d| d.lines().map(|l| l.trim_start_matches("///").trim().to_string()).collect::<Vec<_>>())
+            .collect();
+        let doc = comments.first().cloned().unwrap_or_default();
+        let options: Vec<String> = comments.iter().skip(1).filter_map(|l| l.strip_prefix("- ").map(str::to_string)).collect();
         let params: Vec<(String, String)> = f["params"]
             .as_array()
             .into_iter()
@@ -85,7 +121,7 @@ pub fn listing(engine: &Engine) -> anyhow::Result<Vec<ApiEntry>> {
                 format!("{name}({}){ret}", list.join(", "))
             }
         };
-        out.push(ApiEntry { name, signature, doc });
+        out.push(ApiEntry { name, signature, doc, options });
     }
     out.sort_by_key(|e| e.signature.to_lowercase());
     Ok(out)

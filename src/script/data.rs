@@ -1,6 +1,7 @@
 //! Script access to preference data: `load_preferences`, `load_prompts`, and the `Pairs`
 //! operations (index, shuffle, split, take, skip, filter, prompts, score_with, relabel, with_label).
-use super::api::{def, script_error, ScriptResult};
+use super::api::{def, def_with_options, script_error, ScriptResult};
+use super::options::{flag, noted, Decl, Ty};
 use super::model::ScriptModel;
 use super::SharedSession;
 use crate::data::{self, Pair, Report, Schema};
@@ -92,13 +93,20 @@ fn warn_report(what: &str, report: &Report) {
     show("warnings", &report.warnings);
 }
 
+/// The options of `load_preferences`.
+fn load_decl() -> Decl {
+    Decl::new("load_preferences", vec![
+        noted("schema", Ty::Str, "recognised from the fields", "pku, hh or plain (prompt/chosen/rejected)"),
+        noted("fields", Ty::Map, "none", "the file's field for a schema field, #{prompt: \"question\"}"),
+        flag("skip_bad", false, "skip bad records (reported) instead of stopping"),
+        noted("label", Ty::Str, "better if the pairs have it, else safer", "the label that picks the chosen response"),
+    ])
+}
+
 fn load(session: &SharedSession, path: &str, opts: &Map) -> ScriptResult<ScriptPairs> {
-    for k in opts.keys() {
-        if !["schema", "fields", "skip_bad", "label"].contains(&k.as_str()) {
-            return Err(script_error(format!("load_preferences: unknown option `{k}` (known: schema, fields, skip_bad, label)")));
-        }
-    }
-    let schema = match opts.get("schema").map(|v| v.to_string()) {
+    let decl = load_decl();
+    let o = decl.read(opts)?;
+    let schema = match o.text_given("schema")? {
         None => None,
         Some(s) => Some(match s.as_str() {
             "pku" | "pku-saferlhf" => Schema::Pku,
@@ -108,17 +116,17 @@ fn load(session: &SharedSession, path: &str, opts: &Map) -> ScriptResult<ScriptP
         }),
     };
     let mut fields = BTreeMap::new();
-    if let Some(f) = opts.get("fields") {
+    if let Some(f) = o.get("fields") {
         let f = f.read_lock::<Map>().ok_or_else(|| script_error("option fields: expected a map #{schema_field: \"file_field\"}"))?;
         for (k, v) in f.iter() {
             fields.insert(k.to_string(), v.to_string());
         }
     }
-    let skip_bad = opts.get("skip_bad").map(|v| v.as_bool().map_err(|t| script_error(format!("option skip_bad: expected true or false, found {t}")))).transpose()?.unwrap_or(false);
+    let skip_bad = o.flag("skip_bad")?;
     let o = data::LoadOptions { schema, fields, skip_bad };
     let (pairs, report) = data::load_preferences(&data_path(session, path), &o).map_err(|e| script_error(format!("{e:#}")))?;
     warn_report("load_preferences", &report);
-    let label = opts.get("label").map(|v| v.to_string()).unwrap_or_else(|| if pairs[0].labels.contains_key("better") { "better".into() } else { "safer".into() });
+    let label = o.text_given("label")?.unwrap_or_else(|| if pairs[0].labels.contains_key("better") { "better".into() } else { "safer".into() });
     let chosen = pairs.iter().map(|p| label_of(p, &label)).collect::<ScriptResult<Vec<_>>>()?;
     Ok(ScriptPairs { pairs: Rc::new(pairs), chosen: Rc::new(chosen), confidence: None, label, report: Rc::new(report) })
 }
@@ -188,7 +196,7 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
     let s = session.clone();
     def(engine, "load_preferences", &["path: string", "Pairs"], "Loads preference pairs (PKU-SafeRLHF, HH-RLHF or prompt/chosen/rejected; JSONL, .jsonl.gz, JSON or CSV).", move |path: &str| load(&s, path, &Map::new()));
     let s = session.clone();
-    def(engine, "load_preferences", &["path: string", "opts: map", "Pairs"], "Loads preference pairs with #{schema: \"pku\"|\"hh\"|\"plain\", fields: #{prompt: \"question\"}, skip_bad, label}.", move |path: &str, opts: Map| load(&s, path, &opts));
+    def_with_options(engine, "load_preferences", &["path: string", "opts: map", "Pairs"], "Loads preference pairs with options.", &[load_decl()], move |path: &str, opts: Map| load(&s, path, &opts));
     let s = session.clone();
     def(engine, "read_jsonl", &["path: string", "array"], "The records of a JSONL file as maps (a prompt set with its fields, samples written by write_jsonl); bad lines are errors naming file:line.", move |path: &str| -> ScriptResult<Array> {
         let file = data_path(&s, path);

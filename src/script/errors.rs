@@ -21,6 +21,8 @@ pub struct ScriptError {
     pub trace: Vec<Frame>,
     /// True when the script stopped because of Ctrl-C (or another stop request).
     pub interrupted: bool,
+    /// True for a usage error (`api::usage_error`: the command line, not the script, is wrong).
+    pub usage: bool,
 }
 
 impl ScriptError {
@@ -54,12 +56,14 @@ impl ScriptError {
         let interrupted = matches!(err, EvalAltResult::ErrorTerminated(..));
         let position = err.position();
         err.set_position(Position::NONE);
+        let usage = matches!(&err, EvalAltResult::ErrorRuntime(value, _) if value.is::<super::api::Usage>());
         let message = match &err {
+            EvalAltResult::ErrorRuntime(value, _) if usage => value.clone().cast::<super::api::Usage>().0,
             EvalAltResult::ErrorRuntime(value, _) => value.to_string(),
             EvalAltResult::ErrorTerminated(..) => "interrupted (Ctrl-C)".to_string(),
             _ => err.to_string(),
         };
-        ScriptError { file, position, message, trace, interrupted }
+        ScriptError { file, position, message, trace, interrupted, usage }
     }
 
     /// A parse error of the script itself.

@@ -9,6 +9,7 @@ pub mod errors;
 pub mod exact;
 pub mod judge;
 pub mod model;
+pub mod options;
 pub mod resolver;
 pub mod tensor;
 pub mod train;
@@ -34,8 +35,6 @@ pub struct Session {
     pub read: BTreeSet<String>,
     pub seed: i64,
     pub run: Option<RunDir>,
-    /// Set when a `--set` value does not parse as the default's type: a usage error (exit 2).
-    pub usage_error: Option<String>,
     /// The folder of the script being run: data paths not found as given are looked up there.
     pub script_dir: PathBuf,
     /// The resume journal of the run directory.
@@ -128,9 +127,7 @@ fn register_session(engine: &mut Engine, session: SharedSession) {
                 Some(text) => config::parse_override(&key, text, &default).map_err(|msg| {
                     let pos = ctx.call_position();
                     let at = format!("{}:{}:{}", ctx.call_source().unwrap_or("script"), pos.line().unwrap_or(0), pos.position().unwrap_or(0));
-                    let msg = format!("{msg}; read by config at {at}");
-                    s.usage_error = Some(msg.clone());
-                    script_error(msg)
+                    api::usage_error(format!("{msg}; read by config at {at}"))
                 })?,
                 None => default,
             };
@@ -180,24 +177,28 @@ fn register_session(engine: &mut Engine, session: SharedSession) {
         crate::run::write_atomic(&file, text.as_bytes()).map_err(|e| script_error(format!("write_jsonl: {e:#}")))
     });
     let s = session.clone();
-    def(engine, "report", &["spec: map", "string"],
-        "Writes report.md in the run directory: #{title, text, plots: [#{name, title, x, y: [columns], phase, scatter, label}]}; each plot is an SVG drawn from the run's metrics. Returns the path.",
+    api::def_with_options(engine, "report", &["spec: map", "string"],
+        "Writes report.md in the run directory; each plot is an SVG drawn from the run's metrics. Returns the path.", &[report_decl(), plot_decl()],
         move |spec: Map| -> ScriptResult<String> {
+            let decl = report_decl();
+            let r = decl.read(&spec)?;
             let mut s = s.borrow_mut();
             let Some(run) = s.run.as_mut() else { return Err(script_error("report: no run directory (use `host run`)")) };
             let get = |m: &Map, k: &str| m.get(k).map(|v| v.to_string());
             let mut md = format!("# {}
 
-", get(&spec, "title").unwrap_or_else(|| "Report".into()));
-            if let Some(t) = get(&spec, "text") {
+", r.text("title")?);
+            if let Some(t) = r.text_given("text")? {
                 md.push_str(&t);
                 md.push_str("
 
 ");
             }
-            let plots = spec.get("plots").map(|p| p.clone().into_array()).transpose().map_err(|t| script_error(format!("report: plots must be an array, found {t}")))?.unwrap_or_default();
+            let plots = r.get("plots").map(|p| p.clone().into_array().unwrap_or_default()).unwrap_or_default();
+            let plot_decl = plot_decl();
             for (i, p) in plots.iter().enumerate() {
                 let p = p.read_lock::<Map>().ok_or_else(|| script_error(format!("report: plots[{i}] must be a map")))?.clone();
+                plot_decl.read(&p).map_err(|e| script_error(format!("report: plots[{i}]: {e}")))?;
                 let y = match p.get("y") {
                     Some(v) if v.is_array() => v.clone().into_array().unwrap_or_default().iter().map(|c| c.to_string()).collect(),
                     Some(v) => vec![v.to_string()],
@@ -235,6 +236,30 @@ fn register_session(engine: &mut Engine, session: SharedSession) {
     });
 }
 
+/// The options of `report`.
+fn report_decl() -> options::Decl {
+    use options::{noted, text, Ty};
+    options::Decl::new("report", vec![
+        text("title", "Report", "the report's heading"),
+        noted("text", Ty::Str, "none", "markdown put under the heading (tables, notes)"),
+        noted("plots", Ty::Array, "none", "plot maps, each with the options below"),
+    ])
+}
+
+/// The options of one plot of `report`.
+fn plot_decl() -> options::Decl {
+    use options::{flag, noted, Ty};
+    options::Decl::new("plots[i]", vec![
+        noted("x", Ty::Str, "required", "the metrics column on the x axis"),
+        noted("y", Ty::StrOrStrings, "required", "a column, or an array of columns, on the y axis"),
+        noted("name", Ty::Str, "plot_i", "the SVG file's name"),
+        noted("title", Ty::Str, "the name", "the plot's heading"),
+        noted("phase", Ty::Str, "every row", "only rows whose `phase` column has this value"),
+        flag("scatter", false, "points instead of lines"),
+        noted("label", Ty::Str, "none", "a column whose value labels each point"),
+    ])
+}
+
 fn short(v: &serde_json::Value) -> String {
     match v {
         serde_json::Value::Number(n) => match n.as_f64() {
@@ -255,6 +280,7 @@ pub fn compile(engine: &Engine, script: &Path) -> Result<AST, ScriptError> {
         message: format!("cannot read: {e}"),
         trace: vec![],
         interrupted: false,
+        usage: false,
     })?;
     let mut ast = engine.compile(&text).map_err(|e| ScriptError::from_parse(e, &shown))?;
     ast.set_source(shown);
@@ -305,7 +331,7 @@ fn scan_ast(engine: &Engine, resolver: &Resolver, ast: &AST, file: &str, out: &m
         true
     });
     for (import, pos) in imports {
-        let err = |message: String| ScriptError { file: file.to_string(), position: pos, message, trace: vec![], interrupted: false };
+        let err = |message: String| ScriptError { file: file.to_string(), position: pos, message, trace: vec![], interrupted: false, usage: false };
         let found = resolver.locate(Some(file), &import).ok_or_else(|| {
             err(format!("module \"{import}\" not found next to {file} or in the stdlib ({})", resolver::stdlib_dir().map_or("missing".into(), |d| d.display().to_string())))
         })?;

@@ -1,6 +1,7 @@
 //! Script access to models: `load_model`, `load_scorer`, and the `Model` methods (`frozen`,
 //! `encode`, `decode`, `chat`, `logprobs`, `generate`, `score`, `save`).
-use super::api::{def, script_error, ScriptResult};
+use super::api::{def, def_with_options, script_error, ScriptResult};
+use super::options::{count, flag, int, noted, number, text, Decl, Given, Ty};
 use super::SharedSession;
 use crate::model::{CausalLM, LoadOptions, LoraConfig, SampleOptions};
 use crate::{device, interrupt};
@@ -83,66 +84,77 @@ pub(super) fn strings(a: &Array, what: &str) -> ScriptResult<Vec<String>> {
         .collect()
 }
 
-fn opt_f64(m: &Map, k: &str, default: f64) -> ScriptResult<f64> {
-    match m.get(k) {
-        None => Ok(default),
-        Some(v) => v.as_float().or_else(|_| v.as_int().map(|i| i as f64)).map_err(|t| script_error(format!("option {k}: expected a number, found {t}"))),
-    }
+/// The options of `load_model` and `load_scorer` (`lora` has its own, `lora_decl`).
+pub(super) fn load_decl() -> Decl {
+    Decl::new("load_model", vec![
+        text("dtype", "f32", "f32, bf16 or f16"),
+        noted("device", Ty::Str, "the run's device", "cpu, cuda or cuda:N"),
+        noted("seed", Ty::Int, "the run's seed", "random initialisation of built-in models"),
+        noted("lora", Ty::Map, "none", "add LoRA adapters (options below); only they train"),
+    ])
 }
 
-pub(super) fn opt_int(m: &Map, k: &str, default: INT) -> ScriptResult<INT> {
-    match m.get(k) {
-        None => Ok(default),
-        Some(v) => v.as_int().map_err(|t| script_error(format!("option {k}: expected an integer, found {t}"))),
-    }
-}
-
-pub(super) fn check_keys(m: &Map, known: &[&str], what: &str) -> ScriptResult<()> {
-    for k in m.keys() {
-        if !known.contains(&k.as_str()) {
-            return Err(script_error(format!("{what}: unknown option `{k}` (known: {})", known.join(", "))));
-        }
-    }
-    Ok(())
+/// The options of a `lora` map, with `LoraConfig::default()`'s values.
+fn lora_decl() -> Decl {
+    let d = LoraConfig::default();
+    Decl::new("lora", vec![
+        count("rank", d.rank as usize, "adapter rank r (at least 1)"),
+        number("alpha", d.alpha, "scale α (the update is α/r · B A)"),
+        number("dropout", d.dropout, "dropout on the adapter's input while training"),
+        noted("targets", Ty::Strings, "every attention and MLP projection", "HF module names to adapt (q_proj, c_attn, ...)"),
+    ])
 }
 
 fn lora_options(v: &Dynamic) -> ScriptResult<LoraConfig> {
     let m = v.read_lock::<Map>().ok_or_else(|| script_error("option lora: expected a map #{rank, alpha, dropout, targets}"))?;
-    check_keys(&m, &["rank", "alpha", "dropout", "targets"], "lora")?;
-    let d = LoraConfig::default();
-    let targets = match m.get("targets") {
-        None => d.targets,
-        Some(t) => strings(&t.clone().into_array().map_err(|t| script_error(format!("lora.targets: expected an array of strings, found {t}")))?, "lora.targets")?,
-    };
-    let rank = opt_int(&m, "rank", d.rank)?;
+    let decl = lora_decl();
+    let o = decl.read(&m)?;
+    let rank = o.int("rank")?;
     if rank < 1 {
         return Err(script_error("lora.rank must be at least 1"));
     }
-    Ok(LoraConfig { rank, alpha: opt_f64(&m, "alpha", d.alpha)?, dropout: opt_f64(&m, "dropout", d.dropout)?, targets })
+    Ok(LoraConfig { rank, alpha: o.number("alpha")?, dropout: o.number("dropout")?, targets: o.strings("targets")?.unwrap_or_else(|| LoraConfig::default().targets) })
 }
 
 pub(super) fn load(src: &str, opts: &Map, session: &SharedSession) -> ScriptResult<CausalLM> {
-    let mut m = CausalLM::load(src, &load_options(opts, session)?).map_err(err)?;
-    if let Some(l) = opts.get("lora") {
+    let decl = load_decl();
+    let o = decl.read(opts)?;
+    let mut m = CausalLM::load(src, &load_options(&o, session)?).map_err(err)?;
+    if let Some(l) = o.get("lora") {
         m.add_lora(lora_options(l)?).map_err(err)?;
     }
     Ok(m)
 }
 
-fn load_options(opts: &Map, session: &SharedSession) -> ScriptResult<LoadOptions> {
-    check_keys(opts, &["dtype", "device", "seed", "lora"], "load_model")?;
-    let kind = match opts.get("dtype") {
-        None => tch::Kind::Float,
-        Some(v) => super::tensor::parse_kind(&v.clone().into_string().map_err(|t| script_error(format!("option dtype: expected a string, found {t}")))?)?,
-    };
+fn load_options(o: &Given, session: &SharedSession) -> ScriptResult<LoadOptions> {
+    let kind = super::tensor::parse_kind(&o.text("dtype")?)?;
     if !matches!(kind, tch::Kind::Float | tch::Kind::BFloat16 | tch::Kind::Half) {
         return Err(script_error("option dtype: models use f32, bf16 or f16"));
     }
-    let dev = match opts.get("device") {
+    let dev = match o.text_given("device")? {
         None => device::current(),
-        Some(v) => device::parse(&v.to_string()).map_err(err)?,
+        Some(v) => device::parse(&v).map_err(err)?,
     };
-    Ok(LoadOptions { device: dev, kind, seed: opt_int(opts, "seed", session.borrow().seed)? })
+    Ok(LoadOptions { device: dev, kind, seed: o.int_or("seed", session.borrow().seed)? })
+}
+
+/// The options of `generate`, with `SampleOptions::default()`'s values.
+fn generate_decl() -> Decl {
+    let d = SampleOptions::default();
+    Decl::new("generate", vec![
+        count("n", d.n, "samples per prompt (returned prompt by prompt)"),
+        count("max_new_tokens", d.max_new_tokens, "tokens per sample at most"),
+        number("temperature", d.temperature, "softmax temperature; 0 is greedy"),
+        number("top_p", d.top_p, "nucleus: the smallest set of tokens with this much probability"),
+        int("top_k", d.top_k, "only the k most likely tokens (0: off; applied before top_p)"),
+        noted("seed", Ty::Int, "a draw from the run's generator", "the per-sequence random streams"),
+        noted("slots", Ty::Count, "256, fewer where their KV cache would pass 2 GiB on a CPU, 16 GiB on a GPU", "sequences decoded together"),
+    ])
+}
+
+/// The options of `save`.
+fn save_decl() -> Decl {
+    Decl::new("save", vec![flag("merge", true, "false: write only the LoRA adapter, in PEFT's layout")])
 }
 
 fn encode_pairs(m: &CausalLM, prompts: &Array, responses: &Array) -> ScriptResult<(Vec<Vec<i64>>, Vec<Vec<i64>>)> {
@@ -251,7 +263,7 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
     let s = session.clone();
     def(engine, "load_model", &["source: string", "Model"], "Loads a causal LM: an HF folder, a .gguf file, builtin:tiny or builtin:smollm2-135m.", move |src: &str| -> ScriptResult<ScriptModel> { Ok(ScriptModel::new(load(src, &Map::new(), &s)?)) });
     let s = session.clone();
-    def(engine, "load_model", &["source: string", "opts: map", "Model"], "Loads a causal LM with options #{dtype: \"f32\"|\"bf16\"|\"f16\", device, seed, lora: #{rank, alpha, dropout, targets}}.", move |src: &str, opts: Map| -> ScriptResult<ScriptModel> {
+    def_with_options(engine, "load_model", &["source: string", "opts: map", "Model"], "Loads a causal LM with options.", &[load_decl(), lora_decl()], move |src: &str, opts: Map| -> ScriptResult<ScriptModel> {
         Ok(ScriptModel::new(load(src, &opts, &s)?))
     });
     let s = session.clone();
@@ -288,17 +300,17 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
     });
     def(engine, "score", &["s: Model", "prompts: array", "responses: array", "array"], "The score head's output for each prompt and response, read at the last token.", |m: &mut ScriptModel, prompts: Array, responses: Array| score(m, &prompts, &responses));
     let s = session.clone();
-    def(engine, "generate", &["m: Model", "prompts: array", "opts: map", "array"], "Samples responses: opts #{n, max_new_tokens, temperature (0 = greedy), top_p, top_k, seed, slots (sequences decoded together; default 256, fewer where their KV cache would pass 2 GiB on a CPU, 16 GiB on a GPU)}; n per prompt, prompt by prompt.", move |m: &mut ScriptModel, prompts: Array, opts: Map| -> ScriptResult<Array> {
-        check_keys(&opts, &["n", "max_new_tokens", "temperature", "top_p", "top_k", "seed", "slots"], "generate")?;
-        let d = SampleOptions::default();
+    def_with_options(engine, "generate", &["m: Model", "prompts: array", "opts: map", "array"], "Samples responses by continuous batching (docs/sampling.md): n per prompt, prompt by prompt.", &[generate_decl()], move |m: &mut ScriptModel, prompts: Array, opts: Map| -> ScriptResult<Array> {
+        let decl = generate_decl();
+        let o = decl.read(&opts)?;
         let o = SampleOptions {
-            n: opt_int(&opts, "n", d.n as INT)?.max(1) as usize,
-            max_new_tokens: opt_int(&opts, "max_new_tokens", d.max_new_tokens as INT)?.max(1) as usize,
-            temperature: opt_f64(&opts, "temperature", d.temperature)?,
-            top_p: opt_f64(&opts, "top_p", d.top_p)?,
-            top_k: opt_int(&opts, "top_k", d.top_k)?,
-            seed: opts.get("seed").map(|_| opt_int(&opts, "seed", 0)).transpose()?,
-            slots: opt_int(&opts, "slots", d.slots as INT)?.max(0) as usize,
+            n: o.count("n")?.max(1),
+            max_new_tokens: o.count("max_new_tokens")?.max(1),
+            temperature: o.number("temperature")?,
+            top_p: o.number("top_p")?,
+            top_k: o.int("top_k")?,
+            seed: o.get("seed").map(|v| v.as_int().unwrap_or_default()),
+            slots: o.int_or("slots", 0)?.max(0) as usize,
         };
         let key = crate::run::journal::key(&[&m.model.borrow().source, &m.base_only.to_string(), &format!("{prompts:?}"), &format!("{opts:?}")]);
         let replay = |out: &serde_json::Value, _| -> ScriptResult<Array> {
@@ -310,7 +322,7 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
                 let ids: Vec<Vec<i64>> = strings(&prompts, "prompts")?.iter().map(|s| m.tokenizer.encode(s, true)).collect::<anyhow::Result<_>>().map_err(err)?;
                 let out = m.generate(&ids, &o, &interrupt::requested).map_err(|e| {
                     if interrupt::requested() {
-                        rhai::EvalAltResult::ErrorTerminated("interrupted".into(), rhai::Position::NONE).into()
+                        interrupt::terminated()
                     } else {
                         err(e)
                     }
@@ -342,10 +354,10 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
         Ok(dir.display().to_string())
     });
     let s = session;
-    def(engine, "save", &["m: Model", "dir: string", "opts: map", "()"], "Writes the model inside the run directory; #{merge: false} writes only the LoRA adapter in PEFT's layout.", move |m: &mut ScriptModel, dir: &str, opts: Map| -> ScriptResult<()> {
-        check_keys(&opts, &["merge"], "save")?;
+    def_with_options(engine, "save", &["m: Model", "dir: string", "opts: map", "()"], "Writes the model inside the run directory as an HF folder (LoRA merged).", &[save_decl()], move |m: &mut ScriptModel, dir: &str, opts: Map| -> ScriptResult<()> {
+        let decl = save_decl();
+        let merge = decl.read(&opts)?.flag("merge")?;
         let path = output_path(&s, dir)?;
-        let merge = opts.get("merge").map(|v| v.as_bool().map_err(|t| script_error(format!("option merge: expected true or false, found {t}")))).transpose()?.unwrap_or(true);
         if merge || m.base_only {
             m.with(|m| m.save(&path)).map_err(err)
         } else {

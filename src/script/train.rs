@@ -1,6 +1,7 @@
 //! Script access to training: `dpo`, `sft`, `train_scorer`. Each logs its steps to the run's
 //! metrics, shows progress, stops cleanly on Ctrl-C between steps, and returns a summary.
-use super::api::{def, script_error, ScriptResult};
+use super::api::{def_with_options, script_error, ScriptResult};
+use super::options::{count, flag, noted, number, text, Decl, Given, Opt, Ty};
 use super::data::ScriptPairs;
 use super::model::{sequence_key, FeatureMemo, ScriptModel};
 use super::SharedSession;
@@ -18,63 +19,87 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 
-/// Reads a script option map, rejecting keys the function does not know.
-struct Opts<'a> {
-    map: &'a Map,
-    what: &'a str,
+/// The optimizer-loop options every trainer takes, with the trainer's own defaults `d`.
+fn loop_decl(d: &LoopOptions) -> Vec<Opt> {
+    vec![
+        number("lr", d.adamw.lr, "AdamW learning rate"),
+        number("weight_decay", d.adamw.weight_decay, "AdamW decoupled weight decay (norms, biases and LoRA B excluded)"),
+        text("schedule", d.schedule.name(), "learning-rate schedule: constant, linear or cosine (after warm-up)"),
+        count("warmup_steps", d.warmup_steps, "linear warm-up steps"),
+        noted("warmup_ratio", Ty::Number, "unset", "warm-up as a fraction of all steps (replaces warmup_steps)"),
+        count("grad_accum", d.grad_accum, "micro-batches per optimizer step"),
+        number("max_grad_norm", d.max_grad_norm, "gradient clipping norm (0: off)"),
+        count("max_nonfinite", d.max_nonfinite, "non-finite steps in a row that stop the run"),
+        count("log_every", d.log_every, "log a metrics row every this many steps"),
+        flag("keep_optimizer", false, "keep the AdamW moments from this model's previous call"),
+    ]
 }
 
-impl<'a> Opts<'a> {
-    fn new(map: &'a Map, what: &'a str, known: &[&str]) -> ScriptResult<Self> {
-        for k in map.keys() {
-            if !known.contains(&k.as_str()) {
-                return Err(script_error(format!("{what}: unknown option `{k}` (known: {})", known.join(", "))));
-            }
-        }
-        Ok(Opts { map, what })
-    }
-    fn f64(&self, k: &str, d: f64) -> ScriptResult<f64> {
-        self.map.get(k).map_or(Ok(d), |v| v.as_float().or_else(|_| v.as_int().map(|i| i as f64)).map_err(|t| script_error(format!("{}: option {k}: expected a number, found {t}", self.what))))
-    }
-    fn usize(&self, k: &str, d: usize) -> ScriptResult<usize> {
-        match self.map.get(k) {
-            None => Ok(d),
-            Some(v) => match v.as_int() {
-                Ok(i) if i >= 0 => Ok(i as usize),
-                Ok(i) => Err(script_error(format!("{}: option {k}: expected a non-negative integer, found {i}", self.what))),
-                Err(t) => Err(script_error(format!("{}: option {k}: expected an integer, found {t}", self.what))),
-            },
-        }
-    }
-    fn bool(&self, k: &str, d: bool) -> ScriptResult<bool> {
-        self.map.get(k).map_or(Ok(d), |v| v.as_bool().map_err(|t| script_error(format!("{}: option {k}: expected true or false, found {t}", self.what))))
-    }
-    fn string(&self, k: &str, d: &str) -> String {
-        self.map.get(k).map_or(d.to_string(), |v| v.to_string())
-    }
-}
-
-const LOOP_KEYS: [&str; 10] = ["lr", "weight_decay", "schedule", "warmup_steps", "warmup_ratio", "grad_accum", "max_grad_norm", "max_nonfinite", "log_every", "keep_optimizer"];
-
-fn loop_options(o: &Opts, total_steps_hint: usize, lr: f64) -> ScriptResult<LoopOptions> {
-    let warmup = match o.map.get("warmup_ratio") {
-        Some(_) => (o.f64("warmup_ratio", 0.0)? * total_steps_hint as f64).round() as usize,
-        None => o.usize("warmup_steps", 0)?,
+fn loop_options(o: &Given, what: &str, total_steps_hint: usize) -> ScriptResult<LoopOptions> {
+    let warmup = match o.get("warmup_ratio") {
+        Some(_) => (o.number("warmup_ratio")? * total_steps_hint as f64).round() as usize,
+        None => o.count("warmup_steps")?,
     };
     Ok(LoopOptions {
-        adamw: AdamWConfig { lr: o.f64("lr", lr)?, weight_decay: o.f64("weight_decay", 0.0)?, ..Default::default() },
-        schedule: Schedule::parse(&o.string("schedule", "constant")).map_err(|e| script_error(format!("{}: {e}", o.what)))?,
+        adamw: AdamWConfig { lr: o.number("lr")?, weight_decay: o.number("weight_decay")?, ..Default::default() },
+        schedule: Schedule::parse(&o.text("schedule")?).map_err(|e| script_error(format!("{what}: {e}")))?,
         warmup_steps: warmup,
-        grad_accum: o.usize("grad_accum", 1)?.max(1),
-        max_grad_norm: o.f64("max_grad_norm", 1.0)?,
-        max_nonfinite: o.usize("max_nonfinite", 3)?.max(1),
-        log_every: o.usize("log_every", 1)?.max(1),
+        grad_accum: o.count("grad_accum")?.max(1),
+        max_grad_norm: o.number("max_grad_norm")?,
+        max_nonfinite: o.count("max_nonfinite")?.max(1),
+        log_every: o.count("log_every")?.max(1),
     })
+}
+
+/// The options of `dpo`, with `DpoOptions::default()`'s values.
+fn dpo_decl() -> Decl {
+    let d = DpoOptions::default();
+    let mut opts = vec![
+        number("beta", d.beta, "KL weight β of the implicit reward β·log(π/π_ref)"),
+        number("label_smoothing", d.label_smoothing, "conservative DPO: the assumed label-flip rate ε (sigmoid loss)"),
+        text("loss", d.loss.name(), "sigmoid (DPO) or ipo"),
+        count("epochs", d.epochs, "passes over the pairs"),
+        count("batch_size", d.batch_size, "pairs per micro-batch"),
+        count("max_len", d.max_len, "prompt + response tokens kept (the response is cut)"),
+        count("max_prompt_len", d.max_prompt_len, "prompt tokens kept (from the left)"),
+        flag("group_by_length", d.group_by_length, "batch pairs of similar length (less padding)"),
+        noted("seed", Ty::Int, "the run's seed", "order of the pairs"),
+        flag("ref_cache", d.cache_dir.is_some(), "keep reference log-probs on disk, keyed by content"),
+        noted("cache_dir", Ty::Str, "the per-user cache", "where the reference log-probs are kept"),
+    ];
+    opts.extend(loop_decl(&d.loop_opts));
+    Decl::new("dpo", opts)
+}
+
+/// The options of `sft`, with `SftOptions::default()`'s values.
+fn sft_decl() -> Decl {
+    let d = SftOptions::default();
+    let mut opts = vec![
+        count("epochs", d.epochs, "passes over the examples"),
+        count("batch_size", d.batch_size, "examples per micro-batch"),
+        noted("seed", Ty::Int, "the run's seed", "order of the examples"),
+        count("max_len", 512, "prompt + response tokens kept (the response is cut)"),
+    ];
+    opts.extend(loop_decl(&d.loop_opts));
+    Decl::new("sft", opts)
+}
+
+/// The options of `train_scorer`, with `ScorerOptions::default()`'s values.
+fn scorer_decl() -> Decl {
+    let d = ScorerOptions::default();
+    Decl::new("train_scorer", vec![
+        count("steps", d.steps, "full-batch optimizer steps on the head"),
+        number("lr", d.lr, "learning rate of the head"),
+        number("weight_decay", d.weight_decay, "weight decay of the head"),
+        number("eval_fraction", d.eval_fraction, "pairs held out to report accuracy"),
+        noted("seed", Ty::Int, "the run's seed", "the held-out split"),
+        count("max_len", 512, "prompt + response tokens read for the features"),
+    ])
 }
 
 fn err(e: anyhow::Error) -> Box<rhai::EvalAltResult> {
     if interrupt::requested() {
-        return rhai::EvalAltResult::ErrorTerminated("interrupted".into(), rhai::Position::NONE).into();
+        return interrupt::terminated();
     }
     script_error(format!("{e:#}"))
 }
@@ -167,37 +192,31 @@ fn shared_memo(model: &ScriptModel) -> FeatureMemo {
 
 pub fn register(engine: &mut Engine, session: SharedSession) {
     let s = session.clone();
-    def(engine, "dpo", &["policy: Model", "reference: Model", "pairs: Pairs", "opts: map", "map"],
-        "DPO of the policy against the fixed reference on the pairs' current labels; opts #{beta, epochs, batch_size, grad_accum, lr, schedule, warmup_steps, max_len, loss, label_smoothing, ref_cache, ...}; returns metrics.",
+    def_with_options(engine, "dpo", &["policy: Model", "reference: Model", "pairs: Pairs", "opts: map", "map"],
+        "DPO of the policy against the fixed reference on the pairs' current labels (soft labels as their confidence); returns metrics.", &[dpo_decl()],
         move |policy: ScriptModel, reference: ScriptModel, pairs: ScriptPairs, opts: Map| -> ScriptResult<Map> {
             check_trainable(&policy, "dpo")?;
-            let mut known = vec!["beta", "label_smoothing", "loss", "epochs", "batch_size", "max_len", "max_prompt_len", "group_by_length", "seed", "ref_cache", "cache_dir"];
-            known.extend(LOOP_KEYS);
-            let o = Opts::new(&opts, "dpo", &known)?;
-            let d = DpoOptions::default();
+            let decl = dpo_decl();
+            let o = decl.read(&opts)?;
             let mut dopts = DpoOptions {
-                beta: o.f64("beta", d.beta)?,
-                label_smoothing: o.f64("label_smoothing", 0.0)?,
-                loss: match o.string("loss", "sigmoid").as_str() {
-                    "sigmoid" => DpoLoss::Sigmoid,
-                    "ipo" => DpoLoss::Ipo,
-                    other => return Err(script_error(format!("dpo: loss \"{other}\" is not sigmoid or ipo"))),
-                },
-                epochs: o.usize("epochs", 1)?.max(1),
-                batch_size: o.usize("batch_size", d.batch_size)?.max(1),
-                max_len: o.usize("max_len", d.max_len)?,
-                max_prompt_len: o.usize("max_prompt_len", d.max_prompt_len)?,
-                group_by_length: o.bool("group_by_length", true)?,
-                seed: o.usize("seed", s.borrow().seed as usize)? as u64,
-                cache_dir: if o.bool("ref_cache", true)? { Some(opts.get("cache_dir").map_or_else(cache::default_dir, |v| v.to_string().into())) } else { None },
+                beta: o.number("beta")?,
+                label_smoothing: o.number("label_smoothing")?,
+                loss: DpoLoss::parse(&o.text("loss")?).map_err(|e| script_error(format!("dpo: {e}")))?,
+                epochs: o.count("epochs")?.max(1),
+                batch_size: o.count("batch_size")?.max(1),
+                max_len: o.count("max_len")?,
+                max_prompt_len: o.count("max_prompt_len")?,
+                group_by_length: o.flag("group_by_length")?,
+                seed: o.int_or("seed", s.borrow().seed)? as u64,
+                cache_dir: if o.flag("ref_cache")? { Some(o.text_given("cache_dir")?.map_or_else(cache::default_dir, Into::into)) } else { None },
                 loop_opts: LoopOptions::default(),
             };
             if !(dopts.beta > 0.0) {
                 return Err(script_error("dpo: beta must be positive"));
             }
             let steps_hint = dopts.epochs * pairs.pairs.len().div_ceil(dopts.batch_size);
-            dopts.loop_opts = loop_options(&o, steps_hint, 5e-4)?;
-            let keep = o.bool("keep_optimizer", false)?;
+            dopts.loop_opts = loop_options(&o, "dpo", steps_hint)?;
+            let keep = o.flag("keep_optimizer")?;
             let key = journal::key(&[&pairs_digest(&pairs), &format!("{opts:?}")]);
             super::journaled(&s, "dpo", &key, |out, tensors| restore(&policy, keep, out, &tensors), || {
             let tokenized = {
@@ -225,17 +244,16 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
             })
         });
     let s = session.clone();
-    def(engine, "sft", &["model: Model", "prompts: array", "responses: array", "opts: map", "map"],
-        "Supervised fine-tuning on prompt/response pairs (loss on response tokens only); opts #{epochs, batch_size, lr, schedule, grad_accum, ...}; returns metrics.",
+    def_with_options(engine, "sft", &["model: Model", "prompts: array", "responses: array", "opts: map", "map"],
+        "Supervised fine-tuning on prompt/response pairs (loss on response tokens only); returns metrics.", &[sft_decl()],
         move |model: ScriptModel, prompts: Array, responses: Array, opts: Map| -> ScriptResult<Map> {
             check_trainable(&model, "sft")?;
-            let mut known = vec!["epochs", "batch_size", "seed", "max_len"];
-            known.extend(LOOP_KEYS);
-            let o = Opts::new(&opts, "sft", &known)?;
+            let decl = sft_decl();
+            let o = decl.read(&opts)?;
             if prompts.len() != responses.len() {
                 return Err(script_error(format!("sft: {} prompts but {} responses", prompts.len(), responses.len())));
             }
-            let max_len = o.usize("max_len", 512)?;
+            let max_len = o.count("max_len")?;
             let data: Vec<(Vec<i64>, Vec<i64>)> = {
                 let m = model.model.borrow();
                 prompts
@@ -249,10 +267,10 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
                     })
                     .collect::<ScriptResult<_>>()?
             };
-            let epochs = o.usize("epochs", 1)?.max(1);
-            let batch_size = o.usize("batch_size", 8)?.max(1);
-            let sopts = SftOptions { epochs, batch_size, seed: o.usize("seed", s.borrow().seed as usize)? as u64, loop_opts: loop_options(&o, epochs * data.len().div_ceil(batch_size), 2e-5)? };
-            let keep = o.bool("keep_optimizer", false)?;
+            let epochs = o.count("epochs")?.max(1);
+            let batch_size = o.count("batch_size")?.max(1);
+            let sopts = SftOptions { epochs, batch_size, seed: o.int_or("seed", s.borrow().seed)? as u64, loop_opts: loop_options(&o, "sft", epochs * data.len().div_ceil(batch_size))? };
+            let keep = o.flag("keep_optimizer")?;
             let key = journal::key(&[&format!("{prompts:?}"), &format!("{responses:?}"), &format!("{opts:?}")]);
             super::journaled(&s, "sft", &key, |out, tensors| restore(&model, keep, out, &tensors), || {
                 let opt = optimizer(&model, keep)?;
@@ -262,19 +280,19 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
             })
         });
     let s = session;
-    def(engine, "train_scorer", &["model: Model", "pairs: Pairs", "label: string", "opts: map", "Model"],
-        "A Bradley-Terry score model from the model's frozen last-token features and the pairs' \"better\" or \"safer\" labels; held-out accuracy is logged. opts #{steps, lr, eval_fraction, seed, max_len}.",
+    def_with_options(engine, "train_scorer", &["model: Model", "pairs: Pairs", "label: string", "opts: map", "Model"],
+        "A Bradley-Terry score model from the model's frozen last-token features and the pairs' \"better\" or \"safer\" labels; held-out accuracy is logged.", &[scorer_decl()],
         move |model: ScriptModel, pairs: ScriptPairs, label: &str, opts: Map| -> ScriptResult<ScriptModel> {
-            let o = Opts::new(&opts, "train_scorer", &["steps", "lr", "weight_decay", "eval_fraction", "seed", "max_len"])?;
-            let d = ScorerOptions::default();
+            let decl = scorer_decl();
+            let o = decl.read(&opts)?;
             let sopts = ScorerOptions {
-                steps: o.usize("steps", d.steps)?,
-                lr: o.f64("lr", d.lr)?,
-                weight_decay: o.f64("weight_decay", d.weight_decay)?,
-                eval_fraction: o.f64("eval_fraction", d.eval_fraction)?,
-                seed: o.usize("seed", s.borrow().seed as usize)? as u64,
+                steps: o.count("steps")?,
+                lr: o.number("lr")?,
+                weight_decay: o.number("weight_decay")?,
+                eval_fraction: o.number("eval_fraction")?,
+                seed: o.int_or("seed", s.borrow().seed)? as u64,
             };
-            let max_len = o.usize("max_len", 512)?;
+            let max_len = o.count("max_len")?;
             let chosen: Vec<usize> = pairs
                 .pairs
                 .iter()

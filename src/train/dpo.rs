@@ -20,6 +20,24 @@ pub enum DpoLoss {
     Ipo,
 }
 
+impl DpoLoss {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "sigmoid" => Ok(DpoLoss::Sigmoid),
+            "ipo" => Ok(DpoLoss::Ipo),
+            other => anyhow::bail!("loss \"{other}\" is not sigmoid or ipo"),
+        }
+    }
+
+    /// The name `parse` reads.
+    pub fn name(self) -> &'static str {
+        match self {
+            DpoLoss::Sigmoid => "sigmoid",
+            DpoLoss::Ipo => "ipo",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct DpoOptions {
     pub beta: f64,
@@ -50,7 +68,8 @@ impl Default for DpoOptions {
             group_by_length: true,
             seed: 0,
             cache_dir: Some(cache::default_dir()),
-            loop_opts: LoopOptions::default(),
+            // 5e-4: a LoRA learning rate (the published recipe's; full fine-tuning wants ~1e-6).
+            loop_opts: LoopOptions { adamw: super::optim::AdamWConfig { lr: 5e-4, ..Default::default() }, ..Default::default() },
         }
     }
 }

@@ -25,6 +25,15 @@ impl Schedule {
         })
     }
 
+    /// The name `parse` reads.
+    pub fn name(self) -> &'static str {
+        match self {
+            Schedule::Constant => "constant",
+            Schedule::Linear => "linear",
+            Schedule::Cosine => "cosine",
+        }
+    }
+
     /// The multiplier of the base learning rate at optimizer step `step` (0-based) of `total`,
     /// as transformers' `get_{constant,linear,cosine}_schedule_with_warmup`.
     pub fn factor(self, step: usize, warmup: usize, total: usize) -> f64 {

@@ -16,6 +16,13 @@ pub struct SftOptions {
     pub loop_opts: LoopOptions,
 }
 
+impl Default for SftOptions {
+    fn default() -> Self {
+        // 2e-5: a full fine-tuning learning rate (TRL's SFTConfig default).
+        SftOptions { epochs: 1, batch_size: 8, seed: 0, loop_opts: LoopOptions { adamw: super::optim::AdamWConfig { lr: 2e-5, ..Default::default() }, ..Default::default() } }
+    }
+}
+
 /// Trains on `(prompt ids, response ids)` examples; each step's loss is the mean over all
 /// response tokens of the step. Returns a summary with the first and last epoch's mean loss.
 pub fn train(model: &CausalLM, opt: &mut super::optim::AdamW, data: &[(Vec<i64>, Vec<i64>)], opts: &SftOptions, log: &mut dyn FnMut(Map<String, Value>) -> Result<()>, stop: &dyn Fn() -> bool) -> Result<Map<String, Value>> {
