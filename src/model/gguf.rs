@@ -202,8 +202,12 @@ impl Gguf {
         }
         let n_tensors = r.u64("tensor count")?;
         let n_kv = r.u64("metadata count")?;
-        if n_tensors > 1 << 24 || n_kv > 1 << 24 {
-            bail!("bad header: {n_tensors} tensors and {n_kv} metadata entries");
+        // Each metadata entry takes at least 13 bytes (key length, type, a one-byte value) and
+        // each tensor entry 24 (name length, dimension count, type, offset): counts the rest of
+        // the file cannot hold are corrupt, caught before anything is reserved for them.
+        let left = (r.buf.len() - r.pos) as u64;
+        if n_tensors > 1 << 24 || n_kv > 1 << 24 || n_kv > left / 13 || n_tensors > left / 24 {
+            bail!("bad header: {n_tensors} tensors and {n_kv} metadata entries cannot fit in the {left} bytes left");
         }
         let mut metadata = BTreeMap::new();
         for i in 0..n_kv {
