@@ -21,6 +21,15 @@ pub fn usage_error(message: impl Into<String>) -> Box<EvalAltResult> {
     EvalAltResult::ErrorRuntime(rhai::Dynamic::from(Usage(message.into())), rhai::Position::NONE).into()
 }
 
+/// The message of a script error without Rhai's "Runtime error:" framing (for wrapping it in
+/// another message).
+pub fn message(e: &EvalAltResult) -> String {
+    match e {
+        EvalAltResult::ErrorRuntime(v, _) => v.to_string(),
+        other => other.to_string(),
+    }
+}
+
 /// A message without the C++ backtrace libtorch appends to its errors (`frame #N: ...` lines, the
 /// "Exception raised from" tail), and with "Internal torch error:" said as "libtorch:". No
 /// backtrace reaches a user, whichever path the error took.

@@ -198,7 +198,7 @@ fn register_session(engine: &mut Engine, session: SharedSession) {
             let plot_decl = plot_decl();
             for (i, p) in plots.iter().enumerate() {
                 let p = p.read_lock::<Map>().ok_or_else(|| script_error(format!("report: plots[{i}] must be a map")))?.clone();
-                plot_decl.read(&p).map_err(|e| script_error(format!("report: plots[{i}]: {e}")))?;
+                plot_decl.read(&p).map_err(|e| script_error(format!("report: plots[{i}]: {}", api::message(&e))))?;
                 let y = match p.get("y") {
                     Some(v) if v.is_array() => v.clone().into_array().unwrap_or_default().iter().map(|c| c.to_string()).collect(),
                     Some(v) => vec![v.to_string()],

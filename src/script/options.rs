@@ -58,7 +58,7 @@ impl Ty {
 /// An option's default: a value, or a description when it depends on the call (the run's seed,
 /// the model, "required").
 #[derive(Clone, Debug)]
-pub enum Default {
+pub enum DefaultValue {
     Number(f64),
     Int(i64),
     Bool(bool),
@@ -66,14 +66,14 @@ pub enum Default {
     Note(&'static str),
 }
 
-impl fmt::Display for Default {
+impl fmt::Display for DefaultValue {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         match self {
-            Default::Number(x) => write!(f, "{x:?}"),
-            Default::Int(i) => write!(f, "{i}"),
-            Default::Bool(b) => write!(f, "{b}"),
-            Default::Str(s) => write!(f, "\"{s}\""),
-            Default::Note(n) => write!(f, "({n})"),
+            DefaultValue::Number(x) => write!(f, "{x:?}"),
+            DefaultValue::Int(i) => write!(f, "{i}"),
+            DefaultValue::Bool(b) => write!(f, "{b}"),
+            DefaultValue::Str(s) => write!(f, "\"{s}\""),
+            DefaultValue::Note(n) => write!(f, "({n})"),
         }
     }
 }
@@ -83,28 +83,28 @@ impl fmt::Display for Default {
 pub struct Opt {
     pub key: &'static str,
     pub ty: Ty,
-    pub default: Default,
+    pub default: DefaultValue,
     pub doc: &'static str,
 }
 
 pub fn number(key: &'static str, default: f64, doc: &'static str) -> Opt {
-    Opt { key, ty: Ty::Number, default: Default::Number(default), doc }
+    Opt { key, ty: Ty::Number, default: DefaultValue::Number(default), doc }
 }
 pub fn int(key: &'static str, default: i64, doc: &'static str) -> Opt {
-    Opt { key, ty: Ty::Int, default: Default::Int(default), doc }
+    Opt { key, ty: Ty::Int, default: DefaultValue::Int(default), doc }
 }
 pub fn count(key: &'static str, default: usize, doc: &'static str) -> Opt {
-    Opt { key, ty: Ty::Count, default: Default::Int(default as i64), doc }
+    Opt { key, ty: Ty::Count, default: DefaultValue::Int(default as i64), doc }
 }
 pub fn flag(key: &'static str, default: bool, doc: &'static str) -> Opt {
-    Opt { key, ty: Ty::Bool, default: Default::Bool(default), doc }
+    Opt { key, ty: Ty::Bool, default: DefaultValue::Bool(default), doc }
 }
 pub fn text(key: &'static str, default: &str, doc: &'static str) -> Opt {
-    Opt { key, ty: Ty::Str, default: Default::Str(default.to_string()), doc }
+    Opt { key, ty: Ty::Str, default: DefaultValue::Str(default.to_string()), doc }
 }
 /// An option whose default depends on the call; `note` says what it is.
 pub fn noted(key: &'static str, ty: Ty, note: &'static str, doc: &'static str) -> Opt {
-    Opt { key, ty, default: Default::Note(note), doc }
+    Opt { key, ty, default: DefaultValue::Note(note), doc }
 }
 
 /// The options of one script function (or of one nested map, like `lora`).
@@ -156,7 +156,7 @@ impl Given<'_> {
 
     fn missing(&self, o: &Opt) -> Box<rhai::EvalAltResult> {
         match &o.default {
-            Default::Note("required") => script_error(format!("{}: option `{}` is required ({})", self.decl.what, o.key, o.doc)),
+            DefaultValue::Note("required") => script_error(format!("{}: option `{}` is required ({})", self.decl.what, o.key, o.doc)),
             _ => script_error(format!("internal: {}: option `{}` has no value default", self.decl.what, o.key)),
         }
     }
@@ -170,8 +170,8 @@ impl Given<'_> {
         let o = self.opt(key)?;
         match (self.map.get(key), &o.default) {
             (Some(v), _) => Ok(v.as_float().unwrap_or_else(|_| v.as_int().unwrap_or_default() as f64)),
-            (None, Default::Number(x)) => Ok(*x),
-            (None, Default::Int(i)) => Ok(*i as f64),
+            (None, DefaultValue::Number(x)) => Ok(*x),
+            (None, DefaultValue::Int(i)) => Ok(*i as f64),
             (None, _) => Err(self.missing(o)),
         }
     }
@@ -180,7 +180,7 @@ impl Given<'_> {
         let o = self.opt(key)?;
         match (self.map.get(key), &o.default) {
             (Some(v), _) => Ok(v.as_int().unwrap_or_default()),
-            (None, Default::Int(i)) => Ok(*i),
+            (None, DefaultValue::Int(i)) => Ok(*i),
             (None, _) => Err(self.missing(o)),
         }
     }
@@ -199,7 +199,7 @@ impl Given<'_> {
         let o = self.opt(key)?;
         match (self.map.get(key), &o.default) {
             (Some(v), _) => Ok(v.as_bool().unwrap_or_default()),
-            (None, Default::Bool(b)) => Ok(*b),
+            (None, DefaultValue::Bool(b)) => Ok(*b),
             (None, _) => Err(self.missing(o)),
         }
     }
@@ -208,7 +208,7 @@ impl Given<'_> {
         let o = self.opt(key)?;
         match (self.map.get(key), &o.default) {
             (Some(v), _) => Ok(v.to_string()),
-            (None, Default::Str(s)) => Ok(s.clone()),
+            (None, DefaultValue::Str(s)) => Ok(s.clone()),
             (None, _) => Err(self.missing(o)),
         }
     }
@@ -224,7 +224,7 @@ impl Given<'_> {
         let o = self.opt(key)?;
         match self.map.get(key) {
             Some(v) => Ok(Some(v.read_lock::<rhai::Array>().map(|a| a.iter().map(|s| s.to_string()).collect()).unwrap_or_default())),
-            None if matches!(o.default, Default::Note("required")) => Err(self.missing(o)),
+            None if matches!(o.default, DefaultValue::Note("required")) => Err(self.missing(o)),
             None => Ok(None),
         }
     }
