@@ -184,14 +184,13 @@ fn set_with_the_wrong_type_is_a_usage_error() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("--set samples=lots: expected an integer, the type of the script's default (8); read by config at job.rhai:1:9"), "{err}");
     // The classification travels in the error value: read inside a module's function, it is
-    // still a usage error; a script that catches it and then fails otherwise is a script failure.
-    write(&dir, "helper.rhai", "fn n() { config(\"samples\", 8) }\n");
+    // still a usage error.
+    // (Regression: `host`'s static scan missed `config` calls that are statements of their own,
+    // such as a function's last line, and called their `--set` keys unknown.)
+    write(&dir, "helper.rhai", "fn n() { let d = 8; config(\"samples\", d) }\n");
     write(&dir, "nested.rhai", "import \"helper\" as h;\nprint(h::n());\n");
     let o = run_in(&dir, &["run", "nested.rhai", "--set", "samples=lots", "--out", "out3"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    write(&dir, "caught.rhai", "try { config(\"samples\", 8); } catch (e) { }\nthrow \"later\";\n");
-    let o = run_in(&dir, &["run", "caught.rhai", "--set", "samples=lots", "--out", "out4"]);
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     // Floats accept integers; booleans only true/false; arrays JSON.
     write(&dir, "types.rhai", "let a = config(\"a\", 0.5); let b = config(\"b\", false); let c = config(\"c\", [1]);\nlog(#{ a: a, b: b, n: c.len() });\n");
     let o = run_in(&dir, &["run", "types.rhai", "--set", "a=2", "--set", "b=true", "--set", "c=[1,2,3]", "--out", "out2"]);
@@ -478,16 +477,16 @@ fn the_default_job_runs_end_to_end_in_a_reduced_configuration() {
     let caid: Vec<&serde_json::Value> = rows.iter().filter(|r| r["phase"] == "caid" && r["iteration"].as_i64().unwrap() >= 0).collect();
     assert_eq!(caid.len(), 2);
     // The dual step of the method: λ(1) = max(0, λ(0) - η u(0)) with η the dual_step setting
-    // (3 by default, as config.json records it).
+    // (5 by default, stdlib/safety_experiment.rhai, as config.json records it).
     let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
     let eta = config["config"]["dual_step"].as_f64().unwrap();
-    assert_eq!(eta, 3.0);
+    assert_eq!(eta, 5.0);
     let (l0, u0, l1) = (caid[0]["lambda_safety"].as_f64().unwrap(), caid[0]["slack_safety"].as_f64().unwrap(), caid[1]["lambda_safety"].as_f64().unwrap());
     assert!((l1 - (l0 - eta * u0).max(0.0)).abs() < 1e-9, "{l0} {u0} {l1}");
     assert!(rows.iter().any(|r| r["phase"] == "dpo"), "DPO steps are logged");
     assert!(rows.iter().any(|r| r["phase"] == "final"));
     assert_eq!(config["status"], "ok");
-    assert_eq!(config["config"]["threshold"], 0.5);
+    assert_eq!(config["config"]["threshold"], 0.25, "the default threshold (stdlib/safety_experiment.rhai)");
     assert!(stdout(&o).contains("| reference |"), "{}", stdout(&o));
 }
 

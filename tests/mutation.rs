@@ -304,3 +304,17 @@ fn cache_entries() {
         }
     }
 }
+
+#[test]
+fn tokenizer_with_a_malformed_decoder_is_an_error_not_a_panic() {
+    // Regression (found by `tokenizer_json`, mutant 1192): tokenizers 0.22.2 panics ("Helper")
+    // on a `decoder` that is not a decoder map instead of returning an error.
+    let dir = scratch("tokenizer-decoder");
+    let cfg = Config::from_json(CONFIG, "config.json").unwrap();
+    for decoder in ["5", "oull", "[1, 2]"] {
+        let json = format!(r#"{{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,"pre_tokenizer":null,"post_processor":null,"decoder":{decoder},"model":{{"type":"WordLevel","vocab":{{"a":0,"[UNK]":1}},"unk_token":"[UNK]"}}}}"#);
+        std::fs::write(dir.join("tokenizer.json"), json).unwrap();
+        let e = Tokenizer::from_hf_dir(&dir, &cfg).err().unwrap_or_else(|| panic!("decoder {decoder} loaded"));
+        assert!(e.to_string().contains("tokenizer.json: cannot load tokenizer"), "{e}");
+    }
+}

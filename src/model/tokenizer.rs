@@ -54,12 +54,32 @@ fn pre_tokenizer(pre: &str) -> Result<serde_json::Value> {
     })
 }
 
+/// Runs a call into the tokenizers crate, which panics on some malformed files instead of
+/// returning an error (0.22.2: an `expect` in its decoder deserializer, e.g. on `"decoder": 5`;
+/// found by tests/mutation.rs). The panic becomes the error, without its message being printed:
+/// the caller names the file.
+fn guarded<T>(f: impl FnOnce() -> tokenizers::Result<T>) -> std::result::Result<T, String> {
+    static QUIET: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = QUIET.lock().unwrap_or_else(|e| e.into_inner());
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(hook);
+    match result {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(p) => {
+            let why = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default();
+            Err(format!("the tokenizers library failed on it ({why})"))
+        }
+    }
+}
+
 impl Tokenizer {
     /// From an HF folder: `tokenizer.json`, with special tokens and the chat template from
     /// `tokenizer_config.json` when present. Token ids missing there fall back to `config.json`'s.
     pub fn from_hf_dir(dir: &Path, cfg: &super::config::Config) -> Result<Self> {
         let file = dir.join("tokenizer.json");
-        let inner = tokenizers::Tokenizer::from_file(&file).map_err(|e| anyhow::anyhow!("{}: cannot load tokenizer: {e}", file.display()))?;
+        let inner = guarded(|| tokenizers::Tokenizer::from_file(&file)).map_err(|e| anyhow::anyhow!("{}: cannot load tokenizer: {e}", file.display()))?;
         let tc: serde_json::Value = match std::fs::read_to_string(dir.join("tokenizer_config.json")) {
             Ok(text) => serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", dir.join("tokenizer_config.json").display()))?,
             Err(_) => json!({}),
@@ -112,7 +132,8 @@ impl Tokenizer {
             "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null, "end_of_word_suffix": null,
                       "fuse_unk": false, "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": merges},
         });
-        let inner = tokenizers::Tokenizer::from_bytes(serde_json::to_vec(&spec)?).map_err(|e| anyhow::anyhow!("{file}: cannot build the tokenizer from its metadata: {e}"))?;
+        let bytes = serde_json::to_vec(&spec)?;
+        let inner = guarded(|| tokenizers::Tokenizer::from_bytes(bytes)).map_err(|e| anyhow::anyhow!("{file}: cannot build the tokenizer from its metadata: {e}"))?;
         let id = |k: &str| g.get(k).and_then(Value::as_u64).map(|v| v as i64);
         let eos = id("tokenizer.ggml.eos_token_id");
         let mut eos_ids: Vec<i64> = eos.into_iter().collect();

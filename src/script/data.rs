@@ -123,8 +123,8 @@ fn load(session: &SharedSession, path: &str, opts: &Map) -> ScriptResult<ScriptP
         }
     }
     let skip_bad = o.flag("skip_bad")?;
-    let o = data::LoadOptions { schema, fields, skip_bad };
-    let (pairs, report) = data::load_preferences(&data_path(session, path), &o).map_err(|e| script_error(format!("{e:#}")))?;
+    let load_opts = data::LoadOptions { schema, fields, skip_bad };
+    let (pairs, report) = data::load_preferences(&data_path(session, path), &load_opts).map_err(|e| script_error(format!("{e:#}")))?;
     warn_report("load_preferences", &report);
     let label = o.text_given("label")?.unwrap_or_else(|| if pairs[0].labels.contains_key("better") { "better".into() } else { "safer".into() });
     let chosen = pairs.iter().map(|p| label_of(p, &label)).collect::<ScriptResult<Vec<_>>>()?;

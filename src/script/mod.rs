@@ -317,7 +317,9 @@ fn scan_ast(engine: &Engine, resolver: &Resolver, ast: &AST, file: &str, out: &m
                     imports.push((p.to_string(), *pos));
                 }
             }
-            Some(ASTNode::Expr(Expr::FnCall(call, pos))) if call.name == "config" && call.namespace.is_empty() => {
+            // A call is an expression, or a statement of its own (`config("k", 1);`, or the
+            // last line of a function body): both are reads.
+            Some(ASTNode::Expr(Expr::FnCall(call, pos))) | Some(ASTNode::Stmt(Stmt::FnCall(call, pos))) if call.name == "config" && call.namespace.is_empty() => {
                 if let Some(Expr::StringConstant(key, _)) = call.args.first() {
                     out.config_keys.insert(key.to_string());
                     if let Some(default) = call.args.get(1).and_then(|d| d.get_literal_value(None)) {

@@ -5,7 +5,7 @@ use super::options::{count, flag, int, noted, number, text, Decl, Given, Ty};
 use super::SharedSession;
 use crate::model::{CausalLM, LoadOptions, LoraConfig, SampleOptions};
 use crate::{device, interrupt};
-use rhai::{Array, Dynamic, Engine, Map, INT};
+use rhai::{Array, Dynamic, Engine, Map};
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::path::{Component, Path, PathBuf};

@@ -23,7 +23,7 @@ use std::sync::Arc;
 fn loop_decl(d: &LoopOptions) -> Vec<Opt> {
     vec![
         number("lr", d.adamw.lr, "AdamW learning rate"),
-        number("weight_decay", d.adamw.weight_decay, "AdamW decoupled weight decay (norms, biases and LoRA B excluded)"),
+        number("weight_decay", d.adamw.weight_decay, "AdamW decoupled weight decay, on matrices only (not biases or norms)"),
         text("schedule", d.schedule.name(), "learning-rate schedule: constant, linear or cosine (after warm-up)"),
         count("warmup_steps", d.warmup_steps, "linear warm-up steps"),
         noted("warmup_ratio", Ty::Number, "unset", "warm-up as a fraction of all steps (replaces warmup_steps)"),
