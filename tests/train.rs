@@ -242,6 +242,29 @@ fn sft_lowers_the_loss() {
 }
 
 #[test]
+fn mean_pooled_features_average_the_response_states_whatever_the_padding() {
+    use dualign::model::config::Pooling;
+    let m = CausalLM::load("builtin:tiny", &cpu()).unwrap();
+    let enc = |s: &str, bos: bool| m.tokenizer.encode(s, bos).unwrap();
+    let (p1, p2) = (enc("a short prompt", true), enc("a somewhat longer prompt than the first one", true));
+    let (r1, r2) = (enc("yes", false), enc("a longer answer with several words", false));
+    let batch = m.features(&[&p1, &p2], &[&r1, &r2], Pooling::Mean).unwrap();
+    for (i, (p, r)) in [(&p1, &r1), (&p2, &r2)].into_iter().enumerate() {
+        // By causality the state at response token k is the last-token state of the prefix
+        // `prompt ++ response[..=k]`: the mean of those, one sequence at a time, is the reference.
+        let prefixes: Vec<Tensor> = (1..=r.len()).map(|k| m.features(&[p.as_slice()], &[&r[..k]], Pooling::Last).unwrap()).collect();
+        let want = Tensor::cat(&prefixes, 0).mean_dim(&[0i64][..], false, Kind::Float);
+        let diff = (batch.get(i as i64) - want).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "sequence {i}: {diff}");
+    }
+    // An empty response reads the prompt's last token, as last-token pooling does.
+    let empty: &[i64] = &[];
+    let a = m.features(&[&p1], &[empty], Pooling::Mean).unwrap();
+    let b = m.features(&[&p1], &[empty], Pooling::Last).unwrap();
+    assert!((a - b).abs().max().double_value(&[]) < 1e-6);
+}
+
+#[test]
 fn a_score_head_separates_held_out_pairs() {
     let m = CausalLM::load("builtin:tiny", &cpu()).unwrap();
     // Preferred responses end politely, rejected ones rudely: a linear head on last-token

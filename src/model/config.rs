@@ -14,6 +14,43 @@ pub enum RopeScaling {
     Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position_embeddings: f64 },
 }
 
+/// Where a score head reads the final hidden states of `prompt ++ response`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Pooling {
+    /// At the last token, as HF's `*ForSequenceClassification` does.
+    #[default]
+    Last,
+    /// Their mean over the response tokens (the prompt's last token for an empty response).
+    /// HF has no such head: `save` records it as `dualign_score_pooling` in config.json.
+    Mean,
+}
+
+impl Pooling {
+    /// The option value: "last" or "mean".
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "last" => Ok(Pooling::Last),
+            "mean" => Ok(Pooling::Mean),
+            other => bail!("pool \"{other}\" is not known (known: last, mean)"),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Pooling::Last => "last",
+            Pooling::Mean => "mean",
+        }
+    }
+
+    /// Mixed into feature cache keys; 0 for `Last` so keys from before pooling existed still hold.
+    pub fn salt(self) -> u64 {
+        match self {
+            Pooling::Last => 0,
+            Pooling::Mean => 0x6d65_616e_706f_6f6c,
+        }
+    }
+}
+
 /// Which transformer family, and its hyper-parameters.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Arch {
@@ -49,6 +86,8 @@ pub struct Config {
     pub pad_token_id: Option<i64>,
     /// Number of outputs of a score head (`num_labels`), when the checkpoint has one.
     pub num_labels: usize,
+    /// Where the score head reads the hidden states (`dualign_score_pooling`; HF's is `last`).
+    pub score_pooling: Pooling,
 }
 
 #[derive(Deserialize, Default)]
@@ -73,6 +112,7 @@ struct Raw {
     eos_token_id: Option<Value>,
     pad_token_id: Option<Value>,
     num_labels: Option<usize>,
+    dualign_score_pooling: Option<String>,
     id2label: Option<serde_json::Map<String, Value>>,
     // GPT-2 names
     n_positions: Option<usize>,
@@ -123,6 +163,10 @@ impl Config {
         let need = |v: Option<usize>, k: &str| v.with_context(|| format!("{file}: missing {k}"));
         let num_labels = raw.num_labels.or(raw.id2label.as_ref().map(|m| m.len())).unwrap_or(1);
         let eos = ids(&raw.eos_token_id);
+        let score_pooling = match raw.dualign_score_pooling.as_deref() {
+            Some(s) => Pooling::parse(s).with_context(|| format!("{file}: dualign_score_pooling"))?,
+            None => Pooling::Last,
+        };
         let cfg = match model_type.as_str() {
             "llama" | "qwen2" | "mistral" => {
                 let hidden = need(raw.hidden_size, "hidden_size")?;
@@ -156,6 +200,7 @@ impl Config {
                     eos_token_ids: eos,
                     pad_token_id: ids(&raw.pad_token_id).first().copied(),
                     num_labels,
+                    score_pooling,
                     model_type,
                 }
             }
@@ -188,6 +233,7 @@ impl Config {
                     eos_token_ids: eos,
                     pad_token_id: ids(&raw.pad_token_id).first().copied(),
                     num_labels,
+                    score_pooling,
                     model_type,
                 }
             }
@@ -219,6 +265,15 @@ impl Config {
 
     /// The JSON written by `save`, loadable by HF transformers.
     pub fn to_hf_json(&self) -> Value {
+        let c = self;
+        let mut j = self.to_hf_json_body();
+        if c.score_pooling != Pooling::Last {
+            j["dualign_score_pooling"] = Value::String(c.score_pooling.name().into());
+        }
+        j
+    }
+
+    fn to_hf_json_body(&self) -> Value {
         let c = self;
         match c.arch {
             Arch::Gpt2 => serde_json::json!({
@@ -271,5 +326,18 @@ mod tests {
         assert!(e.contains("must be a multiple of num_key_value_heads"), "{e}");
         let e = Config::from_json("{\"model_type\": \"llama\",\n \"vocab_size\": \"ten\"}", "c.json").unwrap_err().to_string();
         assert!(e.starts_with("c.json:2:"), "{e}");
+    }
+
+    #[test]
+    fn a_mean_pooled_score_head_survives_save_and_load_and_a_bad_pooling_is_named() {
+        let text = r#"{"model_type":"llama","vocab_size":10,"hidden_size":8,"intermediate_size":16,"num_hidden_layers":1,"num_attention_heads":2}"#;
+        let mut c = Config::from_json(text, "c.json").unwrap();
+        assert_eq!(c.score_pooling, Pooling::Last);
+        assert!(c.to_hf_json().get("dualign_score_pooling").is_none(), "HF's own pooling is not written");
+        c.score_pooling = Pooling::Mean;
+        let back = Config::from_json(&c.to_hf_json().to_string(), "c.json").unwrap();
+        assert_eq!(back.score_pooling, Pooling::Mean);
+        let e = Config::from_json(&text.replace("}", r#","dualign_score_pooling":"max"}"#), "c.json").unwrap_err();
+        assert_eq!(format!("{e:#}"), "c.json: dualign_score_pooling: pool \"max\" is not known (known: last, mean)");
     }
 }

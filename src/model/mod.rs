@@ -12,7 +12,7 @@ pub mod tokenizer;
 pub mod weights;
 
 use anyhow::{bail, Context, Result};
-use config::{Arch, Config};
+use config::{Arch, Config, Pooling};
 use gguf::Gguf;
 use layers::{positions_from_mask, AdapterState, KvCache, Linear};
 use std::collections::BTreeMap;
@@ -191,6 +191,7 @@ fn config_from_gguf(g: &Gguf) -> Result<Config> {
         eos_token_ids: id("tokenizer.ggml.eos_token_id").into_iter().collect(),
         pad_token_id: id("tokenizer.ggml.padding_token_id"),
         num_labels: 1,
+        score_pooling: Default::default(),
     };
     cfg.validate(&file)?;
     Ok(cfg)
@@ -416,23 +417,43 @@ impl CausalLM {
         Ok(sums.f_index_add(0, &rows, &token_lp)?)
     }
 
-    /// Scores `[N]` from the score head read at the last token of each `prompt ++ response`.
+    /// Scores `[N]` from the score head read where `cfg.score_pooling` says (the last token of
+    /// each `prompt ++ response`, or the mean over the response tokens).
     pub fn scores(&self, prompts: &[&[i64]], responses: &[&[i64]]) -> Result<Tensor> {
         let Some((_, head)) = &self.score_head else {
             bail!("{}: this model has no score head (score.weight or score_head.weight)", self.source);
         };
-        let feats = self.last_token_features(prompts, responses)?;
+        let feats = self.features(prompts, responses, self.cfg.score_pooling)?;
         Ok(head.forward(&feats)?.f_select(1, 0)?.f_to_kind(Kind::Float)?)
     }
 
-    /// Final hidden state `[N, H]` at the last token of each `prompt ++ response`.
-    pub fn last_token_features(&self, prompts: &[&[i64]], responses: &[&[i64]]) -> Result<Tensor> {
+    /// Final hidden states `[N, H]` of each `prompt ++ response`, pooled: at the last token, or
+    /// averaged over the response tokens (at the prompt's last token when the response is empty).
+    pub fn features(&self, prompts: &[&[i64]], responses: &[&[i64]], pool: Pooling) -> Result<Tensor> {
         let (ids, valid, _, _, _) = self.pack(prompts, responses)?;
         let hidden = self.hidden(&ids, &positions_from_mask(&valid)?, None, None)?; // right-padded
-        let last = valid.f_sum_dim_intlist(&[1i64][..], false, Kind::Int64)?.f_sub_scalar(1)?; // [B]
-        let h = hidden.size()[2];
-        let idx = last.f_view([-1, 1, 1])?.f_expand([-1, 1, h], false)?;
-        Ok(hidden.f_gather(1, &idx, false)?.f_squeeze_dim(1)?)
+        match pool {
+            Pooling::Last => {
+                let last = valid.f_sum_dim_intlist(&[1i64][..], false, Kind::Int64)?.f_sub_scalar(1)?; // [B]
+                let h = hidden.size()[2];
+                let idx = last.f_view([-1, 1, 1])?.f_expand([-1, 1, h], false)?;
+                Ok(hidden.f_gather(1, &idx, false)?.f_squeeze_dim(1)?)
+            }
+            Pooling::Mean => {
+                let (b, t) = (prompts.len(), hidden.size()[1] as usize);
+                let mut weights = vec![0f32; b * t];
+                for (i, (p, r)) in prompts.iter().zip(responses).enumerate() {
+                    let span = if r.is_empty() { p.len() - 1..p.len() } else { p.len()..p.len() + r.len() };
+                    let w = 1.0 / span.len() as f32;
+                    for j in span {
+                        weights[i * t + j] = w;
+                    }
+                }
+                let weights = Tensor::f_from_slice(&weights)?.f_view([b as i64, t as i64, 1])?.f_to_device(hidden.device())?;
+                let pooled = hidden.f_to_kind(Kind::Float)?.f_mul(&weights)?.f_sum_dim_intlist(&[1i64][..], false, Kind::Float)?;
+                Ok(pooled.f_to_kind(hidden.kind())?)
+            }
+        }
     }
 
     /// A deep copy with its own weights (the reference model for training), sharing the tokenizer.

@@ -3,6 +3,7 @@
 use super::api::{def, def_with_options, script_error, ScriptResult};
 use super::options::{count, flag, int, noted, number, text, Decl, Given, Ty};
 use super::SharedSession;
+use crate::model::config::Pooling;
 use crate::model::{CausalLM, LoadOptions, LoraConfig, SampleOptions};
 use crate::{device, interrupt};
 use rhai::{Array, Dynamic, Engine, Map};
@@ -23,7 +24,7 @@ pub struct ScriptModel {
     /// Last-token features of tokenised pair sets (by content hash), so training a second score
     /// head on the same frozen body does not recompute them.
     pub features: Rc<RefCell<std::collections::HashMap<String, tch::Tensor>>>,
-    /// For the score models `train_scorer` makes: last-token features by token sequence, shared
+    /// For the score models `train_scorer` makes: pooled features by token sequence, shared
     /// by every score model trained on the same frozen body (reward and safety heads read one
     /// forward pass), seeded with the features the heads were trained on. `memo_source` keeps,
     /// on the body's own handle, the memo its score models share (dropped when it is trained).
@@ -31,12 +32,13 @@ pub struct ScriptModel {
     pub memo_source: Rc<RefCell<Option<FeatureMemo>>>,
 }
 
-/// Last-token features `[H]` by a hash of (prompt ids, response ids).
+/// Pooled features `[H]` by a hash of (pooling, prompt ids, response ids).
 pub type FeatureMemo = Rc<RefCell<HashMap<u64, tch::Tensor>>>;
 
-/// The memo key of one token sequence.
-pub fn sequence_key(prompt: &[i64], response: &[i64]) -> u64 {
+/// The memo key of one token sequence's features pooled by `pool`.
+pub fn sequence_key(pool: Pooling, prompt: &[i64], response: &[i64]) -> u64 {
     let mut h = crate::train::cache::Hasher::new();
+    h.word(pool.salt());
     for seq in [prompt, response] {
         h.word(seq.len() as u64);
         for &t in seq {
@@ -205,12 +207,13 @@ pub fn score(m: &ScriptModel, prompts: &Array, responses: &Array) -> ScriptResul
         let Some((_, head)) = &cm.score_head else {
             return Err(script_error(format!("{}: this model has no score head", cm.source)));
         };
-        let keys: Vec<u64> = p.iter().zip(&r).map(|(a, b)| sequence_key(a, b)).collect();
+        let pool = cm.cfg.score_pooling;
+        let keys: Vec<u64> = p.iter().zip(&r).map(|(a, b)| sequence_key(pool, a, b)).collect();
         let mut seen = HashSet::new();
         let todo: Vec<usize> = (0..keys.len()).filter(|&i| !memo.borrow().contains_key(&keys[i]) && seen.insert(keys[i])).collect();
         let (tp, tr): (Vec<Vec<i64>>, Vec<Vec<i64>>) = todo.iter().map(|&i| (p[i].clone(), r[i].clone())).unzip();
         each_batch(&tp, &tr, |batch, ps, rs| {
-            let f = cm.last_token_features(ps, rs).map_err(err)?;
+            let f = cm.features(ps, rs, pool).map_err(err)?;
             for (j, &i) in batch.iter().map(|&k| &todo[k]).enumerate() {
                 memo.borrow_mut().insert(keys[i], f.f_get(j as i64).map_err(super::api::torch_error)?);
             }

@@ -7,6 +7,7 @@ use super::model::{sequence_key, FeatureMemo, ScriptModel};
 use super::SharedSession;
 use crate::data::batch;
 use crate::interrupt;
+use crate::model::config::Pooling;
 use crate::model::CausalLM;
 use crate::train::dpo::{self, DpoLoss, DpoOptions, Reference};
 use crate::train::optim::{AdamW, AdamWConfig, Schedule};
@@ -94,6 +95,7 @@ fn scorer_decl() -> Decl {
         number("eval_fraction", d.eval_fraction, "pairs held out to report accuracy"),
         noted("seed", Ty::Int, "the run's seed", "the held-out split"),
         count("max_len", 512, "prompt + response tokens read for the features"),
+        text("pool", "last", "where the head reads the hidden states: \"last\" token (HF's score heads) or \"mean\" over the response tokens"),
     ])
 }
 
@@ -281,7 +283,7 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
         });
     let s = session;
     def_with_options(engine, "train_scorer", &["model: Model", "pairs: Pairs", "label: string", "opts: map", "Model"],
-        "A Bradley-Terry score model from the model's frozen last-token features and the pairs' \"better\" or \"safer\" labels; held-out accuracy is logged.", &[scorer_decl()],
+        "A Bradley-Terry score model from the model's frozen features (last token, or `pool: \"mean\"` over the response) and the pairs' \"better\" or \"safer\" labels; held-out accuracy is logged.", &[scorer_decl()],
         move |model: ScriptModel, pairs: ScriptPairs, label: &str, opts: Map| -> ScriptResult<ScriptModel> {
             let decl = scorer_decl();
             let o = decl.read(&opts)?;
@@ -293,6 +295,7 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
                 seed: o.int_or("seed", s.borrow().seed)? as u64,
             };
             let max_len = o.count("max_len")?;
+            let pool = Pooling::parse(&o.text("pool")?).map_err(|e| super::api::usage_error(format!("train_scorer: {e}")))?;
             let chosen: Vec<usize> = pairs
                 .pairs
                 .iter()
@@ -306,6 +309,7 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
                 let dev = scorer.device;
                 let to = |t: tch::Tensor| t.f_to_device(dev).map_err(super::api::torch_error);
                 scorer.score_head = Some(("score".into(), crate::model::layers::Linear::new(to(weight)?, find("score.bias").map(to).transpose()?)));
+                scorer.cfg.score_pooling = pool;
                 scorer.lora = None;
                 eprintln!("train_scorer({label}): replayed from the journal (held-out accuracy {})", out["eval_accuracy"]);
                 let scorer = ScriptModel::new(scorer);
@@ -316,7 +320,7 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
                 let (head, summary, mut scorer) = model
                     .with(|m| -> anyhow::Result<_> {
                         let tokenized = batch::tokenize(&pairs.pairs, &m.tokenizer, max_len / 2, max_len)?;
-                        let key = cache::key(0, &tokenized, max_len / 2, max_len);
+                        let key = cache::key(pool.salt(), &tokenized, max_len / 2, max_len);
                         let cached = model.features.borrow().get(&key).map(|t| t.shallow_clone());
                         let feats = match cached {
                             Some(f) => f,
@@ -324,14 +328,14 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
                                 // Between runs, features live in the per-user cache under a hash
                                 // of the weights and the token ids (verified when read).
                                 let dir = cache::default_dir();
-                                let disk_key = cache::key(cache::weights_fingerprint(m)?, &tokenized, max_len / 2, max_len);
+                                let disk_key = cache::key(cache::weights_fingerprint(m)? ^ pool.salt(), &tokenized, max_len / 2, max_len);
                                 let f = match cache::load_features(&dir, &disk_key, &[tokenized.len() as i64, 2, m.cfg.hidden_size as i64])? {
                                     Some(f) => {
                                         eprintln!("train_scorer({label}): features of {} pairs from the cache ({})", tokenized.len(), dir.display());
                                         f.f_to_device(m.device)?
                                     }
                                     None => {
-                                        let f = scorer::features(m, &tokenized, &interrupt::requested)?;
+                                        let f = scorer::features(m, &tokenized, pool, &interrupt::requested)?;
                                         cache::store_features(&dir, &disk_key, &f)?;
                                         f
                                     }
@@ -343,7 +347,7 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
                                 for (i, p) in tokenized.iter().enumerate() {
                                     for j in 0..2 {
                                         let row = f.f_get(i as i64)?.f_get(j as i64)?.f_to_kind(kind)?;
-                                        memo.borrow_mut().insert(sequence_key(&p.prompt, &p.responses[j]), row);
+                                        memo.borrow_mut().insert(sequence_key(pool, &p.prompt, &p.responses[j]), row);
                                     }
                                 }
                                 model.features.borrow_mut().insert(key, f.shallow_clone());
@@ -359,6 +363,7 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
                     tensors.push(("score.bias".to_string(), b.shallow_clone()));
                 }
                 scorer.score_head = Some(("score".into(), head));
+                scorer.cfg.score_pooling = pool;
                 scorer.lora = None;
                 let mut row = summary.clone();
                 row.insert("phase".into(), serde_json::json!(format!("scorer:{label}")));

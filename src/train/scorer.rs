@@ -5,6 +5,7 @@
 use crate::data::batch::TokenizedPair;
 use crate::data::Rng;
 use crate::model::layers::Linear;
+use crate::model::config::Pooling;
 use crate::model::CausalLM;
 use crate::run::progress::Progress;
 use anyhow::{bail, Result};
@@ -40,12 +41,12 @@ fn accuracy(w: &Tensor, fc: &Tensor, fr: &Tensor) -> Result<(f64, f64)> {
 /// Trains a head on `model`'s features of both responses of each pair, `chosen[i]` preferred.
 /// Returns the head (`[1, H]` weight and a bias) and a summary with train and held-out accuracy.
 pub fn train_head(model: &CausalLM, pairs: &[TokenizedPair], chosen: &[usize], opts: &ScorerOptions, stop: &dyn Fn() -> bool) -> Result<(Linear, Map<String, Value>)> {
-    let feats = features(model, pairs, stop)?;
+    let feats = features(model, pairs, model.cfg.score_pooling, stop)?;
     train_head_on(model, &feats, chosen, opts, stop)
 }
 
-/// Last-token features `[N, 2, H]` of both responses of every pair (no gradients).
-pub fn features(model: &CausalLM, pairs: &[TokenizedPair], stop: &dyn Fn() -> bool) -> Result<Tensor> {
+/// Features `[N, 2, H]` of both responses of every pair, pooled as `pool` says (no gradients).
+pub fn features(model: &CausalLM, pairs: &[TokenizedPair], pool: Pooling, stop: &dyn Fn() -> bool) -> Result<Tensor> {
     let n = pairs.len();
     if n < 2 {
         bail!("train_scorer: needs at least 2 pairs, got {n}");
@@ -58,7 +59,7 @@ pub fn features(model: &CausalLM, pairs: &[TokenizedPair], stop: &dyn Fn() -> bo
             bail!("interrupted");
         }
         let (prompts, responses) = crate::data::batch::both_responses(pairs, &batch);
-        let f = tch::no_grad(|| model.last_token_features(&prompts, &responses))?.f_to_kind(Kind::Float)?;
+        let f = tch::no_grad(|| model.features(&prompts, &responses, pool))?.f_to_kind(Kind::Float)?;
         let m = batch.len() as i64;
         let f = Tensor::f_stack(&[f.f_narrow(0, 0, m)?, f.f_narrow(0, m, m)?], 1)?; // [m, 2, H]
         let all = match &mut feats {
