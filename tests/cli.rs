@@ -512,9 +512,11 @@ fn primal_dual_and_preference_modules_run_on_the_tiny_model() {
 
 #[test]
 fn score_models_of_one_body_share_features_and_agree_with_a_fresh_forward() {
-    // train_scorer's models read last-token features from a memo shared by every score model of
+    // train_scorer's models read pooled features from a memo shared by every score model of
     // the same frozen body (seeded with the features they were trained on); `copy` has no memo
-    // and runs the body. Both must give the same scores (up to batch-shape rounding).
+    // and runs the body. Both must give the same scores (up to batch-shape rounding), for both
+    // poolings; and a mean-pooled scorer saved and loaded again (its pooling in config.json, its
+    // bias in the safetensors) must too.
     let dir = scratch("memo");
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/data/safety_prefs.jsonl");
     let job = r#"
@@ -522,16 +524,25 @@ let base = load_model("builtin:tiny");
 let pairs = load_preferences("DATA").take(24);
 let safety = train_scorer(base, pairs, "safer", #{ max_len: 128 });
 let reward = train_scorer(base, pairs, "better", #{ max_len: 128 });
+let mean = train_scorer(base, pairs, "safer", #{ max_len: 128, pool: "mean" });
+save(mean, "mean_scorer");
+let reloaded = load_scorer("out/mean_scorer");
 let prompts = [];
 let responses = [];
 for i in 0..pairs.len() { let p = pairs[i]; prompts.push(p.prompt); responses.push(p.chosen); prompts.push(p.prompt); responses.push("A new answer " + i); }
 let worst = 0.0;
-for s in [safety, reward] {
+for s in [safety, reward, mean] {
     let a = s.score(prompts, responses);
     let b = s.copy().score(prompts, responses);
     for i in 0..a.len() { let d = a[i] - b[i]; if d < 0.0 { d = -d; } if d > worst { worst = d; } }
 }
-log(#{ worst: worst, n: prompts.len() });
+let a = mean.score(prompts, responses);
+let b = reloaded.score(prompts, responses);
+let c = safety.score(prompts, responses);
+let reload = 0.0;
+let pooling = 0.0;
+for i in 0..a.len() { let d = a[i] - b[i]; if d < 0.0 { d = -d; } if d > reload { reload = d; } let e = a[i] - c[i]; if e < 0.0 { e = -e; } if e > pooling { pooling = e; } }
+log(#{ worst: worst, reload: reload, pooling: pooling, n: prompts.len() });
 "#
     .replace("DATA", &data.display().to_string());
     write(&dir, "memo.rhai", &job);
@@ -541,6 +552,9 @@ log(#{ worst: worst, n: prompts.len() });
     let last: serde_json::Value = serde_json::from_str(rows.lines().last().unwrap()).unwrap();
     assert_eq!(last["n"], 48);
     assert!(last["worst"].as_f64().unwrap() < 1e-4, "{last}");
+    assert!(last["reload"].as_f64().unwrap() < 1e-4, "{last}");
+    // The two poolings are different heads: their scores must differ (else the option is ignored).
+    assert!(last["pooling"].as_f64().unwrap() > 1e-2, "{last}");
 }
 
 #[test]

@@ -590,6 +590,11 @@ impl CausalLM {
         }
         if let Some((name, head)) = &self.score_head {
             tensors.push((format!("{name}.weight"), head.weight.f_detach()?.f_to_device(Device::Cpu)?.f_contiguous()?));
+            // HF's heads have no bias; train_scorer's has one (the folded standardisation), and
+            // without it a reloaded scorer's scores would shift by a constant.
+            if let Some(b) = &head.bias {
+                tensors.push((format!("{name}.bias"), b.f_detach()?.f_to_device(Device::Cpu)?.f_contiguous()?));
+            }
         }
         let tmp = dir.join("model.safetensors.tmp");
         Tensor::write_safetensors(&tensors, &tmp).map_err(|e| anyhow::anyhow!("{}: {}", tmp.display(), weights::first_line(&e.to_string())))?;
