@@ -21,7 +21,7 @@ pub struct ScriptModel {
     pub base_only: bool,
     /// The optimizer of the last training call, kept when a call asks for `keep_optimizer`.
     pub optimizer: Rc<RefCell<Option<Rc<RefCell<crate::train::optim::AdamW>>>>>,
-    /// Last-token features of tokenised pair sets (by content hash), so training a second score
+    /// Pooled features of tokenised pair sets (by content hash and pooling), so training a second score
     /// head on the same frozen body does not recompute them.
     pub features: Rc<RefCell<std::collections::HashMap<String, tch::Tensor>>>,
     /// For the score models `train_scorer` makes: pooled features by token sequence, shared
