@@ -461,7 +461,7 @@ fn the_default_job_runs_end_to_end_in_a_reduced_configuration() {
     // The tiny random model stands in for SmolLM2 so this stays fast; it checks the pipeline
     // and the run directory, not the size of the effect (the full run's table is in the README).
     let dir = scratch("safe-align");
-    let sets = ["policy=builtin:tiny", "iterations=2", "dual_prompts=6", "samples=2", "max_new_tokens=8", "pairs_per_iteration=16", "scorer_pairs=40", "eval_harmful=3", "eval_benign=3", "eval_samples=1", "max_len=96"];
+    let sets = ["policy=builtin:tiny", "iterations=2", "dual_prompts=6", "samples=2", "max_new_tokens=8", "pairs_per_iteration=16", "scorer_pairs=40", "eval_harmful=3", "eval_benign=3", "eval_samples=1", "max_len=96", "slack_z=1.645"];
     let o = common::run_job(&dir, "scripts/safe_align.rhai", &sets);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let out = dir.join("out");
@@ -476,13 +476,16 @@ fn the_default_job_runs_end_to_end_in_a_reduced_configuration() {
     let rows: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let caid: Vec<&serde_json::Value> = rows.iter().filter(|r| r["phase"] == "caid" && r["iteration"].as_i64().unwrap() >= 0).collect();
     assert_eq!(caid.len(), 2);
-    // The dual step of the method: λ(1) = max(0, λ(0) - η u(0)) with η the dual_step setting
-    // (5 by default, stdlib/safety_experiment.rhai, as config.json records it).
+    // The dual step of the method on the slack's one-sided lower bound: λ(1) = max(0, λ(0) - η·(u(0) - z·se(0)))
+    // with η the dual_step setting (5 by default, stdlib/safety_experiment.rhai) and z the slack_z
+    // setting (1.645 here, 0 by default), as config.json records them.
     let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
-    let eta = config["config"]["dual_step"].as_f64().unwrap();
-    assert_eq!(eta, 5.0);
-    let (l0, u0, l1) = (caid[0]["lambda_safety"].as_f64().unwrap(), caid[0]["slack_safety"].as_f64().unwrap(), caid[1]["lambda_safety"].as_f64().unwrap());
-    assert!((l1 - (l0 - eta * u0).max(0.0)).abs() < 1e-9, "{l0} {u0} {l1}");
+    let (eta, z) = (config["config"]["dual_step"].as_f64().unwrap(), config["config"]["slack_z"].as_f64().unwrap());
+    assert_eq!((eta, z), (5.0, 1.645));
+    let num = |r: &serde_json::Value, k: &str| r[k].as_f64().unwrap_or_else(|| panic!("{k} missing in {r}"));
+    let (l0, u0, se0, lower0, l1) = (num(caid[0], "lambda_safety"), num(caid[0], "slack_safety"), num(caid[0], "slack_stderr_safety"), num(caid[0], "slack_lower_safety"), num(caid[1], "lambda_safety"));
+    assert!(se0 > 0.0 && (lower0 - (u0 - z * se0)).abs() < 1e-12, "{u0} {se0} {lower0}");
+    assert!((l1 - (l0 - eta * lower0).max(0.0)).abs() < 1e-9, "{l0} {lower0} {l1}");
     assert!(rows.iter().any(|r| r["phase"] == "dpo"), "DPO steps are logged");
     assert!(rows.iter().any(|r| r["phase"] == "final"));
     assert_eq!(config["status"], "ok");
