@@ -461,7 +461,7 @@ fn the_default_job_runs_end_to_end_in_a_reduced_configuration() {
     // The tiny random model stands in for SmolLM2 so this stays fast; it checks the pipeline
     // and the run directory, not the size of the effect (the full run's table is in the README).
     let dir = scratch("safe-align");
-    let sets = ["policy=builtin:tiny", "iterations=2", "dual_prompts=6", "samples=2", "max_new_tokens=8", "pairs_per_iteration=16", "scorer_pairs=40", "eval_harmful=3", "eval_benign=3", "eval_samples=1", "max_len=96", "slack_z=1.645"];
+    let sets = ["policy=builtin:tiny", "iterations=2", "dual_prompts=6", "samples=2", "max_new_tokens=8", "pairs_per_iteration=16", "eval_harmful=3", "eval_benign=3", "eval_samples=1", "max_len=96", "slack_z=1.645"];
     let o = common::run_job(&dir, "scripts/safe_align.rhai", &sets);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let out = dir.join("out");
@@ -486,6 +486,10 @@ fn the_default_job_runs_end_to_end_in_a_reduced_configuration() {
     let (l0, u0, se0, lower0, l1) = (num(caid[0], "lambda_safety"), num(caid[0], "slack_safety"), num(caid[0], "slack_stderr_safety"), num(caid[0], "slack_lower_safety"), num(caid[1], "lambda_safety"));
     assert!(se0 > 0.0 && (lower0 - (u0 - z * se0)).abs() < 1e-12, "{u0} {se0} {lower0}");
     assert!((l1 - (l0 - eta * lower0).max(0.0)).abs() < 1e-9, "{l0} {lower0} {l1}");
+    // scorer_pairs left at its default (0): the proxies learn from every pair the policy steps
+    // relabel, pairs_per_iteration × iterations = 16 × 2.
+    let scorer = rows.iter().find(|r| r["phase"] == "scorer:safer").expect("the safety proxy's row");
+    assert_eq!(scorer["pairs"], 32, "{scorer}");
     assert!(rows.iter().any(|r| r["phase"] == "dpo"), "DPO steps are logged");
     assert!(rows.iter().any(|r| r["phase"] == "final"));
     assert_eq!(config["status"], "ok");

@@ -277,7 +277,7 @@ fn a_score_head_separates_held_out_pairs() {
         .collect();
     let chosen: Vec<usize> = (0..80).map(|i| if i % 3 == 0 { 1 } else { 0 }).collect();
     let pairs: Vec<TokenizedPair> = pairs.into_iter().zip(&chosen).map(|(mut p, &c)| { if c == 1 { p.responses.swap(0, 1); } p }).collect();
-    let (head, s) = scorer::train_head(&m, &pairs, &chosen, &scorer::ScorerOptions { eval_fraction: 0.25, ..Default::default() }, &|| false).unwrap();
+    let (head, s) = scorer::train_head(&m, &pairs, &chosen, dualign::model::config::Pooling::Last, &scorer::ScorerOptions { eval_fraction: 0.25, ..Default::default() }, &|| false).unwrap();
     assert_eq!(s["held_out"], 20);
     assert!(s["eval_accuracy"].as_f64().unwrap() >= 0.95, "{s:?}");
     assert_eq!(head.weight.size(), vec![1, 64]);

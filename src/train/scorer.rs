@@ -38,10 +38,11 @@ fn accuracy(w: &Tensor, fc: &Tensor, fr: &Tensor) -> Result<(f64, f64)> {
     Ok((acc, loss))
 }
 
-/// Trains a head on `model`'s features of both responses of each pair, `chosen[i]` preferred.
-/// Returns the head (`[1, H]` weight and a bias) and a summary with train and held-out accuracy.
-pub fn train_head(model: &CausalLM, pairs: &[TokenizedPair], chosen: &[usize], opts: &ScorerOptions, stop: &dyn Fn() -> bool) -> Result<(Linear, Map<String, Value>)> {
-    let feats = features(model, pairs, model.cfg.score_pooling, stop)?;
+/// Trains a head on `model`'s features of both responses of each pair, pooled as `pool` says,
+/// `chosen[i]` preferred. Returns the head (`[1, H]` weight and a bias) and a summary with train
+/// and held-out accuracy; the caller records `pool` in the score model's config.
+pub fn train_head(model: &CausalLM, pairs: &[TokenizedPair], chosen: &[usize], pool: Pooling, opts: &ScorerOptions, stop: &dyn Fn() -> bool) -> Result<(Linear, Map<String, Value>)> {
+    let feats = features(model, pairs, pool, stop)?;
     train_head_on(model, &feats, chosen, opts, stop)
 }
 
