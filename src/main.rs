@@ -55,6 +55,10 @@ enum Command {
         /// Random seed for libtorch and for every seeded operation the script does not seed itself.
         #[arg(long, default_value_t = 0)]
         seed: i64,
+        /// Stop the script with an error after this many Rhai operations (a runaway loop); 0 for
+        /// no limit. Work done inside host functions (training, sampling) counts as one call.
+        #[arg(long, default_value_t = script::DEFAULT_MAX_OPERATIONS, value_name = "N")]
+        max_operations: u64,
     },
     /// Parse a script and every module it imports, without running anything.
     Check {
@@ -129,7 +133,7 @@ fn resume_settings(dir: &Path) -> Result<(PathBuf, Vec<String>, i64, String), Fa
     Ok((PathBuf::from(script), sets, seed, device))
 }
 
-fn cmd_run(script_path: Option<PathBuf>, resume: Option<PathBuf>, sets: Vec<String>, out: Option<PathBuf>, device_name: String, seed: i64) -> Result<(), Failure> {
+fn cmd_run(script_path: Option<PathBuf>, resume: Option<PathBuf>, sets: Vec<String>, out: Option<PathBuf>, device_name: String, seed: i64, max_operations: u64) -> Result<(), Failure> {
     let (script_path, sets, seed, device_name) = match &resume {
         Some(dir) => {
             let (script, sets, seed, recorded) = resume_settings(dir)?;
@@ -146,7 +150,8 @@ fn cmd_run(script_path: Option<PathBuf>, resume: Option<PathBuf>, sets: Vec<Stri
 
     let script_dir = script_path.parent().map(Path::to_path_buf).unwrap_or_default();
     let session = Rc::new(RefCell::new(Session { overrides: overrides.clone(), seed, script_dir, ..Default::default() }));
-    let engine = script::engine(&script_path, session.clone());
+    let mut engine = script::engine(&script_path, session.clone());
+    engine.set_max_operations(max_operations);
     let ast = script::compile(&engine, &script_path).map_err(Failure::Script)?;
     let scan = script::scan(&engine, &script_path, &ast).map_err(Failure::Script)?;
     if let Some(msg) = script::check_overrides(&overrides, &scan) {
@@ -263,7 +268,7 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Run { script, resume, set, out, device, seed } => cmd_run(script, resume, set, out, device, seed),
+        Command::Run { script, resume, set, out, device, seed, max_operations } => cmd_run(script, resume, set, out, device, seed, max_operations),
         Command::Check { script, set } => cmd_check(script, set),
         Command::Api { json, definitions } => cmd_api(json, definitions),
     };

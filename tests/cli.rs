@@ -78,6 +78,25 @@ fn default_run_directory_is_named_after_the_script() {
 }
 
 #[test]
+fn a_runaway_loop_stops_at_the_operation_limit() {
+    let dir = scratch("ops");
+    write(&dir, "spin.rhai", "log(#{ started: true });\nlet i = 0;\nloop {\n    i += 1;\n}\n");
+    let o = run_in(&dir, &["run", "spin.rhai", "--out", "out", "--max-operations", "100000"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = error_text(&o);
+    assert!(err.starts_with("error: spin.rhai:") && err.contains("operation limit") && err.contains("--max-operations"), "{err}");
+    assert_no_backtrace(&err);
+    // The run directory records the failure; what the script logged before stays.
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("out/config.json")).unwrap()).unwrap();
+    assert_eq!(config["status"], "failed");
+    assert!(std::fs::read_to_string(dir.join("out/metrics.jsonl")).unwrap().contains("started"));
+    // The same loop bounded by the script itself finishes under the default limit.
+    write(&dir, "count.rhai", "let i = 0;\nwhile i < 100000 { i += 1; }\nlog(#{ i: i });\n");
+    let o = run_in(&dir, &["run", "count.rhai", "--out", "out2"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+#[test]
 fn syntax_error_reports_file_line_col_and_exits_1() {
     let dir = scratch("syntax");
     // Line 2, column 9 is the `;` where an expression was expected.

@@ -61,6 +61,9 @@ impl ScriptError {
             EvalAltResult::ErrorRuntime(value, _) if usage => value.clone().cast::<super::api::Usage>().0,
             EvalAltResult::ErrorRuntime(value, _) => value.to_string(),
             EvalAltResult::ErrorTerminated(..) => "interrupted (Ctrl-C)".to_string(),
+            EvalAltResult::ErrorTooManyOperations(..) => {
+                "the script passed its operation limit (a loop that does not end?); `host run --max-operations N` raises it, 0 removes it".to_string()
+            }
             _ => err.to_string(),
         };
         ScriptError { file, position, message, trace, interrupted, usage }
