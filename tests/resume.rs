@@ -95,6 +95,64 @@ fn a_run_killed_twice_resumes_to_the_same_trajectory_and_metrics() {
 }
 
 #[test]
+fn twenty_kills_at_pseudo_random_moments_still_end_with_the_uninterrupted_results() {
+    // SIGKILL 20 times, each followed by --resume. Every fourth kill comes 0-150 ms after the
+    // start (loading, journal replay); the others wait until the run has journaled one more call,
+    // then 0-300 ms more (inside the next DPO call of about 1 s, its checkpoint and journal writes, or the
+    // sampling after it). Delays come from a fixed xorshift sequence. The last resume runs to the
+    // end, which must match the uninterrupted run row for row and byte for byte.
+    let dir = scratch("kills");
+    let (iterations, sets) = (20, ["--set", "iterations=20", "--set", "epochs=4"]);
+    let whole = dir.join("whole");
+    let o = host().args(["run", job().to_str().unwrap(), "--seed", "5"]).args(sets).arg("--out").arg(&whole).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let cut = dir.join("cut");
+    let entries = || std::fs::read_dir(cut.join("journal")).map(|d| d.filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "json")).count()).unwrap_or(0);
+    let mut child = host().args(["run", job().to_str().unwrap(), "--seed", "5"]).args(sets).arg("--out").arg(&cut).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    // --resume needs the run directory's config.json: the first kill waits for it.
+    wait_for("config.json", &mut child, || cut.join("config.json").exists());
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut at = Vec::new();
+    for kill in 0..20 {
+        let seen = entries();
+        if kill % 4 == 3 {
+            std::thread::sleep(Duration::from_millis(next() % 150));
+        } else {
+            wait_for("one more journaled call", &mut child, || entries() > seen);
+            std::thread::sleep(Duration::from_millis(next() % 300));
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the run finished before kill {}: make the job longer", kill + 1);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        at.push(entries());
+        child = host().arg("run").arg("--resume").arg(&cut).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    }
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "the last resume failed: {}", String::from_utf8_lossy(&o.stderr));
+    println!("journaled calls at each kill: {at:?}");
+
+    let (a, b) = (metrics(&whole), metrics(&cut));
+    assert_eq!(a.len(), b.len(), "row counts differ");
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert_eq!(x, y, "metrics row {} differs", i + 1);
+    }
+    for t in 0..iterations {
+        for f in [format!("samples/iteration_{t}.jsonl"), format!("checkpoints/iterate_{t}/model.safetensors")] {
+            assert!(std::fs::read(whole.join(&f)).unwrap() == std::fs::read(cut.join(&f)).unwrap(), "{f} differs");
+        }
+    }
+    let config = std::fs::read_to_string(cut.join("config.json")).unwrap();
+    assert!(config.contains("\"status\": \"ok\""), "{config}");
+}
+
+#[test]
 fn resuming_after_the_settings_changed_is_refused_with_a_reason() {
     let dir = scratch("changed");
     let run = dir.join("run");
