@@ -198,13 +198,17 @@ fn cmd_run(script_path: Option<PathBuf>, resume: Option<PathBuf>, sets: Vec<Stri
         Err(e) if matches!(**e, rhai::EvalAltResult::ErrorTerminated(..)) => "interrupted",
         Err(_) => "failed",
     };
-    if let Some(run) = s.run.as_mut() {
-        run.finish(status)?;
-    }
+    // Recording the status can fail for the reason the script did (a full disk): say so, but the
+    // script's own error is the one to report.
+    let recorded = s.run.as_mut().map_or(Ok(()), |run| run.finish(status));
     if let Err(e) = result {
+        if let Err(f) = &recorded {
+            eprintln!("warning: the run's status was not recorded: {f:#}");
+        }
         let e = ScriptError::from_eval(*e, &script_path.display().to_string());
         return Err(if e.usage { Failure::Usage(e.message) } else { Failure::Script(e) });
     }
+    recorded?;
     Ok(())
 }
 

@@ -173,3 +173,64 @@ fn resuming_after_the_settings_changed_is_refused_with_a_reason() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--resume takes a run directory"));
 }
+
+/// A tmpfs mounted for one test, unmounted when dropped (also when the test fails).
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    /// Mounts a tmpfs of `size` (mount's syntax, e.g. "1m") at `dir`, or None where this
+    /// machine does not allow it (not root, no CAP_SYS_ADMIN).
+    fn mount(dir: &Path, size: &str) -> Option<SmallDisk> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(dir).stderr(Stdio::null()).status().map(|s| s.success()).unwrap_or(false);
+        ok.then(|| SmallDisk(dir.to_path_buf()))
+    }
+
+    fn resize(&self, size: &str) {
+        let s = std::process::Command::new("mount").args(["-o", &format!("remount,size={size}")]).arg(&self.0).status().unwrap();
+        assert!(s.success(), "remount {} failed", self.0.display());
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_stops_the_run_with_the_path_and_resume_finishes_once_there_is_space() {
+    let dir = scratch("full");
+    let whole = dir.join("whole");
+    let o = host().args(["run", job().to_str().unwrap(), "--seed", "7", "--out"]).arg(&whole).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // The whole run directory takes about 3 MB (checkpoints and journal weights of 4 iterations);
+    // a 1 MB disk fills up part-way.
+    let Some(disk) = SmallDisk::mount(&dir.join("small"), "1m") else {
+        println!("skipped: this machine cannot mount a tmpfs here (needs root); the full-disk path is untested");
+        return;
+    };
+    let cut = dir.join("small/cut");
+    let o = host().args(["run", job().to_str().unwrap(), "--seed", "7", "--out"]).arg(&cut).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    let line = err.lines().find(|l| l.starts_with("error: ")).unwrap_or_else(|| panic!("no error line: {err}"));
+    assert!(line.contains(&*cut.to_string_lossy()) && line.contains("No space left on device"), "{err}");
+    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "{err}");
+    let committed = std::fs::read_dir(cut.join("journal")).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "json")).count();
+    assert!(committed >= 1, "nothing was journaled before the disk filled up");
+
+    // Space again: the resumed run replays what was committed and ends as the uninterrupted one.
+    disk.resize("64m");
+    let o = host().arg("run").arg("--resume").arg(&cut).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (a, b) = (metrics(&whole), metrics(&cut));
+    assert_eq!(a.len(), b.len(), "row counts differ");
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert_eq!(x, y, "metrics row {} differs", i + 1);
+    }
+    for f in ["samples/iteration_3.jsonl", "checkpoints/iterate_3/model.safetensors"] {
+        assert!(std::fs::read(whole.join(f)).unwrap() == std::fs::read(cut.join(f)).unwrap(), "{f} differs");
+    }
+    println!("the disk filled up after {committed} journaled calls: {line}");
+}

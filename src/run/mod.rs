@@ -21,10 +21,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
     let tmp = path.with_extension(format!("{ext}.{}-{n}.tmp", std::process::id()));
-    {
-        let mut f = File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    let written = (|| -> std::io::Result<()> {
+        let mut f = File::create(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
+        f.sync_all()
+    })();
+    if let Err(e) = written {
+        // A full disk or a read-only folder: leave no partial temporary file taking space.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("cannot write {}", path.display()));
     }
     std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
     Ok(())
@@ -182,8 +187,8 @@ impl RunDir {
         if self.cursor <= self.replayed {
             return Ok(());
         }
-        writeln!(self.jsonl, "{}", Value::Object(row.clone()))?;
-        self.jsonl.flush()?;
+        let jsonl_path = self.path.join("metrics.jsonl");
+        writeln!(self.jsonl, "{}", Value::Object(row.clone())).and_then(|()| self.jsonl.flush()).with_context(|| format!("cannot append to {}", jsonl_path.display()))?;
         let before = self.columns.len();
         for k in row.keys() {
             if !self.columns.contains(k) {
@@ -200,10 +205,14 @@ impl RunDir {
             }
             write_atomic(&csv_path, &w.into_inner()?)?;
         } else {
-            let file = OpenOptions::new().append(true).open(&csv_path)?;
-            let mut w = csv::Writer::from_writer(file);
-            w.write_record(self.columns.iter().map(|c| cell(self.rows.last().and_then(|r| r.get(c)))))?;
-            w.flush()?;
+            let appended = (|| -> Result<()> {
+                let file = OpenOptions::new().append(true).open(&csv_path)?;
+                let mut w = csv::Writer::from_writer(file);
+                w.write_record(self.columns.iter().map(|c| cell(self.rows.last().and_then(|r| r.get(c)))))?;
+                w.flush()?;
+                Ok(())
+            })();
+            appended.with_context(|| format!("cannot append to {}", csv_path.display()))?;
         }
         Ok(())
     }
