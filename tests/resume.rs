@@ -204,33 +204,51 @@ fn a_full_disk_stops_the_run_with_the_path_and_resume_finishes_once_there_is_spa
     let whole = dir.join("whole");
     let o = host().args(["run", job().to_str().unwrap(), "--seed", "7", "--out"]).arg(&whole).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    // The whole run directory takes about 3 MB (checkpoints and journal weights of 4 iterations);
-    // a 1 MB disk fills up part-way.
-    let Some(disk) = SmallDisk::mount(&dir.join("small"), "1m") else {
-        println!("skipped: this machine cannot mount a tmpfs here (needs root); the full-disk path is untested");
-        return;
-    };
-    let cut = dir.join("small/cut");
-    let o = host().args(["run", job().to_str().unwrap(), "--seed", "7", "--out"]).arg(&cut).output().unwrap();
-    let err = String::from_utf8_lossy(&o.stderr).to_string();
-    assert_eq!(o.status.code(), Some(1), "{err}");
-    let line = err.lines().find(|l| l.starts_with("error: ")).unwrap_or_else(|| panic!("no error line: {err}"));
-    assert!(line.contains(&*cut.to_string_lossy()) && line.contains("No space left on device"), "{err}");
-    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "{err}");
-    let committed = std::fs::read_dir(cut.join("journal")).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "json")).count();
-    assert!(committed >= 1, "nothing was journaled before the disk filled up");
+    // The whole run directory takes about 3 MB; its first DPO call journals 364 kB of weights and
+    // the first iterate's checkpoint as much again. A 600 kB disk fills up at that checkpoint, a
+    // 1 MB disk at the second DPO call's journal entry.
+    for (n, (size, fails_at)) in [("600k", "checkpoints/"), ("1m", "journal/00003.safetensors")].into_iter().enumerate() {
+        let Some(disk) = SmallDisk::mount(&dir.join(format!("small{n}")), size) else {
+            println!("skipped: this machine cannot mount a tmpfs here (needs root); the full-disk path is untested");
+            return;
+        };
+        let cut = dir.join(format!("small{n}/cut"));
+        let o = host().args(["run", job().to_str().unwrap(), "--seed", "7", "--out"]).arg(&cut).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        let line = err.lines().find(|l| l.starts_with("error: ")).unwrap_or_else(|| panic!("no error line: {err}"));
+        assert!(line.contains(&*cut.join(fails_at).to_string_lossy()) && line.contains("No space left on device"), "{size}: {err}");
+        assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "{err}");
+        let committed = std::fs::read_dir(cut.join("journal")).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "json")).count();
+        assert!(committed >= 1, "nothing was journaled before the disk filled up");
+        let leftovers: Vec<String> = walk(&cut).into_iter().filter(|p| p.contains(".tmp")).collect();
+        assert!(leftovers.is_empty(), "partial temporary files left: {leftovers:?}");
 
-    // Space again: the resumed run replays what was committed and ends as the uninterrupted one.
-    disk.resize("64m");
-    let o = host().arg("run").arg("--resume").arg(&cut).output().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let (a, b) = (metrics(&whole), metrics(&cut));
-    assert_eq!(a.len(), b.len(), "row counts differ");
-    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-        assert_eq!(x, y, "metrics row {} differs", i + 1);
+        // Space again: the resumed run replays what was committed and ends as the uninterrupted one.
+        disk.resize("64m");
+        let o = host().arg("run").arg("--resume").arg(&cut).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let (a, b) = (metrics(&whole), metrics(&cut));
+        assert_eq!(a.len(), b.len(), "row counts differ");
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            assert_eq!(x, y, "metrics row {} differs", i + 1);
+        }
+        for f in ["samples/iteration_3.jsonl", "checkpoints/iterate_3/model.safetensors"] {
+            assert!(std::fs::read(whole.join(f)).unwrap() == std::fs::read(cut.join(f)).unwrap(), "{f} differs");
+        }
+        println!("{size}: the disk filled up after {committed} journaled calls: {line}");
     }
-    for f in ["samples/iteration_3.jsonl", "checkpoints/iterate_3/model.safetensors"] {
-        assert!(std::fs::read(whole.join(f)).unwrap() == std::fs::read(cut.join(f)).unwrap(), "{f} differs");
+}
+
+/// Every file under `dir`, as paths.
+fn walk(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        }
+        out.push(p.display().to_string());
     }
-    println!("the disk filled up after {committed} journaled calls: {line}");
+    out
 }

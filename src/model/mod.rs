@@ -559,9 +559,7 @@ impl CausalLM {
             .into_iter()
             .map(|(n, t)| Ok((format!("base_model.model.{n}"), t.f_detach()?.f_to_device(Device::Cpu)?.f_contiguous()?)))
             .collect::<Result<_>>()?;
-        let tmp = dir.join("adapter_model.safetensors.tmp");
-        Tensor::write_safetensors(&tensors, &tmp).map_err(|e| anyhow::anyhow!("{}: {}", tmp.display(), weights::first_line(&e.to_string())))?;
-        std::fs::rename(&tmp, dir.join("adapter_model.safetensors"))?;
+        crate::run::write_safetensors_atomic(&dir.join("adapter_model.safetensors"), &tensors)?;
         let peft = serde_json::json!({
             "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": cfg.rank, "lora_alpha": cfg.alpha,
             "lora_dropout": cfg.dropout, "target_modules": cfg.targets, "bias": "none",
@@ -596,11 +594,12 @@ impl CausalLM {
                 tensors.push((format!("{name}.bias"), b.f_detach()?.f_to_device(Device::Cpu)?.f_contiguous()?));
             }
         }
-        let tmp = dir.join("model.safetensors.tmp");
-        Tensor::write_safetensors(&tensors, &tmp).map_err(|e| anyhow::anyhow!("{}: {}", tmp.display(), weights::first_line(&e.to_string())))?;
-        std::fs::rename(&tmp, dir.join("model.safetensors"))?;
+        crate::run::write_safetensors_atomic(&dir.join("model.safetensors"), &tensors)?;
         let tok_tmp = dir.join("tokenizer.json.tmp");
-        self.tokenizer.inner.save(&tok_tmp, false).map_err(|e| anyhow::anyhow!("{}: {e}", tok_tmp.display()))?;
+        if let Err(e) = self.tokenizer.inner.save(&tok_tmp, false) {
+            let _ = std::fs::remove_file(&tok_tmp);
+            bail!("cannot write {}: {e}", dir.join("tokenizer.json").display());
+        }
         std::fs::rename(&tok_tmp, dir.join("tokenizer.json"))?;
         Ok(())
     }

@@ -121,14 +121,9 @@ impl Journal {
     pub fn commit(&mut self, index: usize, kind: &str, key: &str, output: Value, rows_after: usize, tensors: &[(String, Tensor)]) -> Result<()> {
         if !tensors.is_empty() {
             let path = self.dir.join(format!("{index:05}.safetensors"));
-            let tmp = self.dir.join(format!(".{index:05}.safetensors.tmp"));
             let cpu: Vec<(String, Tensor)> = tensors.iter().map(|(n, t)| Ok((n.clone(), t.f_detach()?.f_to_device(tch::Device::Cpu)?.f_contiguous()?))).collect::<Result<_>>()?;
-            if let Err(e) = Tensor::write_safetensors(&cpu, &tmp) {
-                // A full disk: leave no partial file behind; the call is not committed.
-                let _ = std::fs::remove_file(&tmp);
-                anyhow::bail!("cannot write {}: {}", path.display(), crate::model::weights::first_line(&e.to_string()));
-            }
-            std::fs::rename(&tmp, &path).map_err(|e| anyhow::anyhow!("cannot rename {} to {}: {e}", tmp.display(), path.display()))?;
+            // A full disk leaves no partial file behind, and the call is not committed.
+            super::write_safetensors_atomic(&path, &cpu)?;
         }
         let entry = Entry { index, kind: kind.into(), key: key.into(), output, rows_after, tensors: !tensors.is_empty() };
         super::write_atomic(&self.dir.join(format!("{index:05}.json")), serde_json::to_string(&entry)?.as_bytes())?;

@@ -35,6 +35,19 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Writes tensors as a safetensors file at `path` the way `write_atomic` writes bytes: to a
+/// temporary name beside it, renamed when complete, the temporary file removed if writing fails
+/// (a full disk), and an error naming `path`.
+pub fn write_safetensors_atomic(path: &Path, tensors: &[(String, tch::Tensor)]) -> Result<()> {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("tensors");
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    if let Err(e) = tch::Tensor::write_safetensors(tensors, &tmp) {
+        let _ = std::fs::remove_file(&tmp);
+        anyhow::bail!("cannot write {}: {}", path.display(), crate::model::weights::first_line(&e.to_string()));
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
+}
+
 /// `runs/<script stem>-<UTC time>`, with a numeric suffix if that folder already exists.
 pub fn default_dir(script: &Path, now: SystemTime) -> PathBuf {
     let stem = script.file_stem().and_then(|s| s.to_str()).unwrap_or("run");

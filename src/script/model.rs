@@ -347,10 +347,11 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
         let tmp = output_path(&s, &format!("checkpoints/.{name}.tmp"))?;
         let _ = std::fs::remove_dir_all(&tmp);
         let lora = m.model.borrow().lora.is_some();
-        if lora && !m.base_only {
-            m.model.borrow_mut().save_adapter(&tmp).map_err(err)?;
-        } else {
-            m.with(|m| m.save(&tmp)).map_err(err)?;
+        let saved = if lora && !m.base_only { m.model.borrow_mut().save_adapter(&tmp) } else { m.with(|m| m.save(&tmp)) };
+        if let Err(e) = saved {
+            // A full disk: the previous checkpoint of this name stays; the partial one goes.
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(err(e));
         }
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::rename(&tmp, &dir).map_err(|e| script_error(format!("checkpoint: {}: {e}", dir.display())))?;
