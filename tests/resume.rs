@@ -29,6 +29,34 @@ fn metrics(dir: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// `host run` of the job with `seed` and `--set` arguments `sets` into `out` (not waited for).
+fn start(seed: &str, sets: &[&str], out: &Path) -> std::process::Command {
+    let mut c = host();
+    c.args(["run", job().to_str().unwrap(), "--seed", seed]).args(sets).arg("--out").arg(out);
+    c
+}
+
+/// The uninterrupted run the interrupted ones are compared with, in `dir/whole`.
+fn uninterrupted(dir: &Path, seed: &str, sets: &[&str]) -> PathBuf {
+    let whole = dir.join("whole");
+    let o = start(seed, sets, &whole).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    whole
+}
+
+/// `cut` ended as `whole`: every metrics row (wall-clock fields aside) and the files `files`
+/// byte for byte.
+fn assert_same_run(whole: &Path, cut: &Path, files: &[String]) {
+    let (a, b) = (metrics(whole), metrics(cut));
+    assert_eq!(a.len(), b.len(), "row counts differ");
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert_eq!(x, y, "metrics row {} differs", i + 1);
+    }
+    for f in files {
+        assert!(std::fs::read(whole.join(f)).unwrap() == std::fs::read(cut.join(f)).unwrap(), "{f} differs");
+    }
+}
+
 fn dpo_rows(dir: &Path) -> usize {
     std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap_or_default().matches("\"phase\":\"dpo\"").count()
 }
@@ -45,15 +73,13 @@ fn wait_for(what: &str, child: &mut Child, mut done: impl FnMut() -> bool) {
 #[test]
 fn a_run_killed_twice_resumes_to_the_same_trajectory_and_metrics() {
     let dir = scratch("kill");
-    let whole = dir.join("whole");
-    let o = host().args(["run", job().to_str().unwrap(), "--seed", "3", "--out"]).arg(&whole).output().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let whole = uninterrupted(&dir, "3", &[]);
 
     let cut = dir.join("cut");
     // First kill: inside the second DPO call (journal entry 3 is that call; entries 0-2 are
     // the warm-start sampling, the first DPO and its dual-step sampling), after it has logged
     // at least one step.
-    let mut child = host().args(["run", job().to_str().unwrap(), "--seed", "3", "--out"]).arg(&cut).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = start("3", &[], &cut).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     wait_for("journal entry 2", &mut child, || cut.join("journal/00002.json").exists());
     let before = dpo_rows(&cut);
     wait_for("a DPO step of the second call", &mut child, || dpo_rows(&cut) > before);
@@ -73,18 +99,12 @@ fn a_run_killed_twice_resumes_to_the_same_trajectory_and_metrics() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stderr).contains("finished calls to replay"));
 
-    let (a, b) = (metrics(&whole), metrics(&cut));
-    assert_eq!(a.len(), b.len(), "row counts differ");
-    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-        assert_eq!(x, y, "metrics row {} differs", i + 1);
-    }
+    // Byte-identical samples and weights (metrics.csv differs only in throughput columns).
+    assert_same_run(&whole, &cut, &["samples/iteration_3.jsonl".into(), "checkpoints/iterate_3/model.safetensors".into()]);
     // The dual trajectory: λ and slack of every iterate, and the final λ.
+    let b = metrics(&cut);
     let lambdas: Vec<&serde_json::Value> = b.iter().filter(|r| r["phase"] == "caid").map(|r| &r["lambda_safety"]).collect();
     assert_eq!(lambdas.len(), 5, "{lambdas:?}");
-    // Byte-identical samples and weights (metrics.csv differs only in throughput columns).
-    for f in ["samples/iteration_3.jsonl", "checkpoints/iterate_3/model.safetensors"] {
-        assert!(std::fs::read(whole.join(f)).unwrap() == std::fs::read(cut.join(f)).unwrap(), "{f} differs");
-    }
     let config = std::fs::read_to_string(cut.join("config.json")).unwrap();
     assert!(config.contains("\"status\": \"ok\"") && config.contains("\"resumed\": 2"), "{config}");
 
@@ -103,13 +123,11 @@ fn twenty_kills_at_pseudo_random_moments_still_end_with_the_uninterrupted_result
     // end, which must match the uninterrupted run row for row and byte for byte.
     let dir = scratch("kills");
     let (iterations, sets) = (20, ["--set", "iterations=20", "--set", "epochs=4"]);
-    let whole = dir.join("whole");
-    let o = host().args(["run", job().to_str().unwrap(), "--seed", "5"]).args(sets).arg("--out").arg(&whole).output().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let whole = uninterrupted(&dir, "5", &sets);
 
     let cut = dir.join("cut");
     let entries = || std::fs::read_dir(cut.join("journal")).map(|d| d.filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "json")).count()).unwrap_or(0);
-    let mut child = host().args(["run", job().to_str().unwrap(), "--seed", "5"]).args(sets).arg("--out").arg(&cut).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = start("5", &sets, &cut).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     // --resume needs the run directory's config.json: the first kill waits for it.
     wait_for("config.json", &mut child, || cut.join("config.json").exists());
     let mut state = 0x2545_f491_4f6c_dd1du64;
@@ -138,16 +156,8 @@ fn twenty_kills_at_pseudo_random_moments_still_end_with_the_uninterrupted_result
     assert!(o.status.success(), "the last resume failed: {}", String::from_utf8_lossy(&o.stderr));
     println!("journaled calls at each kill: {at:?}");
 
-    let (a, b) = (metrics(&whole), metrics(&cut));
-    assert_eq!(a.len(), b.len(), "row counts differ");
-    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-        assert_eq!(x, y, "metrics row {} differs", i + 1);
-    }
-    for t in 0..iterations {
-        for f in [format!("samples/iteration_{t}.jsonl"), format!("checkpoints/iterate_{t}/model.safetensors")] {
-            assert!(std::fs::read(whole.join(&f)).unwrap() == std::fs::read(cut.join(&f)).unwrap(), "{f} differs");
-        }
-    }
+    let files: Vec<String> = (0..iterations).flat_map(|t| [format!("samples/iteration_{t}.jsonl"), format!("checkpoints/iterate_{t}/model.safetensors")]).collect();
+    assert_same_run(&whole, &cut, &files);
     let config = std::fs::read_to_string(cut.join("config.json")).unwrap();
     assert!(config.contains("\"status\": \"ok\""), "{config}");
 }
@@ -201,9 +211,7 @@ impl Drop for SmallDisk {
 #[test]
 fn a_full_disk_stops_the_run_with_the_path_and_resume_finishes_once_there_is_space() {
     let dir = scratch("full");
-    let whole = dir.join("whole");
-    let o = host().args(["run", job().to_str().unwrap(), "--seed", "7", "--out"]).arg(&whole).output().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let whole = uninterrupted(&dir, "7", &[]);
     // The whole run directory takes about 3 MB; its first DPO call journals 364 kB of weights and
     // the first iterate's checkpoint as much again. A 600 kB disk fills up at that checkpoint, a
     // 1 MB disk at the second DPO call's journal entry.
@@ -213,7 +221,7 @@ fn a_full_disk_stops_the_run_with_the_path_and_resume_finishes_once_there_is_spa
             return;
         };
         let cut = dir.join(format!("small{n}/cut"));
-        let o = host().args(["run", job().to_str().unwrap(), "--seed", "7", "--out"]).arg(&cut).output().unwrap();
+        let o = start("7", &[], &cut).output().unwrap();
         let err = String::from_utf8_lossy(&o.stderr).to_string();
         assert_eq!(o.status.code(), Some(1), "{err}");
         let line = err.lines().find(|l| l.starts_with("error: ")).unwrap_or_else(|| panic!("no error line: {err}"));
@@ -228,14 +236,7 @@ fn a_full_disk_stops_the_run_with_the_path_and_resume_finishes_once_there_is_spa
         disk.resize("64m");
         let o = host().arg("run").arg("--resume").arg(&cut).output().unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let (a, b) = (metrics(&whole), metrics(&cut));
-        assert_eq!(a.len(), b.len(), "row counts differ");
-        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-            assert_eq!(x, y, "metrics row {} differs", i + 1);
-        }
-        for f in ["samples/iteration_3.jsonl", "checkpoints/iterate_3/model.safetensors"] {
-            assert!(std::fs::read(whole.join(f)).unwrap() == std::fs::read(cut.join(f)).unwrap(), "{f} differs");
-        }
+        assert_same_run(&whole, &cut, &["samples/iteration_3.jsonl".into(), "checkpoints/iterate_3/model.safetensors".into()]);
         println!("{size}: the disk filled up after {committed} journaled calls: {line}");
     }
 }
