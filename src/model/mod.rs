@@ -595,13 +595,8 @@ impl CausalLM {
             }
         }
         crate::run::write_safetensors_atomic(&dir.join("model.safetensors"), &tensors)?;
-        let tok_tmp = dir.join("tokenizer.json.tmp");
-        if let Err(e) = self.tokenizer.inner.save(&tok_tmp, false) {
-            let _ = std::fs::remove_file(&tok_tmp);
-            bail!("cannot write {}: {e}", dir.join("tokenizer.json").display());
-        }
-        std::fs::rename(&tok_tmp, dir.join("tokenizer.json"))?;
-        Ok(())
+        let json = self.tokenizer.inner.to_string(false).map_err(|e| anyhow::anyhow!("tokenizer.json: {e}"))?;
+        crate::run::write_atomic(&dir.join("tokenizer.json"), json.as_bytes())
     }
 }
 

@@ -13,39 +13,37 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-/// Writes `bytes` to `path` atomically (a temporary file of this writer's own in the same folder,
-/// then rename): a reader sees the old file or the new one, and two processes writing the same
-/// path at once both succeed, leaving one of the two complete files.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Writes `path` atomically: `write` fills a temporary file of this writer's own beside it, which
+/// is then renamed over `path`. A reader sees the old file or the new one; two processes writing
+/// the same path at once both succeed, leaving one of the two complete files; when writing fails
+/// (a full disk, a read-only folder) the temporary file is removed and the error names `path`.
+pub fn write_via_temp(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-    let tmp = path.with_extension(format!("{ext}.{}-{n}.tmp", std::process::id()));
-    let written = (|| -> std::io::Result<()> {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()
-    })();
-    if let Err(e) = written {
-        // A full disk or a read-only folder: leave no partial temporary file taking space.
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = path.with_file_name(format!(".{name}.{}-{n}.tmp", std::process::id()));
+    if let Err(e) = write(&tmp) {
         let _ = std::fs::remove_file(&tmp);
         return Err(e).with_context(|| format!("cannot write {}", path.display()));
     }
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
-    Ok(())
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
 }
 
-/// Writes tensors as a safetensors file at `path` the way `write_atomic` writes bytes: to a
-/// temporary name beside it, renamed when complete, the temporary file removed if writing fails
-/// (a full disk), and an error naming `path`.
+/// Writes `bytes` to `path` atomically (`write_via_temp`), synced to disk before the rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_via_temp(path, |tmp| {
+        let mut f = File::create(tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        Ok(())
+    })
+}
+
+/// Writes tensors as a safetensors file at `path` atomically (`write_via_temp`).
 pub fn write_safetensors_atomic(path: &Path, tensors: &[(String, tch::Tensor)]) -> Result<()> {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("tensors");
-    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-    if let Err(e) = tch::Tensor::write_safetensors(tensors, &tmp) {
-        let _ = std::fs::remove_file(&tmp);
-        anyhow::bail!("cannot write {}: {}", path.display(), crate::model::weights::first_line(&e.to_string()));
-    }
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
+    write_via_temp(path, |tmp| {
+        tch::Tensor::write_safetensors(tensors, tmp).map_err(|e| anyhow::anyhow!("{}", crate::model::weights::first_line(&e.to_string())))
+    })
 }
 
 /// `runs/<script stem>-<UTC time>`, with a numeric suffix if that folder already exists.
@@ -200,8 +198,9 @@ impl RunDir {
         if self.cursor <= self.replayed {
             return Ok(());
         }
-        let jsonl_path = self.path.join("metrics.jsonl");
-        writeln!(self.jsonl, "{}", Value::Object(row.clone())).and_then(|()| self.jsonl.flush()).with_context(|| format!("cannot append to {}", jsonl_path.display()))?;
+        writeln!(self.jsonl, "{}", Value::Object(row.clone()))
+            .and_then(|()| self.jsonl.flush())
+            .with_context(|| format!("cannot append to {}", self.path.join("metrics.jsonl").display()))?;
         let before = self.columns.len();
         for k in row.keys() {
             if !self.columns.contains(k) {
