@@ -9,6 +9,7 @@
 use dualign::data::{self, LoadOptions};
 use dualign::model::config::Config;
 use dualign::model::gguf::Gguf;
+use dualign::model::{CausalLM, LoadOptions as ModelOptions};
 use dualign::model::tokenizer::Tokenizer;
 use dualign::model::weights::Weights;
 use dualign::run::journal::{Journal, Start};
@@ -102,49 +103,121 @@ fn fuzz(name: &str, seed: &[u8], file: &Path, parse: impl Fn(&Path)) {
     assert!(ok > MUTANTS * 9 / 10, "{name}: only {ok} mutants differ from the seed ({failed} equal)");
 }
 
-/// A valid GGUF v3 file: four metadata entries (a string, a u32, an array of strings, the
-/// alignment) and two F32 tensors, written byte by byte as the GGUF spec lays them out.
-fn gguf_bytes() -> Vec<u8> {
+/// A GGUF metadata value.
+enum Kv {
+    U32(u32),
+    F32(f32),
+    Str(&'static str),
+    Strs(Vec<String>),
+    I32s(Vec<i32>),
+}
+
+/// A GGUF v3 file written byte by byte as the GGUF spec lays it out: header, metadata, tensor
+/// table (dimensions fastest-varying first, i.e. `shape` reversed), F32 data at 32-byte
+/// alignment.
+fn gguf_file(kv: &[(&str, Kv)], tensors: &[(&str, Vec<u64>, Vec<f32>)]) -> Vec<u8> {
     fn string(b: &mut Vec<u8>, s: &str) {
         b.extend((s.len() as u64).to_le_bytes());
         b.extend(s.as_bytes());
     }
     let mut b = b"GGUF".to_vec();
     b.extend(3u32.to_le_bytes());
-    b.extend(2u64.to_le_bytes());
-    b.extend(4u64.to_le_bytes());
-    string(&mut b, "general.architecture");
-    b.extend(8u32.to_le_bytes());
-    string(&mut b, "llama");
-    string(&mut b, "llama.block_count");
-    b.extend(4u32.to_le_bytes());
-    b.extend(1u32.to_le_bytes());
-    string(&mut b, "tokenizer.ggml.tokens");
-    b.extend(9u32.to_le_bytes());
-    b.extend(8u32.to_le_bytes());
-    b.extend(3u64.to_le_bytes());
-    for t in ["a", "b", "c"] {
-        string(&mut b, t);
+    b.extend((tensors.len() as u64).to_le_bytes());
+    b.extend((kv.len() as u64).to_le_bytes());
+    for (key, value) in kv {
+        string(&mut b, key);
+        match value {
+            Kv::U32(v) => {
+                b.extend(4u32.to_le_bytes());
+                b.extend(v.to_le_bytes());
+            }
+            Kv::F32(v) => {
+                b.extend(6u32.to_le_bytes());
+                b.extend(v.to_le_bytes());
+            }
+            Kv::Str(s) => {
+                b.extend(8u32.to_le_bytes());
+                string(&mut b, s);
+            }
+            Kv::Strs(v) => {
+                b.extend(9u32.to_le_bytes());
+                b.extend(8u32.to_le_bytes());
+                b.extend((v.len() as u64).to_le_bytes());
+                for s in v {
+                    string(&mut b, s);
+                }
+            }
+            Kv::I32s(v) => {
+                b.extend(9u32.to_le_bytes());
+                b.extend(5u32.to_le_bytes());
+                b.extend((v.len() as u64).to_le_bytes());
+                for x in v {
+                    b.extend(x.to_le_bytes());
+                }
+            }
+        }
     }
-    string(&mut b, "general.alignment");
-    b.extend(4u32.to_le_bytes());
-    b.extend(32u32.to_le_bytes());
-    for (name, dims, offset) in [("token_embd.weight", vec![4u64, 3], 0u64), ("output_norm.weight", vec![4], 48)] {
+    let mut offset = 0u64;
+    for (name, shape, values) in tensors {
         string(&mut b, name);
-        b.extend((dims.len() as u32).to_le_bytes());
-        for d in dims {
+        b.extend((shape.len() as u32).to_le_bytes());
+        for d in shape.iter().rev() {
             b.extend(d.to_le_bytes());
         }
         b.extend(0u32.to_le_bytes()); // F32
         b.extend(offset.to_le_bytes());
+        offset += (values.len() as u64 * 4).div_ceil(32) * 32;
     }
-    while b.len() % 32 != 0 {
-        b.push(0);
-    }
-    for i in 0..16 {
-        b.extend((i as f32 * 0.5).to_le_bytes());
+    for (_, _, values) in tensors {
+        while b.len() % 32 != 0 {
+            b.push(0);
+        }
+        for v in values {
+            b.extend(v.to_le_bytes());
+        }
     }
     b
+}
+
+/// A valid GGUF: four metadata entries (a string, a u32, an array of strings, the alignment) and
+/// two F32 tensors holding 0, 0.5, ..., 7.5.
+fn gguf_bytes() -> Vec<u8> {
+    let kv = [("general.architecture", Kv::Str("llama")), ("llama.block_count", Kv::U32(1)), ("tokenizer.ggml.tokens", Kv::Strs(vec!["a".into(), "b".into(), "c".into()])), ("general.alignment", Kv::U32(32))];
+    let values: Vec<f32> = (0..16).map(|i| i as f32 * 0.5).collect();
+    gguf_file(&kv, &[("token_embd.weight", vec![3, 4], values[..12].to_vec()), ("output_norm.weight", vec![4], values[12..].to_vec())])
+}
+
+/// A complete Llama model as a GGUF (hidden size 8, one layer, 2 query heads and 1 KV head, a
+/// 6-token byte-level BPE vocabulary with ChatML control tokens): every path of a model load.
+fn tiny_model_gguf() -> Vec<u8> {
+    let kv = [
+        ("general.architecture", Kv::Str("llama")),
+        ("llama.block_count", Kv::U32(1)),
+        ("llama.context_length", Kv::U32(64)),
+        ("llama.embedding_length", Kv::U32(8)),
+        ("llama.feed_forward_length", Kv::U32(16)),
+        ("llama.attention.head_count", Kv::U32(2)),
+        ("llama.attention.head_count_kv", Kv::U32(1)),
+        ("llama.attention.layer_norm_rms_epsilon", Kv::F32(1e-5)),
+        ("llama.rope.freq_base", Kv::F32(10000.0)),
+        ("tokenizer.ggml.model", Kv::Str("gpt2")),
+        ("tokenizer.ggml.tokens", Kv::Strs(["a", "b", "c", "ab", "<|im_start|>", "<|im_end|>"].map(String::from).to_vec())),
+        ("tokenizer.ggml.merges", Kv::Strs(vec!["a b".into()])),
+        ("tokenizer.ggml.token_type", Kv::I32s(vec![1, 1, 1, 1, 3, 3])),
+        ("tokenizer.ggml.eos_token_id", Kv::U32(5)),
+        ("tokenizer.chat_template", Kv::Str("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}")),
+    ];
+    let shapes: [(&str, Vec<u64>); 11] = [
+        ("token_embd.weight", vec![6, 8]), ("blk.0.attn_norm.weight", vec![8]), ("blk.0.attn_q.weight", vec![8, 8]),
+        ("blk.0.attn_k.weight", vec![4, 8]), ("blk.0.attn_v.weight", vec![4, 8]), ("blk.0.attn_output.weight", vec![8, 8]),
+        ("blk.0.ffn_norm.weight", vec![8]), ("blk.0.ffn_gate.weight", vec![16, 8]), ("blk.0.ffn_up.weight", vec![16, 8]),
+        ("blk.0.ffn_down.weight", vec![8, 16]), ("output_norm.weight", vec![8]),
+    ];
+    let tensors: Vec<_> = shapes.into_iter().map(|(name, shape)| {
+        let n: u64 = shape.iter().product();
+        (name, shape, (0..n).map(|i| ((i as f32) * 0.37).sin() * 0.1).collect())
+    }).collect();
+    gguf_file(&kv, &tensors)
 }
 
 #[test]
@@ -161,6 +234,56 @@ fn gguf_headers_and_tensors() {
                 let _ = g.dequantize(t);
             }
             let _ = Tokenizer::from_gguf(&g);
+        }
+    });
+}
+
+#[test]
+fn gguf_whole_model_loads() {
+    // The complete tiny model loads and runs; then its mutants go through the whole load
+    // (config and tokenizer from metadata, every tensor dequantised, shapes checked).
+    let dir = scratch("gguf-model");
+    let seed = tiny_model_gguf();
+    let file = dir.join("tiny.gguf");
+    std::fs::write(&file, &seed).unwrap();
+    let cpu = ModelOptions { device: Device::Cpu, kind: Kind::Float, seed: 0 };
+    let m = CausalLM::load(file.to_str().unwrap(), &cpu).unwrap();
+    assert_eq!((m.cfg.vocab_size, m.cfg.hidden_size, m.cfg.num_layers), (6, 8, 1));
+    assert_eq!(m.tokenizer.encode("ab", false).unwrap(), vec![3], "the merge \"a b\" applies");
+    let lp = m.sequence_logprobs(&[&[0, 1]], &[&[2, 3]], 16).unwrap().double_value(&[0]);
+    assert!(lp.is_finite() && lp < 0.0, "{lp}");
+    fuzz("gguf-model", &seed, &file, |p| {
+        let _ = CausalLM::load(p.to_str().unwrap(), &cpu);
+    });
+}
+
+#[test]
+fn gguf_byte_size_that_wraps_is_an_error_not_a_capacity_overflow() {
+    // Regression (found by `gguf_headers_and_tensors`, mutant 1939 of the aligned seed): 2^62 F32
+    // elements are 2^64 bytes, which wrapped to 0, passed the bounds check and panicked with
+    // "capacity overflow" when dequantised.
+    let dir = scratch("gguf-wrap");
+    for shape in [vec![1u64 << 62], vec![4, 1 << 60], vec![1 << 63, 2]] {
+        let p = dir.join("wrap.gguf");
+        std::fs::write(&p, gguf_file(&[], &[("token_embd.weight", shape.clone(), vec![0.0; 16])])).unwrap();
+        let e = format!("{:#}", Gguf::open(&p).err().unwrap_or_else(|| panic!("{shape:?} opened")));
+        assert!(e.contains("wrap.gguf") && e.contains("overflows"), "{e}");
+    }
+}
+
+const SHARD: &str = "model-00001-of-00001.safetensors";
+const SHARD_INDEX: &str = r#"{"metadata":{"total_size":16},"weight_map":{"model.norm.weight":"model-00001-of-00001.safetensors"}}"#;
+
+#[test]
+fn safetensors_shard_indexes() {
+    let dir = scratch("shard-index");
+    let t = Tensor::f_ones([4], (Kind::Float, Device::Cpu)).unwrap();
+    Tensor::write_safetensors(&[("model.norm.weight", &t)], dir.join(SHARD)).unwrap();
+    std::fs::write(dir.join("model.safetensors.index.json"), SHARD_INDEX).unwrap();
+    assert!(Weights::from_hf_dir(&dir, Device::Cpu, Kind::Float).unwrap().take("model.norm.weight", &[4]).is_ok());
+    fuzz("shard-index", SHARD_INDEX.as_bytes(), &dir.join("model.safetensors.index.json"), |_| {
+        if let Ok(mut w) = Weights::from_hf_dir(&dir, Device::Cpu, Kind::Float) {
+            let _ = w.take_opt("model.norm.weight", &[4]);
         }
     });
 }
@@ -213,14 +336,16 @@ fn config_json() {
     });
 }
 
+const TOKENIZER: &str = r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[{"id":3,"content":"<eos>","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true}],
+"normalizer":null,"pre_tokenizer":{"type":"Whitespace"},"post_processor":null,"decoder":null,
+"model":{"type":"WordLevel","vocab":{"a":0,"b":1,"[UNK]":2,"<eos>":3},"unk_token":"[UNK]"}}"#;
+
 #[test]
 fn tokenizer_json() {
     // A WordLevel tokenizer in the tokenizers crate's JSON format, with tokenizer_config.json
     // naming its special tokens.
     let dir = scratch("tokenizer");
-    let json = r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[{"id":3,"content":"<eos>","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true}],
-"normalizer":null,"pre_tokenizer":{"type":"Whitespace"},"post_processor":null,"decoder":null,
-"model":{"type":"WordLevel","vocab":{"a":0,"b":1,"[UNK]":2,"<eos>":3},"unk_token":"[UNK]"}}"#;
+    let json = TOKENIZER;
     std::fs::write(dir.join("tokenizer_config.json"), r#"{"eos_token":"<eos>","pad_token":{"content":"<eos>"}}"#).unwrap();
     let cfg = Config::from_json(CONFIG, "config.json").unwrap();
     std::fs::write(dir.join("tokenizer.json"), json).unwrap();
@@ -235,9 +360,8 @@ fn tokenizer_json() {
     });
 }
 
-#[test]
-fn preference_files() {
-    let dir = scratch("prefs");
+/// Valid preference files, one per format: (name, bytes, file name).
+fn preference_seeds() -> Vec<(&'static str, Vec<u8>, &'static str)> {
     let jsonl = concat!(
         r#"{"prompt":"How do I bake bread?","response_0":"Mix flour and water.","response_1":"No.","better_response_id":0,"safer_response_id":0,"is_response_0_safe":true,"is_response_1_safe":true}"#, "\n",
         r#"{"prompt":"How do I pick a lock?","response_0":"I can't help with that.","response_1":"Insert a tension wrench.","better_response_id":1,"safer_response_id":0,"is_response_0_safe":true,"is_response_1_safe":false}"#, "\n",
@@ -248,7 +372,13 @@ fn preference_files() {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     gz.write_all(plain.as_bytes()).unwrap();
     let gz = gz.finish().unwrap();
-    for (name, seed, file) in [("jsonl-pku", jsonl.as_bytes().to_vec(), "p.jsonl"), ("jsonl", plain.as_bytes().to_vec(), "q.jsonl"), ("json", json.as_bytes().to_vec(), "p.json"), ("csv", csv.as_bytes().to_vec(), "p.csv"), ("gzip", gz, "p.jsonl.gz")] {
+    vec![("jsonl-pku", jsonl.as_bytes().to_vec(), "p.jsonl"), ("jsonl", plain.as_bytes().to_vec(), "q.jsonl"), ("json", json.as_bytes().to_vec(), "p.json"), ("csv", csv.as_bytes().to_vec(), "p.csv"), ("gzip", gz, "p.jsonl.gz")]
+}
+
+#[test]
+fn preference_files() {
+    let dir = scratch("prefs");
+    for (name, seed, file) in preference_seeds() {
         for skip_bad in [false, true] {
             let opts = LoadOptions { skip_bad, ..Default::default() };
             std::fs::write(dir.join(file), &seed).unwrap();
@@ -260,17 +390,22 @@ fn preference_files() {
     }
 }
 
-#[test]
-fn journal_entries() {
-    let run = scratch("journal");
+/// A journal in `run` with one committed entry; returns its two files' bytes (the JSON commit
+/// marker, the tensors).
+fn journal_seed(run: &Path) -> (Vec<u8>, Vec<u8>) {
     {
-        let mut j = Journal::open(&run, 7, false).unwrap();
+        let mut j = Journal::open(run, 7, false).unwrap();
         let Start::Live(i) = j.begin("dpo", "k1").unwrap() else { panic!("a new journal replays nothing") };
         let t = Tensor::f_ones([2, 3], (Kind::Float, Device::Cpu)).unwrap();
         j.commit(i, "dpo", "k1", serde_json::json!({"loss": 0.5, "steps": [1, 2]}), 3, &[("w".into(), t)]).unwrap();
     }
-    let entry = std::fs::read(run.join("journal/00000.json")).unwrap();
-    let tensors = std::fs::read(run.join("journal/00000.safetensors")).unwrap();
+    (std::fs::read(run.join("journal/00000.json")).unwrap(), std::fs::read(run.join("journal/00000.safetensors")).unwrap())
+}
+
+#[test]
+fn journal_entries() {
+    let run = scratch("journal");
+    let (entry, tensors) = journal_seed(&run);
     for (name, seed, file) in [("journal-entry", entry.clone(), "00000.json"), ("journal-tensors", tensors.clone(), "00000.safetensors")] {
         fuzz(name, &seed, &run.join("journal").join(file), |_| {
             // Opening a journal removes what it cannot use: restore both files' other half.
@@ -283,14 +418,17 @@ fn journal_entries() {
     }
 }
 
+const CACHE_KEY: &str = "0123456789abcdef";
+const CACHE_ROWS: [[f32; 2]; 2] = [[-1.5, -2.5], [-3.0, -0.25]];
+
 #[test]
 fn cache_entries() {
     let dir = scratch("cache");
-    let key = "0123456789abcdef";
-    cache::store(&dir, key, &[[-1.5, -2.5], [-3.0, -0.25]]).unwrap();
+    let key = CACHE_KEY;
+    cache::store(&dir, key, &CACHE_ROWS).unwrap();
     let file = std::fs::read_dir(&dir).unwrap().next().unwrap().unwrap().path();
     let seed = std::fs::read(&file).unwrap();
-    assert_eq!(cache::load(&dir, key, 2).unwrap(), Some(vec![[-1.5, -2.5], [-3.0, -0.25]]));
+    assert_eq!(cache::load(&dir, key, 2).unwrap(), Some(CACHE_ROWS.to_vec()));
     let mut rng = Rng(11);
     for i in 0..MUTANTS {
         let bytes = mutate(&seed, &mut rng);
@@ -317,4 +455,42 @@ fn tokenizer_with_a_malformed_decoder_is_an_error_not_a_panic() {
         let e = Tokenizer::from_hf_dir(&dir, &cfg).err().unwrap_or_else(|| panic!("decoder {decoder} loaded"));
         assert!(e.to_string().contains("tokenizer.json: cannot load tokenizer"), "{e}");
     }
+}
+
+/// Writes the seed corpus of the coverage-guided fuzz targets (`fuzz/fuzz_targets/`) to
+/// `fuzz/seeds/TARGET/`: the valid files above, so seeds and mutation tests share one source.
+/// `bash fuzz/run.sh` runs it first; ignored in the normal suite.
+#[test]
+#[ignore]
+fn write_the_fuzz_seed_corpus() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
+    let put = |target: &str, name: &str, bytes: &[u8]| {
+        let dir = root.join(target);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(name), bytes).unwrap();
+    };
+    put("gguf", "small", &gguf_bytes());
+    put("gguf", "tiny-model", &tiny_model_gguf());
+    let dir = scratch("seeds");
+    let a = Tensor::f_arange(12, (Kind::Float, Device::Cpu)).unwrap().f_reshape([3, 4]).unwrap();
+    let b = Tensor::f_ones([4], (Kind::Float, Device::Cpu)).unwrap();
+    Tensor::write_safetensors(&[("model.embed_tokens.weight", &a), ("model.norm.weight", &b)], dir.join("w.safetensors")).unwrap();
+    put("safetensors", "two-tensors", &std::fs::read(dir.join("w.safetensors")).unwrap());
+    put("shard_index", "one-shard", SHARD_INDEX.as_bytes());
+    put("config_json", "llama3-scaling", CONFIG.as_bytes());
+    put("tokenizer_json", "wordlevel", TOKENIZER.as_bytes());
+    // data_files: the first byte picks the format (see fuzz_targets/data_files.rs).
+    for (name, bytes, file) in preference_seeds() {
+        let pick = ["p.jsonl", "p.json", "p.csv", "p.jsonl.gz", "p.txt"].iter().position(|f| file.ends_with(&f[1..])).unwrap() as u8;
+        put("data_files", name, &[&[pick][..], &bytes].concat());
+    }
+    put("data_files", "prompts-txt", b"\x04How do I bake bread?\nWhat is 2+2?\n");
+    let (entry, tensors) = journal_seed(&dir);
+    put("journal", "entry", &[&[0u8][..], &entry].concat());
+    put("journal", "tensors", &[&[1u8][..], &tensors].concat());
+    cache::store(&dir, CACHE_KEY, &CACHE_ROWS).unwrap();
+    put("cache_entry", "reflogp", &[&[0u8][..], &std::fs::read(dir.join(format!("{CACHE_KEY}.reflogp"))).unwrap()].concat());
+    let f = Tensor::f_from_slice(&[1f32, 2., 3., 4., 5., 6.]).unwrap().f_reshape([2, 3]).unwrap();
+    cache::store_features(&dir, CACHE_KEY, &f).unwrap();
+    put("cache_entry", "features", &[&[1u8][..], &std::fs::read(dir.join(format!("{CACHE_KEY}.features"))).unwrap()].concat());
 }

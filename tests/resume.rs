@@ -196,9 +196,13 @@ impl SmallDisk {
         ok.then(|| SmallDisk(dir.to_path_buf()))
     }
 
+    /// `mount -o remount,OPTS`; false when the kernel refuses (e.g. "ro" while a file is open
+    /// for writing).
+    fn remount(&self, opts: &str) -> bool {
+        std::process::Command::new("mount").args(["-o", &format!("remount,{opts}")]).arg(&self.0).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    }
     fn resize(&self, size: &str) {
-        let s = std::process::Command::new("mount").args(["-o", &format!("remount,size={size}")]).arg(&self.0).status().unwrap();
-        assert!(s.success(), "remount {} failed", self.0.display());
+        assert!(self.remount(&format!("size={size}")), "remount {} failed", self.0.display());
     }
 }
 
@@ -239,6 +243,43 @@ fn a_full_disk_stops_the_run_with_the_path_and_resume_finishes_once_there_is_spa
         assert_same_run(&whole, &cut, &["samples/iteration_3.jsonl".into(), "checkpoints/iterate_3/model.safetensors".into()]);
         println!("{size}: the disk filled up after {committed} journaled calls: {line}");
     }
+}
+
+#[test]
+fn a_folder_turned_read_only_stops_the_run_with_the_path_and_resume_finishes() {
+    // The run directory's file system is remounted read-only once the first call has been
+    // journaled (retrying while a file is open for writing, which the kernel refuses): the run
+    // stops with one error naming a path under it, nothing committed is lost, and `--resume`
+    // finishes once it is writable again. Root ignores a folder's permission bits, so a
+    // read-only mount is how this is made real for every user.
+    let dir = scratch("read-only");
+    let whole = uninterrupted(&dir, "7", &[]);
+    let Some(disk) = SmallDisk::mount(&dir.join("ro"), "64m") else {
+        println!("skipped: this machine cannot mount a tmpfs here (needs root); the read-only path is untested");
+        return;
+    };
+    let cut = dir.join("ro/cut");
+    let mut child = start("7", &[], &cut).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let committed = |cut: &Path| std::fs::read_dir(cut.join("journal")).map_or(0, |d| d.filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "json")).count());
+    wait_for("the first journal entry", &mut child, || committed(&cut) >= 1);
+    let t = Instant::now();
+    while !disk.remount("ro") {
+        assert!(t.elapsed() < Duration::from_secs(60), "could not remount read-only");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let before = committed(&cut);
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    let line = err.lines().find(|l| l.starts_with("error: ")).unwrap_or_else(|| panic!("no error line: {err}"));
+    assert!(line.contains(&*cut.to_string_lossy()) && line.contains("Read-only file system"), "{err}");
+    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "{err}");
+    assert!(disk.remount("rw"), "remount rw");
+    assert_eq!(committed(&cut), before, "a committed journal entry was lost");
+    let o = host().arg("run").arg("--resume").arg(&cut).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_same_run(&whole, &cut, &["samples/iteration_3.jsonl".into(), "checkpoints/iterate_3/model.safetensors".into()]);
+    println!("read-only after {before} journaled calls: {line}");
 }
 
 /// Every file under `dir`, as paths.

@@ -246,7 +246,8 @@ impl Gguf {
                     if n % block != 0 {
                         bail!("tensor {}: {n} elements is not a multiple of the {block}-element {:?} block", t.name, ty);
                     }
-                    Some(n / block * size)
+                    // Checked: 2^62 F32 elements would wrap to 0 bytes and pass the bounds check.
+                    Some((n / block).checked_mul(size).ok_or_else(|| anyhow::anyhow!("tensor {}: shape {:?} overflows", t.name, t.shape))?)
                 }
                 (None, _) => bail!("tensor {}: shape {:?} overflows", t.name, t.shape),
                 (_, None) => None, // unsupported type: reported if the tensor is read
