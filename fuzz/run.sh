@@ -8,6 +8,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/setup.sh >/dev/null
 dualign_env
 set +e
+# The fuzz binaries link libtorch without the rpath build.rs gives `host`.
+export LD_LIBRARY_PATH="$("$DUALIGN_PYTHON" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 secs=${1:-120}
 shift || true
 # The seed corpus comes from the same code as the mutation tests (tests/mutation.rs).

@@ -190,9 +190,14 @@ fn gguf_bytes() -> Vec<u8> {
 /// A complete Llama model as a GGUF (hidden size 8, one layer, 2 query heads and 1 KV head, a
 /// 6-token byte-level BPE vocabulary with ChatML control tokens): every path of a model load.
 fn tiny_model_gguf() -> Vec<u8> {
+    tiny_model_gguf_claiming(1)
+}
+
+/// The tiny model's GGUF with `block_count` layers claimed (its tensors are one layer's).
+fn tiny_model_gguf_claiming(block_count: u32) -> Vec<u8> {
     let kv = [
         ("general.architecture", Kv::Str("llama")),
-        ("llama.block_count", Kv::U32(1)),
+        ("llama.block_count", Kv::U32(block_count)),
         ("llama.context_length", Kv::U32(64)),
         ("llama.embedding_length", Kv::U32(8)),
         ("llama.feed_forward_length", Kv::U32(16)),
@@ -269,6 +274,36 @@ fn gguf_byte_size_that_wraps_is_an_error_not_a_capacity_overflow() {
         let e = format!("{:#}", Gguf::open(&p).err().unwrap_or_else(|| panic!("{shape:?} opened")));
         assert!(e.contains("wrap.gguf") && e.contains("overflows"), "{e}");
     }
+}
+
+#[test]
+fn gguf_tensor_end_beyond_usize_is_an_error_not_an_overflow() {
+    // Regression (found by the fuzz target `gguf`, crash-29afca55, kept in tests/fixtures/fuzz/):
+    // a tensor offset near 2^64 made the "truncated" message's `offset + size` overflow.
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuzz/gguf-crash-29afca55");
+    let e = format!("{:#}", Gguf::open(&file).err().expect("an error"));
+    assert!(e.contains("gguf-crash-29afca55") && e.contains("truncated: tensor"), "{e}");
+}
+
+#[test]
+fn a_layer_count_of_four_billion_is_an_error_not_an_allocation() {
+    // Regression (found by the fuzz target `gguf`, crash-f983b8d7): `llama.block_count` =
+    // 2^32 - 1 reserved room for four billion decoder layers before reading the first one, and
+    // the process aborted out of memory. The same count in an HF config.json.
+    let dir = scratch("layers");
+    let cpu = ModelOptions { device: Device::Cpu, kind: Kind::Float, seed: 0 };
+    let file = dir.join("layers.gguf");
+    std::fs::write(&file, tiny_model_gguf_claiming(u32::MAX)).unwrap();
+    let e = format!("{:#}", CausalLM::load(file.to_str().unwrap(), &cpu).err().expect("an error"));
+    assert!(e.contains("layers.gguf") && e.contains("model.layers.1.") && e.contains("missing"), "{e}");
+    let hf = dir.join("hf");
+    CausalLM::load("builtin:tiny", &cpu).unwrap().save(&hf).unwrap();
+    let config = std::fs::read_to_string(hf.join("config.json")).unwrap();
+    let claimed = config.replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 4294967295");
+    assert_ne!(config, claimed);
+    std::fs::write(hf.join("config.json"), claimed).unwrap();
+    let e = format!("{:#}", CausalLM::load(hf.to_str().unwrap(), &cpu).err().expect("an error"));
+    assert!(e.contains("model.layers.2.") && e.contains("missing"), "{e}");
 }
 
 const SHARD: &str = "model-00001-of-00001.safetensors";

@@ -255,7 +255,8 @@ impl Gguf {
             t.offset = start.checked_add(t.offset).ok_or_else(|| anyhow::anyhow!("tensor {}: bad offset", t.name))?;
             if let Some(bytes) = bytes {
                 if t.offset.checked_add(bytes).is_none_or(|end| end > data.len()) {
-                    bail!("truncated: tensor {} needs bytes {}..{} but the file has {}", t.name, t.offset, t.offset + bytes, data.len());
+                    // The end as u128: offset + size can exceed usize (fuzz target `gguf`, crash-29afca55).
+                    bail!("truncated: tensor {} needs bytes {}..{} but the file has {}", t.name, t.offset, t.offset as u128 + bytes as u128, data.len());
                 }
             }
         }

@@ -43,7 +43,7 @@ impl Gpt2 {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         let wte = w.take(&format!("{prefix}wte.weight"), &[cfg.vocab_size, h])?;
         let wpe = w.take(&format!("{prefix}wpe.weight"), &[cfg.max_position_embeddings, h])?;
-        let mut blocks = Vec::with_capacity(cfg.num_layers);
+        let mut blocks = Vec::new(); // not with_capacity: the count is untrusted until its tensors are found
         for l in 0..cfg.num_layers {
             let p = format!("{prefix}h.{l}");
             blocks.push(Block {

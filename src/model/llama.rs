@@ -122,7 +122,7 @@ impl Llama {
         let (h, i, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
         let (nh, nkv) = (cfg.num_heads, cfg.num_kv_heads);
         let embed_tokens = w.take("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
-        let mut layers = Vec::with_capacity(cfg.num_layers);
+        let mut layers = Vec::new(); // not with_capacity: the count is untrusted until its tensors are found
         for l in 0..cfg.num_layers {
             let p = format!("model.layers.{l}");
             layers.push(DecoderLayer {
