@@ -12,6 +12,7 @@ pub mod model;
 pub mod run;
 pub mod script;
 pub mod train;
+pub mod util;
 
 /// Version strings recorded in every run directory and printed by `host --version`.
 pub fn versions() -> serde_json::Value {

@@ -306,6 +306,17 @@ fn a_layer_count_of_four_billion_is_an_error_not_an_allocation() {
     assert!(e.contains("model.layers.2.") && e.contains("missing"), "{e}");
 }
 
+#[test]
+fn a_scalar_query_projection_is_an_error_not_an_index_panic() {
+    // Regression (found by the fuzz target `gguf`, crash-5b9f3151, kept in tests/fixtures/fuzz/):
+    // a q/k projection declared with no dimensions was indexed at its first dimension while
+    // undoing llama.cpp's row permutation.
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuzz/gguf-crash-5b9f3151");
+    let cpu = ModelOptions { device: Device::Cpu, kind: Kind::Float, seed: 0 };
+    let e = format!("{:#}", CausalLM::load(file.to_str().unwrap(), &cpu).err().expect("an error"));
+    assert!(e.contains("gguf-crash-5b9f3151: tensor blk.0.attn_") && e.contains("cannot be split into"), "{e}");
+}
+
 const SHARD: &str = "model-00001-of-00001.safetensors";
 const SHARD_INDEX: &str = r#"{"metadata":{"total_size":16},"weight_map":{"model.norm.weight":"model-00001-of-00001.safetensors"}}"#;
 

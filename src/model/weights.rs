@@ -1,5 +1,6 @@
 //! Named weight tensors (HF keys) from safetensors files, single or sharded, with shape checks
 //! that name the file and the tensor.
+use crate::util::first_line;
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -68,8 +69,4 @@ impl Weights {
     pub fn has(&self, name: &str) -> bool {
         self.map.contains_key(name)
     }
-}
-
-pub fn first_line(s: &str) -> &str {
-    s.lines().next().unwrap_or(s)
 }

@@ -108,7 +108,7 @@ impl Journal {
         }
         let tensors = if entry.tensors {
             let path = self.dir.join(format!("{index:05}.safetensors"));
-            Tensor::read_safetensors(&path).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), crate::model::weights::first_line(&e.to_string())))?
+            Tensor::read_safetensors(&path).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), crate::util::first_line(&e.to_string())))?
         } else {
             Vec::new()
         };
@@ -135,7 +135,7 @@ impl Journal {
 
 /// A short content hash of a call's inputs.
 pub fn key(parts: &[&str]) -> String {
-    let mut h = crate::train::cache::Hasher::new();
+    let mut h = crate::util::Hasher::new();
     for p in parts {
         h.bytes(p.as_bytes());
         h.word(p.len() as u64);

@@ -42,7 +42,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Writes tensors as a safetensors file at `path` atomically (`write_via_temp`).
 pub fn write_safetensors_atomic(path: &Path, tensors: &[(String, tch::Tensor)]) -> Result<()> {
     write_via_temp(path, |tmp| {
-        tch::Tensor::write_safetensors(tensors, tmp).map_err(|e| anyhow::anyhow!("{}", crate::model::weights::first_line(&e.to_string())))
+        tch::Tensor::write_safetensors(tensors, tmp).map_err(|e| anyhow::anyhow!("{}", crate::util::first_line(&e.to_string())))
     })
 }
 

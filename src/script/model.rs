@@ -37,7 +37,7 @@ pub type FeatureMemo = Rc<RefCell<HashMap<u64, tch::Tensor>>>;
 
 /// The memo key of one token sequence's features pooled by `pool`.
 pub fn sequence_key(pool: Pooling, prompt: &[i64], response: &[i64]) -> u64 {
-    let mut h = crate::train::cache::Hasher::new();
+    let mut h = crate::util::Hasher::new();
     h.word(pool.salt());
     for seq in [prompt, response] {
         h.word(seq.len() as u64);

@@ -135,7 +135,7 @@ fn optimizer(policy: &ScriptModel, keep: bool) -> ScriptResult<Rc<RefCell<AdamW>
 
 /// The content of a pair set as the journal keys it: origins, prompts and current labels.
 fn pairs_digest(pairs: &ScriptPairs) -> String {
-    let mut h = cache::Hasher::new();
+    let mut h = crate::util::Hasher::new();
     for (i, p) in pairs.pairs.iter().enumerate() {
         h.bytes(p.origin.as_bytes());
         h.bytes(p.prompt.as_bytes());

@@ -1,0 +1,67 @@
+//! The weights out: every parameter by its HF name, a deep copy (the reference model), and an
+//! HF folder written atomically.
+use super::weights::Weights;
+use super::{Body, CausalLM};
+use anyhow::{Context, Result};
+use std::collections::BTreeMap;
+use std::path::Path;
+use tch::{Device, Tensor};
+
+impl CausalLM {
+    /// A deep copy with its own weights (the reference model for training), sharing the tokenizer.
+    pub fn deep_copy(&self) -> Result<Self> {
+        let mut map = BTreeMap::new();
+        for (name, t) in self.named_parameters()? {
+            map.insert(name, t.f_detach_copy()?);
+        }
+        if let Some((name, head)) = &self.score_head {
+            map.insert(format!("{name}.weight"), head.weight.f_detach_copy()?);
+            if let Some(b) = &head.bias {
+                map.insert(format!("{name}.bias"), b.f_detach_copy()?);
+            }
+        }
+        let mut w = Weights::new(map, self.source.clone(), self.device, self.kind);
+        let mut copy = Self::from_weights(self.cfg.clone(), &mut w, self.tokenizer.clone(), &self.source)?;
+        copy.space = self.space.clone();
+        Ok(copy)
+    }
+
+    /// Every parameter with its HF name and layout.
+    pub fn named_parameters(&self) -> Result<Vec<(String, Tensor)>> {
+        match &self.body {
+            Body::Llama(m) => m.named_parameters(self.cfg.tie_word_embeddings || self.lm_head_is_tied()),
+            Body::Gpt2(m) => m.named_parameters(),
+        }
+    }
+
+    fn lm_head_is_tied(&self) -> bool {
+        match &self.body {
+            Body::Llama(m) => m.lm_head.data_ptr() == m.embed_tokens.data_ptr(),
+            Body::Gpt2(_) => true,
+        }
+    }
+
+    /// Writes an HF folder: `config.json`, `model.safetensors`, `tokenizer.json`; files are
+    /// written to temporary names and renamed.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let mut cfg = self.cfg.clone();
+        cfg.tie_word_embeddings = self.lm_head_is_tied();
+        crate::run::write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(&cfg.to_hf_json())?.as_bytes())?;
+        let mut tensors: Vec<(String, Tensor)> = Vec::new();
+        for (name, t) in self.named_parameters()? {
+            tensors.push((name, t.f_detach()?.f_to_device(Device::Cpu)?.f_contiguous()?));
+        }
+        if let Some((name, head)) = &self.score_head {
+            tensors.push((format!("{name}.weight"), head.weight.f_detach()?.f_to_device(Device::Cpu)?.f_contiguous()?));
+            // HF's heads have no bias; train_scorer's has one (the folded standardisation), and
+            // without it a reloaded scorer's scores would shift by a constant.
+            if let Some(b) = &head.bias {
+                tensors.push((format!("{name}.bias"), b.f_detach()?.f_to_device(Device::Cpu)?.f_contiguous()?));
+            }
+        }
+        crate::run::write_safetensors_atomic(&dir.join("model.safetensors"), &tensors)?;
+        let json = self.tokenizer.inner.to_string(false).map_err(|e| anyhow::anyhow!("tokenizer.json: {e}"))?;
+        crate::run::write_atomic(&dir.join("tokenizer.json"), json.as_bytes())
+    }
+}
