@@ -184,29 +184,40 @@ fn resuming_after_the_settings_changed_is_refused_with_a_reason() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("--resume takes a run directory"));
 }
 
-/// A tmpfs mounted for one test, unmounted when dropped (also when the test fails).
-struct SmallDisk(PathBuf);
+/// A mount made for one test (a small tmpfs, or a folder bound read-only onto itself),
+/// unmounted when dropped (also when the test fails).
+struct Mounted(PathBuf);
 
-impl SmallDisk {
+/// `mount ARGS`; false where the kernel or the machine refuses (not root, no CAP_SYS_ADMIN).
+fn mount(args: &[&str], dir: &Path) -> bool {
+    std::process::Command::new("mount").args(args).arg(dir).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+impl Mounted {
     /// Mounts a tmpfs of `size` (mount's syntax, e.g. "1m") at `dir`, or None where this
-    /// machine does not allow it (not root, no CAP_SYS_ADMIN).
-    fn mount(dir: &Path, size: &str) -> Option<SmallDisk> {
+    /// machine does not allow it.
+    fn tmpfs(dir: &Path, size: &str) -> Option<Mounted> {
         std::fs::create_dir_all(dir).unwrap();
-        let ok = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(dir).stderr(Stdio::null()).status().map(|s| s.success()).unwrap_or(false);
-        ok.then(|| SmallDisk(dir.to_path_buf()))
+        mount(&["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"], dir).then(|| Mounted(dir.to_path_buf()))
     }
 
-    /// `mount -o remount,OPTS`; false when the kernel refuses (e.g. "ro" while a file is open
-    /// for writing).
-    fn remount(&self, opts: &str) -> bool {
-        std::process::Command::new("mount").args(["-o", &format!("remount,{opts}")]).arg(&self.0).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    /// Makes the existing folder `dir` read-only in place (a read-only bind mount onto itself;
+    /// the file system around it stays writable, so files open elsewhere do not block it).
+    fn read_only(dir: &Path) -> Option<Mounted> {
+        let dir = dir.canonicalize().unwrap();
+        if !mount(&["--bind", dir.to_str().unwrap()], &dir) {
+            return None;
+        }
+        let m = Mounted(dir);
+        mount(&["-o", "remount,bind,ro"], &m.0).then_some(m)
     }
+
     fn resize(&self, size: &str) {
-        assert!(self.remount(&format!("size={size}")), "remount {} failed", self.0.display());
+        assert!(mount(&["-o", &format!("remount,size={size}")], &self.0), "remount {} failed", self.0.display());
     }
 }
 
-impl Drop for SmallDisk {
+impl Drop for Mounted {
     fn drop(&mut self) {
         let _ = std::process::Command::new("umount").arg(&self.0).status();
     }
@@ -220,7 +231,7 @@ fn a_full_disk_stops_the_run_with_the_path_and_resume_finishes_once_there_is_spa
     // the first iterate's checkpoint as much again. A 600 kB disk fills up at that checkpoint, a
     // 1 MB disk at the second DPO call's journal entry.
     for (n, (size, fails_at)) in [("600k", "checkpoints/"), ("1m", "journal/00003.safetensors")].into_iter().enumerate() {
-        let Some(disk) = SmallDisk::mount(&dir.join(format!("small{n}")), size) else {
+        let Some(disk) = Mounted::tmpfs(&dir.join(format!("small{n}")), size) else {
             println!("skipped: this machine cannot mount a tmpfs here (needs root); the full-disk path is untested");
             return;
         };
@@ -247,35 +258,33 @@ fn a_full_disk_stops_the_run_with_the_path_and_resume_finishes_once_there_is_spa
 
 #[test]
 fn a_folder_turned_read_only_stops_the_run_with_the_path_and_resume_finishes() {
-    // The run directory's file system is remounted read-only once the first call has been
-    // journaled (retrying while a file is open for writing, which the kernel refuses): the run
-    // stops with one error naming a path under it, nothing committed is lost, and `--resume`
-    // finishes once it is writable again. Root ignores a folder's permission bits, so a
-    // read-only mount is how this is made real for every user.
+    // The run's journal folder turns read-only once the first call has been journaled (a
+    // read-only bind mount: root ignores permission bits, and a whole file system cannot be
+    // remounted read-only while the run holds metrics.jsonl open). The run stops with one error
+    // naming the path it could not write, nothing committed is lost, and `--resume` finishes
+    // once the folder is writable again.
     let dir = scratch("read-only");
     let whole = uninterrupted(&dir, "7", &[]);
-    let Some(disk) = SmallDisk::mount(&dir.join("ro"), "64m") else {
-        println!("skipped: this machine cannot mount a tmpfs here (needs root); the read-only path is untested");
-        return;
-    };
-    let cut = dir.join("ro/cut");
+    let cut = dir.join("cut");
     let mut child = start("7", &[], &cut).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     let committed = |cut: &Path| std::fs::read_dir(cut.join("journal")).map_or(0, |d| d.filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "json")).count());
     wait_for("the first journal entry", &mut child, || committed(&cut) >= 1);
-    let t = Instant::now();
-    while !disk.remount("ro") {
-        assert!(t.elapsed() < Duration::from_secs(60), "could not remount read-only");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let Some(ro) = Mounted::read_only(&cut.join("journal")) else {
+        let _ = child.kill();
+        println!("skipped: this machine cannot bind-mount here (needs root); the read-only path is untested");
+        return;
+    };
     let before = committed(&cut);
     let o = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr).to_string();
     assert_eq!(o.status.code(), Some(1), "{err}");
     let line = err.lines().find(|l| l.starts_with("error: ")).unwrap_or_else(|| panic!("no error line: {err}"));
-    assert!(line.contains(&*cut.to_string_lossy()) && line.contains("Read-only file system"), "{err}");
+    assert!(line.contains(&*cut.join("journal/").to_string_lossy()) && line.contains("Read-only file system"), "{err}");
     assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "{err}");
-    assert!(disk.remount("rw"), "remount rw");
+    drop(ro);
     assert_eq!(committed(&cut), before, "a committed journal entry was lost");
+    let leftovers: Vec<String> = walk(&cut).into_iter().filter(|p| p.contains(".tmp")).collect();
+    assert!(leftovers.is_empty(), "partial temporary files left: {leftovers:?}");
     let o = host().arg("run").arg("--resume").arg(&cut).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_same_run(&whole, &cut, &["samples/iteration_3.jsonl".into(), "checkpoints/iterate_3/model.safetensors".into()]);
