@@ -5,6 +5,9 @@ use serde::Deserialize;
 use serde_json::Value;
 use std::path::Path;
 
+/// The most decoder layers a checkpoint may declare (`validate`).
+pub const MAX_LAYERS: usize = 4096;
+
 /// RoPE frequency scaling (`rope_scaling` / `rope_parameters`).
 #[derive(Debug, Clone, PartialEq)]
 pub enum RopeScaling {
@@ -250,6 +253,11 @@ impl Config {
             if v == 0 {
                 bail!("{file}: {name} must be positive");
             }
+        }
+        // Every layer is laid out before its weights are read: an untrusted count must be
+        // bounded (the deepest released models have under 200 layers).
+        if c.num_layers > MAX_LAYERS {
+            bail!("{file}: num_layers {} is more than {MAX_LAYERS}, beyond any real model", c.num_layers);
         }
         if c.num_heads % c.num_kv_heads != 0 {
             bail!("{file}: num_attention_heads ({}) must be a multiple of num_key_value_heads ({})", c.num_heads, c.num_kv_heads);

@@ -3,6 +3,7 @@
 //! weights `[in, out]`; they are transposed at load and back at save.
 use super::config::Config;
 use super::layers::{KvCache, LayerNorm, Linear};
+use super::params::{placeholder_linear, Bias, Init, Load, LinearSpec, TensorSpec, Visit, VisitMut};
 use super::weights::Weights;
 use anyhow::Result;
 use tch::Tensor;
@@ -26,37 +27,49 @@ pub struct Gpt2 {
     prefix: String,
 }
 
-/// A `Conv1D` (`[in, out]`) loaded as a `Linear` (`[out, in]`).
-fn conv1d(w: &mut Weights, name: &str, inp: usize, out: usize) -> Result<Linear> {
-    let weight = w.take(&format!("{name}.weight"), &[inp, out])?.f_t_copy()?;
-    let bias = Some(w.take(&format!("{name}.bias"), &[out])?);
-    Ok(Linear::new(weight, bias))
-}
-
-fn layer_norm(w: &mut Weights, name: &str, n: usize, eps: f64) -> Result<LayerNorm> {
-    Ok(LayerNorm { weight: w.take(&format!("{name}.weight"), &[n])?, bias: w.take(&format!("{name}.bias"), &[n])?, eps })
+/// The family's parameters: the one place their HF names and shapes are written (`Conv1D`
+/// weights are `[in, out]` there). Expands to a walk over `&$m` or, with `mut`, `&mut $m`.
+macro_rules! walk {
+    ($m:expr, $cfg:expr, $v:expr, $iter:ident $(, $mu:tt)?) => {{
+        let cfg = $cfg;
+        let p = $m.prefix.clone();
+        let (h, i) = (cfg.hidden_size as i64, cfg.intermediate_size as i64);
+        let conv = |inp, out| LinearSpec { out, inp, bias: Bias::Required, conv1d: true };
+        $v.tensor(&format!("{p}wte.weight"), & $($mu)? $m.wte, TensorSpec::new(&[cfg.vocab_size as i64, h], Init::Normal))?;
+        $v.tensor(&format!("{p}wpe.weight"), & $($mu)? $m.wpe, TensorSpec::new(&[cfg.max_position_embeddings as i64, h], Init::Normal))?;
+        for (l, b) in $m.blocks.$iter().enumerate() {
+            let q = format!("{p}h.{l}");
+            $v.tensor(&format!("{q}.ln_1.weight"), & $($mu)? b.ln_1.weight, TensorSpec::new(&[h], Init::Ones))?;
+            $v.tensor(&format!("{q}.ln_1.bias"), & $($mu)? b.ln_1.bias, TensorSpec::new(&[h], Init::Zeros))?;
+            $v.linear(&format!("{q}.attn.c_attn"), & $($mu)? b.c_attn, conv(h, 3 * h))?;
+            $v.linear(&format!("{q}.attn.c_proj"), & $($mu)? b.c_proj, conv(h, h))?;
+            $v.tensor(&format!("{q}.ln_2.weight"), & $($mu)? b.ln_2.weight, TensorSpec::new(&[h], Init::Ones))?;
+            $v.tensor(&format!("{q}.ln_2.bias"), & $($mu)? b.ln_2.bias, TensorSpec::new(&[h], Init::Zeros))?;
+            $v.linear(&format!("{q}.mlp.c_fc"), & $($mu)? b.c_fc, conv(h, i))?;
+            $v.linear(&format!("{q}.mlp.c_proj"), & $($mu)? b.mlp_proj, conv(i, h))?;
+        }
+        $v.tensor(&format!("{p}ln_f.weight"), & $($mu)? $m.ln_f.weight, TensorSpec::new(&[h], Init::Ones))?;
+        $v.tensor(&format!("{p}ln_f.bias"), & $($mu)? $m.ln_f.bias, TensorSpec::new(&[h], Init::Zeros))?;
+        Ok(())
+    }};
 }
 
 impl Gpt2 {
+    /// The model with placeholder tensors; `prefix` is "transformer." (GPT2LMHeadModel
+    /// checkpoints) or "" (bare GPT2Model ones).
+    pub fn skeleton(cfg: &Config, prefix: &str) -> Self {
+        let norm = || LayerNorm { weight: Tensor::new(), bias: Tensor::new(), eps: cfg.norm_eps };
+        let blocks = (0..cfg.num_layers)
+            .map(|_| Block { ln_1: norm(), c_attn: placeholder_linear(), c_proj: placeholder_linear(), ln_2: norm(), c_fc: placeholder_linear(), mlp_proj: placeholder_linear() })
+            .collect();
+        Gpt2 { wte: Tensor::new(), wpe: Tensor::new(), blocks, ln_f: norm(), heads: cfg.num_heads as i64, prefix: prefix.to_string() }
+    }
+
     pub fn load(cfg: &Config, w: &mut Weights) -> Result<Self> {
-        let prefix = if w.has("transformer.wte.weight") { "transformer." } else { "" }.to_string();
-        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
-        let wte = w.take(&format!("{prefix}wte.weight"), &[cfg.vocab_size, h])?;
-        let wpe = w.take(&format!("{prefix}wpe.weight"), &[cfg.max_position_embeddings, h])?;
-        let mut blocks = Vec::new(); // not with_capacity: the count is untrusted until its tensors are found
-        for l in 0..cfg.num_layers {
-            let p = format!("{prefix}h.{l}");
-            blocks.push(Block {
-                ln_1: layer_norm(w, &format!("{p}.ln_1"), h, cfg.norm_eps)?,
-                c_attn: conv1d(w, &format!("{p}.attn.c_attn"), h, 3 * h)?,
-                c_proj: conv1d(w, &format!("{p}.attn.c_proj"), h, h)?,
-                ln_2: layer_norm(w, &format!("{p}.ln_2"), h, cfg.norm_eps)?,
-                c_fc: conv1d(w, &format!("{p}.mlp.c_fc"), h, i)?,
-                mlp_proj: conv1d(w, &format!("{p}.mlp.c_proj"), i, h)?,
-            });
-        }
-        let ln_f = layer_norm(w, &format!("{prefix}ln_f"), h, cfg.norm_eps)?;
-        Ok(Gpt2 { wte, wpe, blocks, ln_f, heads: cfg.num_heads as i64, prefix })
+        let prefix = if w.has("transformer.wte.weight") { "transformer." } else { "" };
+        let mut m = Self::skeleton(cfg, prefix);
+        m.visit_mut(cfg, &mut Load(w))?;
+        Ok(m)
     }
 
     pub fn lm_head(&self) -> &Tensor {
@@ -90,67 +103,13 @@ impl Gpt2 {
         self.ln_f.forward(&x)
     }
 
-    /// Every parameter with its HF name and layout (`Conv1D` weights transposed back to `[in, out]`).
-    pub fn named_parameters(&self) -> Result<Vec<(String, Tensor)>> {
-        let p = &self.prefix;
-        let mut out = vec![(format!("{p}wte.weight"), self.wte.shallow_clone()), (format!("{p}wpe.weight"), self.wpe.shallow_clone())];
-        let ln = |out: &mut Vec<(String, Tensor)>, name: String, n: &LayerNorm| {
-            out.push((format!("{name}.weight"), n.weight.shallow_clone()));
-            out.push((format!("{name}.bias"), n.bias.shallow_clone()));
-        };
-        let conv = |out: &mut Vec<(String, Tensor)>, name: String, l: &Linear| -> Result<()> {
-            out.push((format!("{name}.weight"), l.effective_weight()?.f_t_copy()?));
-            if let Some(b) = &l.bias {
-                out.push((format!("{name}.bias"), b.shallow_clone()));
-            }
-            Ok(())
-        };
-        for (i, b) in self.blocks.iter().enumerate() {
-            let q = format!("{p}h.{i}");
-            ln(&mut out, format!("{q}.ln_1"), &b.ln_1);
-            conv(&mut out, format!("{q}.attn.c_attn"), &b.c_attn)?;
-            conv(&mut out, format!("{q}.attn.c_proj"), &b.c_proj)?;
-            ln(&mut out, format!("{q}.ln_2"), &b.ln_2);
-            conv(&mut out, format!("{q}.mlp.c_fc"), &b.c_fc)?;
-            conv(&mut out, format!("{q}.mlp.c_proj"), &b.mlp_proj)?;
-        }
-        ln(&mut out, format!("{p}ln_f"), &self.ln_f);
-        Ok(out)
+    /// Every parameter in HF order.
+    pub fn visit(&self, cfg: &Config, v: &mut impl Visit) -> Result<()> {
+        walk!(self, cfg, v, iter)
     }
 
-    /// The model's own tensors (linear weights in `[out, in]` layout), for an optimizer.
-    pub fn own_tensors(&self) -> Vec<(String, Tensor)> {
-        let p = &self.prefix;
-        let mut out = vec![(format!("{p}wte.weight"), self.wte.shallow_clone()), (format!("{p}wpe.weight"), self.wpe.shallow_clone())];
-        let mut push = |name: String, t: &Tensor| out.push((name, t.shallow_clone()));
-        for (i, b) in self.blocks.iter().enumerate() {
-            let q = format!("{p}h.{i}");
-            for (n, norm) in [("ln_1", &b.ln_1), ("ln_2", &b.ln_2)] {
-                push(format!("{q}.{n}.weight"), &norm.weight);
-                push(format!("{q}.{n}.bias"), &norm.bias);
-            }
-            for (n, l) in [("attn.c_attn", &b.c_attn), ("attn.c_proj", &b.c_proj), ("mlp.c_fc", &b.c_fc), ("mlp.c_proj", &b.mlp_proj)] {
-                push(format!("{q}.{n}.weight"), &l.weight);
-                if let Some(bias) = &l.bias {
-                    push(format!("{q}.{n}.bias"), bias);
-                }
-            }
-        }
-        push(format!("{p}ln_f.weight"), &self.ln_f.weight);
-        push(format!("{p}ln_f.bias"), &self.ln_f.bias);
-        out
-    }
-
-    /// Every linear (`Conv1D`) layer with its HF module name, for attaching adapters.
-    pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
-        let p = self.prefix.clone();
-        let mut out = Vec::new();
-        for (i, b) in self.blocks.iter_mut().enumerate() {
-            out.push((format!("{p}h.{i}.attn.c_attn"), &mut b.c_attn));
-            out.push((format!("{p}h.{i}.attn.c_proj"), &mut b.c_proj));
-            out.push((format!("{p}h.{i}.mlp.c_fc"), &mut b.c_fc));
-            out.push((format!("{p}h.{i}.mlp.c_proj"), &mut b.mlp_proj));
-        }
-        out
+    /// Every parameter in HF order, to change.
+    pub fn visit_mut<'a>(&'a mut self, cfg: &Config, v: &mut impl VisitMut<'a>) -> Result<()> {
+        walk!(self, cfg, v, iter_mut, mut)
     }
 }

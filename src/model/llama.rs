@@ -3,9 +3,10 @@
 //! optional q/k/v biases, tied or untied LM head. Weight names equal HF keys.
 use super::config::{Config, RopeScaling};
 use super::layers::{KvCache, Linear, RmsNorm};
+use super::params::{placeholder_linear, Bias, Init, Load, LinearSpec, TensorSpec, Visit, VisitMut};
 use super::weights::Weights;
 use anyhow::Result;
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 pub struct Attention {
     pub q_proj: Linear,
@@ -66,16 +67,6 @@ pub fn inverse_frequencies(cfg: &Config) -> Vec<f32> {
     }
 }
 
-fn linear(w: &mut Weights, name: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
-    let weight = w.take(&format!("{name}.weight"), &[out, inp])?;
-    let bias = if bias { Some(w.take(&format!("{name}.bias"), &[out])?) } else { w.take_opt(&format!("{name}.bias"), &[out])? };
-    Ok(Linear::new(weight, bias))
-}
-
-fn rms(w: &mut Weights, name: &str, n: usize, eps: f64) -> Result<RmsNorm> {
-    Ok(RmsNorm { weight: w.take(&format!("{name}.weight"), &[n])?, eps })
-}
-
 fn rotate_half(x: &Tensor) -> Result<Tensor> {
     let d = *x.size().last().unwrap_or(&0);
     let x1 = x.f_narrow(-1, 0, d / 2)?;
@@ -116,41 +107,69 @@ impl Mlp {
     }
 }
 
-impl Llama {
-    /// Builds the model from HF-named weights (`model.layers.N...`, `lm_head.weight`).
-    pub fn load(cfg: &Config, w: &mut Weights) -> Result<Self> {
-        let (h, i, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
-        let (nh, nkv) = (cfg.num_heads, cfg.num_kv_heads);
-        let embed_tokens = w.take("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
-        let mut layers = Vec::new(); // not with_capacity: the count is untrusted until its tensors are found
-        for l in 0..cfg.num_layers {
+/// The family's parameters: the one place their HF names and shapes are written. Expands to a
+/// walk over `&$m` or, with `mut`, `&mut $m`.
+macro_rules! walk {
+    ($m:expr, $cfg:expr, $tied:expr, $v:expr, $iter:ident $(, $mu:tt)?) => {{
+        let cfg = $cfg;
+        let (h, i, hd, vocab) = (cfg.hidden_size as i64, cfg.intermediate_size as i64, cfg.head_dim as i64, cfg.vocab_size as i64);
+        let (q, kv) = (cfg.num_heads as i64 * hd, cfg.num_kv_heads as i64 * hd);
+        let bias = |b: bool| if b { Bias::Required } else { Bias::Optional };
+        let lin = |out, inp, b: bool| LinearSpec { out, inp, bias: bias(b), conv1d: false };
+        $v.tensor("model.embed_tokens.weight", & $($mu)? $m.embed_tokens, TensorSpec::new(&[vocab, h], Init::Normal))?;
+        for (l, layer) in $m.layers.$iter().enumerate() {
             let p = format!("model.layers.{l}");
-            layers.push(DecoderLayer {
-                input_layernorm: rms(w, &format!("{p}.input_layernorm"), h, cfg.norm_eps)?,
-                self_attn: Attention {
-                    q_proj: linear(w, &format!("{p}.self_attn.q_proj"), nh * hd, h, cfg.qkv_bias)?,
-                    k_proj: linear(w, &format!("{p}.self_attn.k_proj"), nkv * hd, h, cfg.qkv_bias)?,
-                    v_proj: linear(w, &format!("{p}.self_attn.v_proj"), nkv * hd, h, cfg.qkv_bias)?,
-                    o_proj: linear(w, &format!("{p}.self_attn.o_proj"), h, nh * hd, cfg.o_bias)?,
-                    heads: nh as i64,
-                    kv_heads: nkv as i64,
-                    head_dim: hd as i64,
-                },
-                post_attention_layernorm: rms(w, &format!("{p}.post_attention_layernorm"), h, cfg.norm_eps)?,
-                mlp: Mlp {
-                    gate_proj: linear(w, &format!("{p}.mlp.gate_proj"), i, h, cfg.mlp_bias)?,
-                    up_proj: linear(w, &format!("{p}.mlp.up_proj"), i, h, cfg.mlp_bias)?,
-                    down_proj: linear(w, &format!("{p}.mlp.down_proj"), h, i, cfg.mlp_bias)?,
-                },
-            });
+            $v.tensor(&format!("{p}.input_layernorm.weight"), & $($mu)? layer.input_layernorm.weight, TensorSpec::new(&[h], Init::Ones))?;
+            $v.linear(&format!("{p}.self_attn.q_proj"), & $($mu)? layer.self_attn.q_proj, lin(q, h, cfg.qkv_bias))?;
+            $v.linear(&format!("{p}.self_attn.k_proj"), & $($mu)? layer.self_attn.k_proj, lin(kv, h, cfg.qkv_bias))?;
+            $v.linear(&format!("{p}.self_attn.v_proj"), & $($mu)? layer.self_attn.v_proj, lin(kv, h, cfg.qkv_bias))?;
+            $v.linear(&format!("{p}.self_attn.o_proj"), & $($mu)? layer.self_attn.o_proj, lin(h, q, cfg.o_bias))?;
+            $v.tensor(&format!("{p}.post_attention_layernorm.weight"), & $($mu)? layer.post_attention_layernorm.weight, TensorSpec::new(&[h], Init::Ones))?;
+            $v.linear(&format!("{p}.mlp.gate_proj"), & $($mu)? layer.mlp.gate_proj, lin(i, h, cfg.mlp_bias))?;
+            $v.linear(&format!("{p}.mlp.up_proj"), & $($mu)? layer.mlp.up_proj, lin(i, h, cfg.mlp_bias))?;
+            $v.linear(&format!("{p}.mlp.down_proj"), & $($mu)? layer.mlp.down_proj, lin(h, i, cfg.mlp_bias))?;
         }
-        let norm = rms(w, "model.norm", h, cfg.norm_eps)?;
-        let lm_head = match w.take_opt("lm_head.weight", &[cfg.vocab_size, h])? {
-            Some(t) if !cfg.tie_word_embeddings => t,
-            _ => embed_tokens.shallow_clone(),
-        };
-        let inv_freq = Tensor::f_from_slice(&inverse_frequencies(cfg))?.f_to_device(w.device)?;
-        Ok(Llama { embed_tokens, layers, norm, lm_head, inv_freq })
+        $v.tensor("model.norm.weight", & $($mu)? $m.norm.weight, TensorSpec::new(&[h], Init::Ones))?;
+        if !$tied {
+            $v.tensor("lm_head.weight", & $($mu)? $m.lm_head, TensorSpec { optional: true, ..TensorSpec::new(&[vocab, h], Init::Normal) })?;
+        }
+        Ok(())
+    }};
+}
+
+impl Llama {
+    /// The model with placeholder tensors, for a visitor to fill (`params::Load`, `params::Random`).
+    pub fn skeleton(cfg: &Config, device: Device) -> Result<Self> {
+        let norm = || RmsNorm { weight: Tensor::new(), eps: cfg.norm_eps };
+        let layers = (0..cfg.num_layers)
+            .map(|_| DecoderLayer {
+                input_layernorm: norm(),
+                self_attn: Attention {
+                    q_proj: placeholder_linear(),
+                    k_proj: placeholder_linear(),
+                    v_proj: placeholder_linear(),
+                    o_proj: placeholder_linear(),
+                    heads: cfg.num_heads as i64,
+                    kv_heads: cfg.num_kv_heads as i64,
+                    head_dim: cfg.head_dim as i64,
+                },
+                post_attention_layernorm: norm(),
+                mlp: Mlp { gate_proj: placeholder_linear(), up_proj: placeholder_linear(), down_proj: placeholder_linear() },
+            })
+            .collect();
+        let inv_freq = Tensor::f_from_slice(&inverse_frequencies(cfg))?.f_to_device(device)?;
+        Ok(Llama { embed_tokens: Tensor::new(), layers, norm: norm(), lm_head: Tensor::new(), inv_freq })
+    }
+
+    /// Builds the model from HF-named weights (`model.layers.N...`, `lm_head.weight`); the LM
+    /// head is the embedding when tied or absent.
+    pub fn load(cfg: &Config, w: &mut Weights) -> Result<Self> {
+        let mut m = Self::skeleton(cfg, w.device)?;
+        m.visit_mut(cfg, cfg.tie_word_embeddings, &mut Load(w))?;
+        if !m.lm_head.defined() {
+            m.lm_head = m.embed_tokens.shallow_clone();
+        }
+        Ok(m)
     }
 
     /// Final hidden states `[B, T, H]` for token ids `[B, T]` at `positions` `[B, T]`, with the
@@ -177,52 +196,14 @@ impl Llama {
         self.norm.forward(&x)
     }
 
-    /// Every parameter with its HF name (the LM head only when untied).
-    /// LoRA adapters are merged into the weights they adapt.
-    pub fn named_parameters(&self, tied: bool) -> Result<Vec<(String, Tensor)>> {
-        let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed_tokens.shallow_clone())];
-        let lin = |out: &mut Vec<(String, Tensor)>, name: String, l: &Linear| -> Result<()> {
-            out.push((format!("{name}.weight"), l.effective_weight()?));
-            if let Some(b) = &l.bias {
-                out.push((format!("{name}.bias"), b.shallow_clone()));
-            }
-            Ok(())
-        };
-        for (i, layer) in self.layers.iter().enumerate() {
-            let p = format!("model.layers.{i}");
-            out.push((format!("{p}.input_layernorm.weight"), layer.input_layernorm.weight.shallow_clone()));
-            lin(&mut out, format!("{p}.self_attn.q_proj"), &layer.self_attn.q_proj)?;
-            lin(&mut out, format!("{p}.self_attn.k_proj"), &layer.self_attn.k_proj)?;
-            lin(&mut out, format!("{p}.self_attn.v_proj"), &layer.self_attn.v_proj)?;
-            lin(&mut out, format!("{p}.self_attn.o_proj"), &layer.self_attn.o_proj)?;
-            out.push((format!("{p}.post_attention_layernorm.weight"), layer.post_attention_layernorm.weight.shallow_clone()));
-            lin(&mut out, format!("{p}.mlp.gate_proj"), &layer.mlp.gate_proj)?;
-            lin(&mut out, format!("{p}.mlp.up_proj"), &layer.mlp.up_proj)?;
-            lin(&mut out, format!("{p}.mlp.down_proj"), &layer.mlp.down_proj)?;
-        }
-        out.push(("model.norm.weight".to_string(), self.norm.weight.shallow_clone()));
-        if !tied {
-            out.push(("lm_head.weight".to_string(), self.lm_head.shallow_clone()));
-        }
-        Ok(out)
+    /// Every parameter in HF order (the LM head only when not `tied`).
+    pub fn visit(&self, cfg: &Config, tied: bool, v: &mut impl Visit) -> Result<()> {
+        walk!(self, cfg, tied, v, iter)
     }
 
-    /// Every linear layer with its HF module name, for attaching adapters.
-    pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
-        let mut out = Vec::new();
-        for (i, layer) in self.layers.iter_mut().enumerate() {
-            let p = format!("model.layers.{i}");
-            let a = &mut layer.self_attn;
-            out.push((format!("{p}.self_attn.q_proj"), &mut a.q_proj));
-            out.push((format!("{p}.self_attn.k_proj"), &mut a.k_proj));
-            out.push((format!("{p}.self_attn.v_proj"), &mut a.v_proj));
-            out.push((format!("{p}.self_attn.o_proj"), &mut a.o_proj));
-            let m = &mut layer.mlp;
-            out.push((format!("{p}.mlp.gate_proj"), &mut m.gate_proj));
-            out.push((format!("{p}.mlp.up_proj"), &mut m.up_proj));
-            out.push((format!("{p}.mlp.down_proj"), &mut m.down_proj));
-        }
-        out
+    /// Every parameter in HF order, to change (the LM head only when not `tied`).
+    pub fn visit_mut<'a>(&'a mut self, cfg: &Config, tied: bool, v: &mut impl VisitMut<'a>) -> Result<()> {
+        walk!(self, cfg, tied, v, iter_mut, mut)
     }
 }
 

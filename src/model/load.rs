@@ -4,6 +4,7 @@ use super::config::{self, Arch, Config};
 use super::gguf::{self, Gguf};
 use super::layers::Linear;
 use super::tokenizer::{self, Tokenizer};
+use super::params::Random;
 use super::weights::Weights;
 use super::{gpt2, llama, Body, CausalLM};
 use anyhow::{bail, Context, Result};
@@ -164,23 +165,9 @@ fn random_weights(cfg: &Config, opts: &LoadOptions) -> Result<Weights> {
     static DRAWING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one_at_a_time = DRAWING.lock().unwrap_or_else(|e| e.into_inner());
     tch::manual_seed(opts.seed);
-    let (h, i, hd, v) = (cfg.hidden_size as i64, cfg.intermediate_size as i64, cfg.head_dim as i64, cfg.vocab_size as i64);
-    let (nh, nkv) = (cfg.num_heads as i64, cfg.num_kv_heads as i64);
-    let normal = |shape: &[i64]| -> Result<Tensor> { Ok(Tensor::f_randn(shape, (Kind::Float, Device::Cpu))?.f_mul_scalar(0.02)?) };
-    let mut map = BTreeMap::new();
-    map.insert("model.embed_tokens.weight".to_string(), normal(&[v, h])?);
-    for l in 0..cfg.num_layers {
-        let p = format!("model.layers.{l}");
-        for (name, shape) in [
-            ("self_attn.q_proj", [nh * hd, h]), ("self_attn.k_proj", [nkv * hd, h]), ("self_attn.v_proj", [nkv * hd, h]),
-            ("self_attn.o_proj", [h, nh * hd]), ("mlp.gate_proj", [i, h]), ("mlp.up_proj", [i, h]), ("mlp.down_proj", [h, i]),
-        ] {
-            map.insert(format!("{p}.{name}.weight"), normal(&shape)?);
-        }
-        map.insert(format!("{p}.input_layernorm.weight"), Tensor::f_ones([h], (Kind::Float, Device::Cpu))?);
-        map.insert(format!("{p}.post_attention_layernorm.weight"), Tensor::f_ones([h], (Kind::Float, Device::Cpu))?);
-    }
-    map.insert("model.norm.weight".into(), Tensor::f_ones([h], (Kind::Float, Device::Cpu))?);
+    let mut drawn = Random::default();
+    llama::Llama::skeleton(cfg, Device::Cpu)?.visit_mut(cfg, cfg.tie_word_embeddings, &mut drawn)?;
+    let map = drawn.0;
     Ok(Weights::new(map, "builtin:tiny".into(), opts.device, opts.kind))
 }
 

@@ -2,6 +2,7 @@
 //! tensors, and saving the adapters alone in PEFT's layout.
 use super::config::Arch;
 use super::layers::{AdapterState, Linear};
+use super::params::Linears;
 use super::{Body, CausalLM};
 use anyhow::{bail, Context, Result};
 use std::path::Path;
@@ -34,7 +35,7 @@ impl CausalLM {
         }
         let state = AdapterState::default();
         let mut n = 0;
-        for (name, lin) in self.linears_mut() {
+        for (name, lin) in self.linears_mut()? {
             let last = name.rsplit('.').next().unwrap_or("");
             if cfg.targets.iter().any(|t| t == last) {
                 lin.add_lora(cfg.rank, cfg.alpha, cfg.dropout, state.clone())?;
@@ -48,11 +49,14 @@ impl CausalLM {
         Ok(())
     }
 
-    fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+    /// Every linear layer with its HF module name.
+    fn linears_mut(&mut self) -> Result<Vec<(String, &mut Linear)>> {
+        let mut found = Linears::default();
         match &mut self.body {
-            Body::Llama(m) => m.linears_mut(),
-            Body::Gpt2(m) => m.linears_mut(),
+            Body::Llama(m) => m.visit_mut(&self.cfg, true, &mut found)?,
+            Body::Gpt2(m) => m.visit_mut(&self.cfg, &mut found)?,
         }
+        Ok(found.0)
     }
 
     /// Turns the LoRA adapters on or off (off: the base model). No effect without adapters.
@@ -74,7 +78,7 @@ impl CausalLM {
     pub fn trainable_parameters(&mut self) -> Result<Vec<(String, Tensor)>> {
         let mut out = Vec::new();
         if self.lora.is_some() {
-            for (name, lin) in self.linears_mut() {
+            for (name, lin) in self.linears_mut()? {
                 if let Some(l) = &lin.lora {
                     out.push((format!("{name}.lora_A.weight"), l.a.shallow_clone()));
                     out.push((format!("{name}.lora_B.weight"), l.b.shallow_clone()));
@@ -82,11 +86,7 @@ impl CausalLM {
             }
             return Ok(out);
         }
-        let own = match &self.body {
-            Body::Llama(_) => self.named_parameters()?,
-            Body::Gpt2(m) => m.own_tensors(),
-        };
-        for (name, mut t) in own {
+        for (name, mut t) in self.parameters(false)? {
             let _ = t.f_requires_grad_(true)?;
             out.push((name, t));
         }

@@ -1,7 +1,8 @@
 //! Causal language models and score models on libtorch. This file holds the model type and
 //! dispatches to the families (one file each: `llama.rs`, `gpt2.rs`); each concern has its own
 //! file: `load.rs` (sources, GGUF mapping, built-ins), `logprobs.rs` (log-probs, scores,
-//! features), `lora.rs` (adapters), `save.rs` (parameters out, HF folders), `sampler.rs`
+//! features), `lora.rs` (adapters), `params.rs` (each family's parameters walked by visitors:
+//! loading, listing, LoRA targets, random initialisation), `save.rs` (parameters out, HF folders), `sampler.rs`
 //! (generation).
 pub mod config;
 pub mod gguf;
@@ -11,6 +12,7 @@ pub mod llama;
 mod load;
 mod logprobs;
 mod lora;
+pub mod params;
 pub mod sampler;
 mod save;
 pub mod tokenizer;

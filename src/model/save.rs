@@ -1,5 +1,6 @@
 //! The weights out: every parameter by its HF name, a deep copy (the reference model), and an
 //! HF folder written atomically.
+use super::params::List;
 use super::weights::Weights;
 use super::{Body, CausalLM};
 use anyhow::{Context, Result};
@@ -26,12 +27,20 @@ impl CausalLM {
         Ok(copy)
     }
 
-    /// Every parameter with its HF name and layout.
+    /// Every parameter with its HF name and layout, LoRA merged into the weights it adapts.
     pub fn named_parameters(&self) -> Result<Vec<(String, Tensor)>> {
+        self.parameters(true)
+    }
+
+    /// Every parameter with its HF name: `hf`, as `named_parameters`; else the tensors the model
+    /// holds (linear weights `[out, in]`, adapters not merged), which an optimizer updates.
+    pub(crate) fn parameters(&self, hf: bool) -> Result<Vec<(String, Tensor)>> {
+        let mut list = List { hf, out: Vec::new() };
         match &self.body {
-            Body::Llama(m) => m.named_parameters(self.cfg.tie_word_embeddings || self.lm_head_is_tied()),
-            Body::Gpt2(m) => m.named_parameters(),
+            Body::Llama(m) => m.visit(&self.cfg, self.cfg.tie_word_embeddings || self.lm_head_is_tied(), &mut list)?,
+            Body::Gpt2(m) => m.visit(&self.cfg, &mut list)?,
         }
+        Ok(list.out)
     }
 
     fn lm_head_is_tied(&self) -> bool {
