@@ -1,6 +1,6 @@
 //! Seeded mutation tests of every parser of untrusted bytes: GGUF (header, metadata, tensor
 //! table, then dequantisation of what it accepts), safetensors weights, `config.json`,
-//! `tokenizer.json`, preference files (JSONL, gzip, JSON, CSV), journal entries and cache
+//! `tokenizer.json`, preference and prompt files (JSONL, gzip, JSON, CSV), journal entries and cache
 //! entries. Each starts from a valid file, applies a few thousand seeded random mutations (bit
 //! flips, random bytes, truncation, huge length fields, insertions, duplicated slices) and
 //! requires an `Ok` or an `Err`: never a panic or a hang. A failing input is written to
@@ -435,6 +435,7 @@ fn preference_files() {
             assert!(data::load_preferences(&dir.join(file), &opts).is_ok(), "{name}: the seed loads");
             fuzz(name, &seed, &dir.join(file), |p| {
                 let _ = data::load_preferences(p, &opts);
+                let _ = data::load_prompts(p);
             });
         }
     }
