@@ -66,6 +66,11 @@ impl CausalLM {
         }
     }
 
+    /// Whether the adapters are on (true without adapters: the model is what it computes).
+    pub fn adapters_enabled(&self) -> bool {
+        self.lora.as_ref().is_none_or(|(_, s)| s.enabled.get())
+    }
+
     /// Training mode (adapter dropout on) or evaluation mode.
     pub fn set_training(&self, on: bool) {
         if let Some((_, s)) = &self.lora {

@@ -65,12 +65,15 @@ impl ScriptModel {
         self.memo_source.borrow_mut().take();
     }
 
-    /// Runs `f` with the adapters switched as this handle says.
+    /// Runs `f` with the adapters switched as this handle says, then switches them back to what
+    /// they were (not to "on"), so calls nest: a base-model view used inside another handle's
+    /// call, or the other way round, leaves each caller's setting as it found it.
     pub fn with<R>(&self, f: impl FnOnce(&CausalLM) -> R) -> R {
         let m = self.model.borrow();
+        let before = m.adapters_enabled();
         m.set_adapters_enabled(!self.base_only);
         let r = f(&m);
-        m.set_adapters_enabled(true);
+        m.set_adapters_enabled(before);
         r
     }
 }
@@ -368,4 +371,29 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
             m.model.borrow_mut().save_adapter(&path).map_err(err)
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::LoadOptions;
+
+    #[test]
+    fn nested_calls_leave_each_handles_adapter_setting_as_they_found_it() {
+        // Regression: `with` reset the adapters to "on" when it returned, so a policy call nested
+        // inside a base-model view's call left the rest of the outer call on the policy.
+        let mut m = CausalLM::load("builtin:tiny", &LoadOptions { device: tch::Device::Cpu, kind: tch::Kind::Float, seed: 0 }).unwrap();
+        m.add_lora(LoraConfig::default()).unwrap();
+        let policy = ScriptModel::new(m);
+        let base = ScriptModel { base_only: true, ..ScriptModel::new_shared(policy.model.clone()) };
+        let seen = base.with(|m| {
+            let outer = m.adapters_enabled();
+            let inner = policy.with(|m| m.adapters_enabled());
+            (outer, inner, m.adapters_enabled())
+        });
+        assert_eq!(seen, (false, true, false), "(base, nested policy, base after it)");
+        let seen = policy.with(|m| (base.with(|m| m.adapters_enabled()), m.adapters_enabled()));
+        assert_eq!(seen, (false, true), "(nested base, policy after it)");
+        assert!(policy.model.borrow().adapters_enabled(), "on again outside every call");
+    }
 }
