@@ -4,7 +4,7 @@
 mod common;
 use common::host;
 use dualign::exact::World;
-use dualign::model::{CausalLM, LoadOptions, SampleOptions};
+use dualign::model::{CausalLM, Decoding, LoadOptions, SampleOptions};
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
@@ -71,7 +71,7 @@ fn sampling_follows_the_enumerated_distribution() {
     let lp = w.logprobs(&m).unwrap();
     let prompt = m.tokenizer.encode(&w.prompts[0], true).unwrap();
     let n = 40000;
-    let opts = SampleOptions { n, max_new_tokens: 10, temperature: 1.0, top_p: 1.0, top_k: 0, seed: Some(11), slots: 4096 };
+    let opts = SampleOptions { n, max_new_tokens: 10, decoding: Decoding::new(1.0, 0, 1.0).unwrap(), seed: Some(11), slots: 4096 };
     let out = m.generate(&[prompt], &opts, &|| false).unwrap();
     let responses = w.responses();
     let mut counts = vec![0f64; responses.len()];

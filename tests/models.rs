@@ -5,7 +5,7 @@
 //! scripts/test).
 mod common;
 use common::{python, reference};
-use dualign::model::{gguf::Gguf, CausalLM, LoadOptions, SampleOptions};
+use dualign::model::{gguf::Gguf, CausalLM, Decoding, LoadOptions, SampleOptions};
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
@@ -53,7 +53,7 @@ fn greedy_batched_decoding_with_left_padding_matches_hf_generate() {
         let e = expected(&dir);
         let m = CausalLM::load(dir.to_str().unwrap(), &cpu_f32()).unwrap();
         let prompts = vec![to_vec(&e["prompts_0"]), to_vec(&e["prompts_1"])];
-        let opts = SampleOptions { temperature: 0.0, max_new_tokens: 6, ..Default::default() };
+        let opts = SampleOptions { decoding: Decoding::Greedy, max_new_tokens: 6, ..Default::default() };
         let ours = m.generate(&prompts, &opts, &|| false).unwrap();
         for (i, got) in ours.iter().enumerate() {
             // HF keeps the EOS token and pads after it; ours stops before it.
@@ -211,7 +211,7 @@ fn default_policy_matches_the_documented_facts() {
     assert_eq!(prompt, "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n");
     let ids = m.tokenizer.encode(&prompt, true).unwrap();
     assert_eq!(ids, vec![1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1, 520, 9531, 198]);
-    let out = m.generate(&[ids], &SampleOptions { temperature: 0.0, max_new_tokens: 24, ..Default::default() }, &|| false).unwrap();
+    let out = m.generate(&[ids], &SampleOptions { decoding: Decoding::Greedy, max_new_tokens: 24, ..Default::default() }, &|| false).unwrap();
     assert_eq!(m.tokenizer.decode(&out[0], true).unwrap(), "The capital of France is Paris.");
 }
 
@@ -219,7 +219,7 @@ fn default_policy_matches_the_documented_facts() {
 fn seeded_sampling_is_reproducible_and_respects_top_k() {
     let m = CausalLM::load("builtin:tiny", &cpu_f32()).unwrap();
     let prompts = vec![m.tokenizer.encode("hello", true).unwrap(), m.tokenizer.encode("a longer prompt", true).unwrap()];
-    let opts = SampleOptions { n: 3, max_new_tokens: 10, temperature: 1.0, top_p: 0.9, seed: Some(7), ..Default::default() };
+    let opts = SampleOptions { n: 3, max_new_tokens: 10, decoding: Decoding::new(1.0, 0, 0.9).unwrap(), seed: Some(7), ..Default::default() };
     let a = m.generate(&prompts, &opts, &|| false).unwrap();
     let b = m.generate(&prompts, &opts, &|| false).unwrap();
     assert_eq!(a, b);
@@ -227,8 +227,8 @@ fn seeded_sampling_is_reproducible_and_respects_top_k() {
     // Top-p and top-k against a full-sort reference nucleus on fixed logits:
     // tests/sampler.rs, top_k_and_top_p_match_a_full_sort_reference.
     // top_k = 1 is greedy whatever the temperature.
-    let greedy = m.generate(&prompts, &SampleOptions { max_new_tokens: 10, temperature: 0.0, ..Default::default() }, &|| false).unwrap();
-    let k1 = m.generate(&prompts, &SampleOptions { max_new_tokens: 10, temperature: 2.0, top_k: 1, seed: Some(1), ..Default::default() }, &|| false).unwrap();
+    let greedy = m.generate(&prompts, &SampleOptions { max_new_tokens: 10, decoding: Decoding::Greedy, ..Default::default() }, &|| false).unwrap();
+    let k1 = m.generate(&prompts, &SampleOptions { max_new_tokens: 10, decoding: Decoding::new(2.0, 1, 1.0).unwrap(), seed: Some(1), ..Default::default() }, &|| false).unwrap();
     assert_eq!(greedy, k1);
 }
 

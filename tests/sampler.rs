@@ -3,7 +3,7 @@
 //! against decoding without a cache. The distribution over a closed response space is checked by
 //! the chi-square test in tests/exact.rs.
 use dualign::model::sampler::{sample, uniform};
-use dualign::model::{CausalLM, LoadOptions, SampleOptions};
+use dualign::model::{CausalLM, Decoding, LoadOptions, SampleOptions};
 use tch::{Device, Kind, Tensor};
 
 fn cpu_f32() -> LoadOptions {
@@ -60,10 +60,10 @@ fn top_k_and_top_p_match_a_full_sort_reference() {
         let mut flat = vec![0f32; (rows * v) as usize];
         logits.copy_data(&mut flat, (rows * v) as usize);
         for (temperature, top_k, top_p) in [(1.0, 0, 0.9), (0.7, 0, 0.5), (1.3, 0, 0.99), (1.0, 50, 1.0), (1.0, 200, 0.8), (1.0, 0, 1.0), (2.0, 3000, 0.95)] {
-            let opts = SampleOptions { temperature, top_k, top_p, ..Default::default() };
+            let decoding = Decoding::new(temperature, top_k, top_p).unwrap();
             for draw in 0..64u64 {
                 let u: Vec<f64> = (0..rows as u64).map(|r| uniform(draw, r, 0)).collect();
-                let got = sample(&logits, &opts, &Tensor::from_slice(&u)).unwrap();
+                let got = sample(&logits, decoding, &Tensor::from_slice(&u)).unwrap();
                 for r in 0..rows as usize {
                     let want = reference_draw(&flat[r * v as usize..(r + 1) * v as usize], temperature, top_k as usize, top_p, u[r]);
                     let got = got.int64_value(&[r as i64]) as usize;
@@ -118,7 +118,7 @@ fn a_seed_gives_the_same_samples_whatever_the_slot_count() {
     let m = CausalLM::load("builtin:tiny", &cpu_f32()).unwrap();
     let p = prompts(&m);
     let run = |slots: usize, seed: i64| {
-        let opts = SampleOptions { n: 4, max_new_tokens: 12, temperature: 1.0, top_p: 0.9, seed: Some(seed), slots, ..Default::default() };
+        let opts = SampleOptions { n: 4, max_new_tokens: 12, decoding: Decoding::new(1.0, 0, 0.9).unwrap(), seed: Some(seed), slots, ..Default::default() };
         m.generate(&p, &opts, &|| false).unwrap()
     };
     let one = run(1, 5);
@@ -140,7 +140,7 @@ fn continuous_batching_decodes_like_a_full_forward_per_token() {
     let m = CausalLM::load("builtin:tiny", &cpu_f32()).unwrap();
     let p = prompts(&m);
     let max_new = 9;
-    let got = m.generate(&p, &SampleOptions { temperature: 0.0, max_new_tokens: max_new, slots: 2, ..Default::default() }, &|| false).unwrap();
+    let got = m.generate(&p, &SampleOptions { decoding: Decoding::Greedy, max_new_tokens: max_new, slots: 2, ..Default::default() }, &|| false).unwrap();
     for (prompt, got) in p.iter().zip(&got) {
         let mut seq = prompt.clone();
         let mut want = Vec::new();
@@ -155,5 +155,21 @@ fn continuous_batching_decodes_like_a_full_forward_per_token() {
             seq.push(next);
         }
         assert_eq!(got, &want, "prompt {prompt:?}");
+    }
+}
+
+#[test]
+fn decoding_settings_out_of_range_are_errors_not_other_decodings() {
+    // Temperature 0 is greedy (HF's do_sample=False); a negative temperature, top_k or an
+    // out-of-range top_p used to fall silently into greedy or "no filter".
+    assert_eq!(Decoding::new(0.0, 5, 0.5).unwrap(), Decoding::Greedy);
+    assert_eq!(Decoding::new(0.7, 0, 1.0).unwrap(), Decoding::Sample { temperature: 0.7, top_k: None, top_p: 1.0 });
+    for (t, k, p, what) in [(-1.0, 0, 1.0, "temperature -1"), (f64::NAN, 0, 1.0, "temperature NaN"), (1.0, -3, 1.0, "top_k -3"), (1.0, 0, 0.0, "top_p 0"), (1.0, 0, 1.5, "top_p 1.5")] {
+        let e = Decoding::new(t, k, p).unwrap_err().to_string();
+        assert!(e.starts_with(what), "{e}");
+    }
+    for d in [Decoding::Greedy, Decoding::new(0.7, 40, 0.9).unwrap()] {
+        let (t, k, p) = d.settings();
+        assert_eq!(Decoding::new(t, k, p).unwrap(), d, "settings() reads back");
     }
 }

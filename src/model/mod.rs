@@ -28,7 +28,7 @@ use tokenizer::Tokenizer;
 pub use load::{assets_dir, smollm2_path, LoadOptions};
 pub use logprobs::ResponseSpace;
 pub use lora::LoraConfig;
-pub use sampler::{sample, SampleOptions};
+pub use sampler::{sample, Decoding, SampleOptions};
 
 pub enum Body {
     Llama(llama::Llama),

@@ -21,17 +21,48 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor};
 
+/// How each next token is chosen.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Decoding {
+    /// The most likely token.
+    Greedy,
+    /// A draw from the softmax at `temperature`, restricted first to the `top_k` most likely
+    /// tokens (None: all), then to the nucleus holding `top_p` of what remains (1: all).
+    Sample { temperature: f64, top_k: Option<i64>, top_p: f64 },
+}
+
+impl Decoding {
+    /// From the settings as users write them (HF `generate`'s names): temperature 0 is greedy,
+    /// top_k 0 is no top-k filter. Out-of-range values are errors naming the setting.
+    pub fn new(temperature: f64, top_k: i64, top_p: f64) -> Result<Self> {
+        if !(temperature >= 0.0 && temperature.is_finite()) {
+            anyhow::bail!("temperature {temperature}: must be 0 (greedy) or positive");
+        }
+        if top_k < 0 {
+            anyhow::bail!("top_k {top_k}: must be 0 (off) or positive");
+        }
+        if !(top_p > 0.0 && top_p <= 1.0) {
+            anyhow::bail!("top_p {top_p}: must be in (0, 1]");
+        }
+        Ok(if temperature == 0.0 { Decoding::Greedy } else { Decoding::Sample { temperature, top_k: (top_k > 0).then_some(top_k), top_p } })
+    }
+
+    /// The user-facing settings `(temperature, top_k, top_p)` that `new` reads back as `self`.
+    pub fn settings(self) -> (f64, i64, f64) {
+        match self {
+            Decoding::Greedy => (0.0, 0, 1.0),
+            Decoding::Sample { temperature, top_k, top_p } => (temperature, top_k.unwrap_or(0), top_p),
+        }
+    }
+}
+
 /// Sampling settings of `generate`.
 #[derive(Debug, Clone)]
 pub struct SampleOptions {
     /// Samples per prompt.
     pub n: usize,
     pub max_new_tokens: usize,
-    /// 0 means greedy.
-    pub temperature: f64,
-    pub top_p: f64,
-    /// 0 means no top-k filter.
-    pub top_k: i64,
+    pub decoding: Decoding,
     pub seed: Option<i64>,
     /// Sequences decoded together; 0 means the default for the model and device (`default_slots`).
     pub slots: usize,
@@ -39,7 +70,7 @@ pub struct SampleOptions {
 
 impl Default for SampleOptions {
     fn default() -> Self {
-        SampleOptions { n: 1, max_new_tokens: 64, temperature: 1.0, top_p: 1.0, top_k: 0, seed: None, slots: 0 }
+        SampleOptions { n: 1, max_new_tokens: 64, decoding: Decoding::Sample { temperature: 1.0, top_k: None, top_p: 1.0 }, seed: None, slots: 0 }
     }
 }
 
@@ -67,8 +98,7 @@ pub fn uniform(seed: u64, seq: u64, step: u64) -> f64 {
     (h >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
 }
 
-/// Draws one token per row of `logits` `[R, V]` at the uniforms `u` `[R]` (f64): greedy when the
-/// temperature is 0, else from the softmax at the temperature, restricted first to the `top_k`
+/// Draws one token per row of `logits` `[R, V]` at the uniforms `u` `[R]` (f64): greedy, or from the softmax at the temperature, restricted first to the `top_k`
 /// most likely tokens and then to the nucleus of what remains (the most likely tokens until their
 /// renormalised mass reaches `top_p`, Holtzman et al. 2020), renormalised: the order and meaning
 /// of HF transformers' `TopKLogitsWarper` followed by `TopPLogitsWarper`.
@@ -76,18 +106,19 @@ pub fn uniform(seed: u64, seq: u64, step: u64) -> f64 {
 /// The nucleus is found among the `k` most likely tokens for growing `k` (64, 1024, then all):
 /// once the top `k` hold at least `top_p` of the mass in every row, the nucleus lies inside them,
 /// so the result is exactly the full-sort definition without sorting the whole vocabulary.
-pub fn sample(logits: &Tensor, opts: &SampleOptions, u: &Tensor) -> Result<Tensor> {
-    if opts.temperature <= 0.0 {
+pub fn sample(logits: &Tensor, decoding: Decoding, u: &Tensor) -> Result<Tensor> {
+    let Decoding::Sample { temperature, top_k, top_p } = decoding else {
         return Ok(logits.f_argmax(-1, false)?);
-    }
+    };
     let v = logits.size()[1];
-    let scaled = if opts.temperature == 1.0 { logits.shallow_clone() } else { logits.f_div_scalar(opts.temperature)? };
+    let scaled = if temperature == 1.0 { logits.shallow_clone() } else { logits.f_div_scalar(temperature)? };
     // Top-k first: the candidates (sorted, with their vocabulary ids) and their renormalised mass.
-    let (ids, probs) = if opts.top_k > 0 && opts.top_k < v {
-        let (vals, idx) = scaled.f_topk(opts.top_k, -1, true, true)?;
+    let (ids, probs) = match top_k.filter(|&k| k < v) {
+        Some(k) => {
+        let (vals, idx) = scaled.f_topk(k, -1, true, true)?;
         (Some(idx), vals.f_softmax(-1, Kind::Float)?)
-    } else {
-        (None, scaled.f_softmax(-1, Kind::Float)?)
+        }
+        None => (None, scaled.f_softmax(-1, Kind::Float)?),
     };
     let to_vocab = |choice: Tensor| -> Result<Tensor> {
         match &ids {
@@ -95,7 +126,7 @@ pub fn sample(logits: &Tensor, opts: &SampleOptions, u: &Tensor) -> Result<Tenso
             None => Ok(choice),
         }
     };
-    if opts.top_p >= 1.0 {
+    if top_p >= 1.0 {
         return to_vocab(inverse_cdf(&probs, u)?);
     }
     // Rows whose nucleus is not yet found; a row moves on to a larger `k` only if the top `k` of
@@ -110,13 +141,13 @@ pub fn sample(logits: &Tensor, opts: &SampleOptions, u: &Tensor) -> Result<Tenso
         let (vals, idx) = candidates.f_topk(k, -1, true, true)?;
         // Cumulative mass in f64, so the nucleus boundary is not moved by f32 rounding.
         let cum = vals.f_cumsum(-1, Kind::Double)?;
-        let covered = if k == n { Tensor::f_ones([todo.size()[0]], (Kind::Bool, dev))? } else { cum.f_select(1, k - 1)?.f_ge(opts.top_p)? };
+        let covered = if k == n { Tensor::f_ones([todo.size()[0]], (Kind::Bool, dev))? } else { cum.f_select(1, k - 1)?.f_ge(top_p)? };
         let here = covered.f_nonzero()?.f_squeeze_dim(1)?;
         if here.size()[0] > 0 {
             let (vals, idx, cum) = (vals.f_index_select(0, &here)?, idx.f_index_select(0, &here)?, cum.f_index_select(0, &here)?);
             let rows_here = todo.f_index_select(0, &here)?;
             // Keep a token while the mass before it is below top_p (the first one always stays).
-            let keep = cum.f_sub(&vals.f_to_kind(Kind::Double)?)?.f_lt(opts.top_p)?;
+            let keep = cum.f_sub(&vals.f_to_kind(Kind::Double)?)?.f_lt(top_p)?;
             let kept = vals.f_mul(&keep.f_to_kind(Kind::Float)?)?;
             let choice = inverse_cdf(&kept, &u.f_index_select(0, &rows_here)?)?.f_unsqueeze(1)?;
             let _ = out.f_index_copy_(0, &rows_here, &idx.f_gather(1, &choice, false)?.f_squeeze_dim(1)?)?;
@@ -336,7 +367,7 @@ impl<'a> Decoder<'a> {
             })
             .collect();
         let u = Tensor::f_from_slice(&u)?.f_to_device(dev)?;
-        let mut next = sample(&logits, self.opts, &u)?;
+        let mut next = sample(&logits, self.opts.decoding, &u)?;
         if let Some(a) = &self.allowed {
             next = a.f_index_select(0, &next)?;
         }

@@ -4,7 +4,7 @@ use super::api::{def, def_with_options, script_error, ScriptResult};
 use super::options::{count, flag, int, noted, number, text, Decl, Given, Ty};
 use super::SharedSession;
 use crate::model::config::Pooling;
-use crate::model::{CausalLM, LoadOptions, LoraConfig, SampleOptions};
+use crate::model::{CausalLM, Decoding, LoadOptions, LoraConfig, SampleOptions};
 use crate::{device, interrupt};
 use rhai::{Array, Dynamic, Engine, Map};
 use std::cell::RefCell;
@@ -146,12 +146,13 @@ fn load_options(o: &Given, session: &SharedSession) -> ScriptResult<LoadOptions>
 /// The options of `generate`, with `SampleOptions::default()`'s values.
 fn generate_decl() -> Decl {
     let d = SampleOptions::default();
+    let (temperature, top_k, top_p) = d.decoding.settings();
     Decl::new("generate", vec![
         count("n", d.n, "samples per prompt (returned prompt by prompt)"),
         count("max_new_tokens", d.max_new_tokens, "tokens per sample at most"),
-        number("temperature", d.temperature, "softmax temperature; 0 is greedy"),
-        number("top_p", d.top_p, "nucleus: the smallest set of tokens with this much probability"),
-        int("top_k", d.top_k, "only the k most likely tokens (0: off; applied before top_p)"),
+        number("temperature", temperature, "softmax temperature; 0 is greedy"),
+        number("top_p", top_p, "nucleus: the smallest set of tokens with this much probability, in (0, 1]"),
+        int("top_k", top_k, "only the k most likely tokens (0: off; applied before top_p)"),
         noted("seed", Ty::Int, "a draw from the run's generator", "the per-sequence random streams"),
         noted("slots", Ty::Count, "256, fewer where their KV cache would pass 2 GiB on a CPU, 16 GiB on a GPU", "sequences decoded together"),
     ])
@@ -312,9 +313,7 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
         let o = SampleOptions {
             n: o.count("n")?.max(1),
             max_new_tokens: o.count("max_new_tokens")?.max(1),
-            temperature: o.number("temperature")?,
-            top_p: o.number("top_p")?,
-            top_k: o.int("top_k")?,
+            decoding: Decoding::new(o.number("temperature")?, o.int("top_k")?, o.number("top_p")?).map_err(|e| script_error(format!("generate: {e}")))?,
             seed: o.get("seed").map(|v| v.as_int().unwrap_or_default()),
             slots: o.int_or("slots", 0)?.max(0) as usize,
         };
