@@ -83,7 +83,7 @@ fn world() -> World {
 }
 
 /// Trains a fresh tiny model; returns the logged step losses, the summary and the model.
-fn run(w: &World, batch: usize, accum: usize, online: bool) -> (Vec<f64>, serde_json::Map<String, serde_json::Value>, CausalLM) {
+fn run(w: &World, batch: usize, accum: usize, online: bool) -> (Vec<f64>, dpo::DpoSummary, CausalLM) {
     let mut policy = CausalLM::load("builtin:tiny", &cpu()).unwrap();
     let frozen = policy.deep_copy().unwrap();
     let mut opt = AdamW::new(policy.trainable_parameters().unwrap()).unwrap();
@@ -131,8 +131,8 @@ fn dpo_invariants_accumulation_cache_and_repeatability() {
     // The first step starts from the reference: loss ln 2 exactly; then it learns.
     assert!((a[0] - std::f64::consts::LN_2).abs() < 1e-6, "{a:?}");
     assert!(a[5] < a[0], "{a:?}");
-    assert!(summary["margin"].as_f64().unwrap() > 0.0);
-    assert!(!summary["not_learning"].as_bool().unwrap());
+    assert!(summary.margin > 0.0);
+    assert!(!summary.not_learning);
 }
 
 #[test]
@@ -147,7 +147,7 @@ fn dpo_drives_accuracy_to_one_on_a_separable_set() {
         Ok(())
     };
     let s = dpo::train(&policy, &mut opt, Reference::Table(w.table.clone()), w.pairs.clone(), w.chosen.clone(), None, &w.origins, &opts, &mut log, &|| false).unwrap();
-    assert_eq!(s["accuracy"].as_f64().unwrap(), 1.0, "{s:?}");
+    assert_eq!(s.accuracy, 1.0, "{s:?}");
     assert!(margins.last().unwrap() > &(margins[2] + 1.0), "{margins:?}");
 }
 
@@ -160,7 +160,7 @@ fn a_reference_that_moves_with_the_policy_is_reported_as_not_learning() {
     // The "reference" is the policy itself: h = 0 at every step, whatever the weights do.
     let eval = |p: &[&[i64]], r: &[&[i64]]| policy.sequence_logprobs(p, r, 256);
     let s = dpo::train(&policy, &mut opt, Reference::Online(&eval), w.pairs.clone(), w.chosen.clone(), None, &w.origins, &opts, &mut |_| Ok(()), &|| false).unwrap();
-    assert!(s["not_learning"].as_bool().unwrap(), "{s:?}");
+    assert!(s.not_learning, "{s:?}");
 }
 
 #[test]

@@ -240,7 +240,7 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
             };
             let mut log = logger(&s);
             let summary = policy.with(|m| dpo::train(m, &mut opt.borrow_mut(), reference_source, tokenized.clone(), Arc::new(pairs.chosen.to_vec()), pairs.confidence.as_ref().map(|c| Arc::new(c.iter().map(|&x| x as f32).collect())), &origins, &dopts, &mut log, &interrupt::requested)).map_err(err)?;
-            let mut summary = summary;
+            let mut summary = summary.to_map().map_err(err)?;
             summary.insert("ref_cache".into(), serde_json::json!(if table.is_none() { "online" } else if hit { "hit" } else { "miss" }));
             trained(&policy, &opt, keep, summary)
             })

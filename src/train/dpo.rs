@@ -3,7 +3,7 @@
 //! log π_ref(y_r))`, the sigmoid loss `-(1-ε) log σ(β h) - ε log σ(-β h)` (ε = label smoothing)
 //! or IPO's `(h - 1/(2β))²`. Chosen and rejected responses go through the policy in one forward;
 //! reference log-probs come from the on-disk cache (or are recomputed online).
-use super::{cache, row, steps_per_epoch, Loop, LoopOptions};
+use super::{cache, row, steps_per_epoch, Loop, LoopOptions, TrainingMode};
 use crate::data::batch::{self, BatchOptions, TokenizedPair};
 use crate::model::CausalLM;
 use crate::run::progress::{peak_rss_mib, Progress};
@@ -153,13 +153,68 @@ struct Micro {
     tokens: usize,
 }
 
-#[derive(Default)]
+/// Loss and implicit-reward statistics summed over rows; `+=` adds two of them.
+#[derive(Default, Clone, Copy)]
 struct Totals {
     rows: f64,
     loss: f64,
     chosen: f64,
     rejected: f64,
     correct: f64,
+}
+
+impl std::ops::AddAssign for Totals {
+    fn add_assign(&mut self, o: Totals) {
+        self.rows += o.rows;
+        self.loss += o.loss;
+        self.chosen += o.chosen;
+        self.rejected += o.rejected;
+        self.correct += o.correct;
+    }
+}
+
+impl Totals {
+    /// Per-row means: (loss, chosen reward, rejected reward, accuracy).
+    fn means(&self) -> (f64, f64, f64, f64) {
+        let m = |x: f64| x / self.rows.max(1.0);
+        (m(self.loss), m(self.chosen), m(self.rejected), m(self.correct))
+    }
+}
+
+/// What a DPO call reports; scripts see it as a map with these keys (plus `ref_cache`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DpoSummary {
+    pub steps: usize,
+    pub skipped_steps: usize,
+    /// Means over the last epoch's pairs.
+    pub loss: f64,
+    pub rewards_chosen: f64,
+    pub rewards_rejected: f64,
+    pub margin: f64,
+    pub accuracy: f64,
+    pub tokens_per_s: f64,
+    pub seconds: f64,
+    /// Seconds in the forward pass (with the loss), the backward pass and the optimizer.
+    pub seconds_forward: f64,
+    pub seconds_backward: f64,
+    pub seconds_optimizer: f64,
+    /// The loss stayed at ln 2 with zero margins (nothing moves).
+    pub not_learning: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_rss_mib: Option<f64>,
+    /// The skipped steps, each naming its batches.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<String>,
+}
+
+impl DpoSummary {
+    /// The summary as a JSON map (for scripts and the journal).
+    pub fn to_map(&self) -> Result<Map<String, Value>> {
+        match serde_json::to_value(self)? {
+            Value::Object(m) => Ok(m),
+            other => bail!("dpo: summary serialised as {other}"),
+        }
+    }
 }
 
 /// Runs DPO. `chosen[i]` is the preferred response (0 or 1) of pair `i`, with probability
@@ -176,7 +231,7 @@ pub fn train(
     opts: &DpoOptions,
     log: &mut dyn FnMut(Map<String, Value>) -> Result<()>,
     stop: &dyn Fn() -> bool,
-) -> Result<Map<String, Value>> {
+) -> Result<DpoSummary> {
     let n = pairs.len();
     if n == 0 {
         bail!("dpo: no pairs");
@@ -202,121 +257,109 @@ pub fn train(
     let mut history: Vec<(f64, f64)> = Vec::new();
     // Seconds in the forward pass (with the loss), the backward pass and the optimizer.
     let mut time = (0.0, 0.0, 0.0);
-    policy.set_training(true);
-    let result = (|| -> Result<()> {
-        for epoch in 0..opts.epochs {
-            let plan = batch::plan(&lengths, &bopts, epoch as u64);
-            // Rows per optimizer step, so each step's loss is the mean over its pairs however
-            // the step is split into micro-batches.
-            let step_rows: Vec<usize> = plan.chunks(accum).map(|c| c.iter().map(Vec::len).sum()).collect();
-            let n_micro = plan.len();
-            let (p2, c2, t2, s2) = (pairs.clone(), chosen.clone(), table.clone(), confidence.clone());
-            let rx = batch::prefetch(plan, 2, move |idx: &[usize]| {
-                let take = |i: usize, which: usize| p2[i].responses[which].clone();
-                let chosen_ids: Vec<usize> = idx.iter().map(|&i| c2[i]).collect();
-                let prompts: Vec<Vec<i64>> = idx.iter().map(|&i| p2[i].prompt.clone()).collect();
-                let chosen: Vec<Vec<i64>> = idx.iter().zip(&chosen_ids).map(|(&i, &c)| take(i, c)).collect();
-                let rejected: Vec<Vec<i64>> = idx.iter().zip(&chosen_ids).map(|(&i, &c)| take(i, 1 - c)).collect();
-                let tokens = prompts.iter().zip(chosen.iter().zip(&rejected)).map(|(p, (c, r))| 2 * p.len() + c.len() + r.len()).sum();
-                let (ref_chosen, ref_rejected) = match &t2 {
-                    Some(t) => (Some(idx.iter().zip(&chosen_ids).map(|(&i, &c)| t[i][c]).collect()), Some(idx.iter().zip(&chosen_ids).map(|(&i, &c)| t[i][1 - c]).collect())),
-                    None => (None, None),
-                };
-                let smoothing = s2.as_ref().map(|s| idx.iter().map(|&i| 1.0 - s[i]).collect());
-                Micro { ids: idx.to_vec(), prompts, chosen, rejected, ref_chosen, ref_rejected, smoothing, tokens }
-            });
-            let mut totals = Totals::default();
-            let mut step_totals = Totals::default();
-            let mut step_tokens = 0usize;
-            let mut step_start = Instant::now();
-            for (k, micro) in rx.iter().enumerate() {
-                if stop() {
-                    bail!("interrupted");
-                }
-                let rows = micro.ids.len();
-                let prompts: Vec<&[i64]> = micro.prompts.iter().chain(micro.prompts.iter()).map(Vec::as_slice).collect();
-                let responses: Vec<&[i64]> = micro.chosen.iter().chain(micro.rejected.iter()).map(Vec::as_slice).collect();
-                let t_fwd = Instant::now();
-                let logps = policy.sequence_logprobs(&prompts, &responses, 512)?;
-                let pc = logps.f_narrow(0, 0, rows as i64)?;
-                let pr = logps.f_narrow(0, rows as i64, rows as i64)?;
-                let (rc, rr) = match (&micro.ref_chosen, &micro.ref_rejected, &reference) {
-                    (Some(c), Some(r), _) => (Tensor::f_from_slice(c)?.f_to_device(policy.device)?, Tensor::f_from_slice(r)?.f_to_device(policy.device)?),
-                    (_, _, Reference::Online(f)) => {
-                        let plain: Vec<&[i64]> = micro.prompts.iter().map(Vec::as_slice).collect();
-                        let c: Vec<&[i64]> = micro.chosen.iter().map(Vec::as_slice).collect();
-                        let r: Vec<&[i64]> = micro.rejected.iter().map(Vec::as_slice).collect();
-                        let both_p: Vec<&[i64]> = plain.iter().chain(plain.iter()).copied().collect();
-                        let both_r: Vec<&[i64]> = c.iter().chain(r.iter()).copied().collect();
-                        let lr = tch::no_grad(|| f(&both_p, &both_r))?.f_to_kind(Kind::Float)?;
-                        (lr.f_narrow(0, 0, rows as i64)?, lr.f_narrow(0, rows as i64, rows as i64)?)
-                    }
-                    _ => bail!("dpo: no reference log-probs"),
-                };
-                let smoothing = micro.smoothing.as_ref().map(|s| Tensor::f_from_slice(s)?.f_to_device(policy.device)).transpose()?;
-                let losses = losses(&pc, &pr, &rc, &rr, smoothing.as_ref(), opts)?;
-                let denom = step_rows[k / accum] as f64;
-                let loss = losses.f_sum(Kind::Float)?.f_div_scalar(denom)?;
-                let what = micro.ids.iter().map(|&i| origins.get(i).cloned().unwrap_or_else(|| format!("pair {i}"))).collect::<Vec<_>>().join(", ");
-                let t_bwd = Instant::now();
-                time.0 += (t_bwd - t_fwd).as_secs_f64();
-                lp.backward(&loss, format!("batch {} (pairs {what})", k + 1))?;
-                time.1 += t_bwd.elapsed().as_secs_f64();
-                let rew_c = pc.f_sub(&rc)?.f_detach()?.f_mul_scalar(beta)?;
-                let rew_r = pr.f_sub(&rr)?.f_detach()?.f_mul_scalar(beta)?;
-                // The batch's statistics in one tensor, read back with one device sync.
-                let sums = Tensor::f_stack(&[losses.f_detach()?.f_sum(Kind::Float)?, rew_c.f_sum(Kind::Float)?, rew_r.f_sum(Kind::Float)?, rew_c.f_gt_tensor(&rew_r)?.f_sum(Kind::Float)?], 0)?;
-                let sums = Vec::<f64>::try_from(sums.f_to_kind(Kind::Double)?)?;
-                step_totals.rows += rows as f64;
-                step_totals.loss += sums[0];
-                step_totals.chosen += sums[1];
-                step_totals.rejected += sums[2];
-                step_totals.correct += sums[3];
-                step_tokens += micro.tokens;
-                // A step ends after `accum` micro-batches, or early at the end of the epoch.
-                if lp.ready() || k + 1 == n_micro {
-                    let t_opt = Instant::now();
-                    let report = lp.step()?;
-                    time.2 += t_opt.elapsed().as_secs_f64();
-                    tokens_total += step_tokens;
-                    let secs = step_start.elapsed().as_secs_f64();
-                    let m = |x: f64| x / step_totals.rows.max(1.0);
-                    history.push((m(step_totals.loss), m(step_totals.chosen) - m(step_totals.rejected)));
-                    progress.tick(1, &format!("loss {:.4} acc {:.2}", m(step_totals.loss), m(step_totals.correct)));
-                    if report.step % opts.loop_opts.log_every.max(1) == 0 || !report.applied || report.step == total {
-                        log(row(&[
-                            ("phase", json!("dpo")),
-                            ("epoch", json!(epoch)),
-                            ("step", json!(report.step)),
-                            ("loss", json!(m(step_totals.loss))),
-                            ("rewards_chosen", json!(m(step_totals.chosen))),
-                            ("rewards_rejected", json!(m(step_totals.rejected))),
-                            ("margin", json!(m(step_totals.chosen) - m(step_totals.rejected))),
-                            ("accuracy", json!(m(step_totals.correct))),
-                            ("grad_norm", json!(if report.grad_norm.is_finite() { report.grad_norm } else { -1.0 })),
-                            ("lr", json!(report.lr)),
-                            ("tokens_per_s", json!(step_tokens as f64 / secs.max(1e-9))),
-                            ("skipped", json!(!report.applied)),
-                        ]))?;
-                    }
-                    totals.rows += step_totals.rows;
-                    totals.loss += step_totals.loss;
-                    totals.chosen += step_totals.chosen;
-                    totals.rejected += step_totals.rejected;
-                    totals.correct += step_totals.correct;
-                    step_totals = Totals::default();
-                    step_tokens = 0;
-                    step_start = Instant::now();
-                }
+    let training = TrainingMode::on(policy);
+    for epoch in 0..opts.epochs {
+        let plan = batch::plan(&lengths, &bopts, epoch as u64);
+        // Rows per optimizer step, so each step's loss is the mean over its pairs however
+        // the step is split into micro-batches.
+        let step_rows: Vec<usize> = plan.chunks(accum).map(|c| c.iter().map(Vec::len).sum()).collect();
+        let n_micro = plan.len();
+        let (p2, c2, t2, s2) = (pairs.clone(), chosen.clone(), table.clone(), confidence.clone());
+        let rx = batch::prefetch(plan, 2, move |idx: &[usize]| {
+            let take = |i: usize, which: usize| p2[i].responses[which].clone();
+            let chosen_ids: Vec<usize> = idx.iter().map(|&i| c2[i]).collect();
+            let prompts: Vec<Vec<i64>> = idx.iter().map(|&i| p2[i].prompt.clone()).collect();
+            let chosen: Vec<Vec<i64>> = idx.iter().zip(&chosen_ids).map(|(&i, &c)| take(i, c)).collect();
+            let rejected: Vec<Vec<i64>> = idx.iter().zip(&chosen_ids).map(|(&i, &c)| take(i, 1 - c)).collect();
+            let tokens = prompts.iter().zip(chosen.iter().zip(&rejected)).map(|(p, (c, r))| 2 * p.len() + c.len() + r.len()).sum();
+            let (ref_chosen, ref_rejected) = match &t2 {
+                Some(t) => (Some(idx.iter().zip(&chosen_ids).map(|(&i, &c)| t[i][c]).collect()), Some(idx.iter().zip(&chosen_ids).map(|(&i, &c)| t[i][1 - c]).collect())),
+                None => (None, None),
+            };
+            let smoothing = s2.as_ref().map(|s| idx.iter().map(|&i| 1.0 - s[i]).collect());
+            Micro { ids: idx.to_vec(), prompts, chosen, rejected, ref_chosen, ref_rejected, smoothing, tokens }
+        });
+        let mut totals = Totals::default();
+        let mut step_totals = Totals::default();
+        let mut step_tokens = 0usize;
+        let mut step_start = Instant::now();
+        for (k, micro) in rx.iter().enumerate() {
+            if stop() {
+                bail!("interrupted");
             }
-            last_epoch = totals;
+            let rows = micro.ids.len();
+            let prompts: Vec<&[i64]> = micro.prompts.iter().chain(micro.prompts.iter()).map(Vec::as_slice).collect();
+            let responses: Vec<&[i64]> = micro.chosen.iter().chain(micro.rejected.iter()).map(Vec::as_slice).collect();
+            let t_fwd = Instant::now();
+            let logps = policy.sequence_logprobs(&prompts, &responses, 512)?;
+            let pc = logps.f_narrow(0, 0, rows as i64)?;
+            let pr = logps.f_narrow(0, rows as i64, rows as i64)?;
+            let (rc, rr) = match (&micro.ref_chosen, &micro.ref_rejected, &reference) {
+                (Some(c), Some(r), _) => (Tensor::f_from_slice(c)?.f_to_device(policy.device)?, Tensor::f_from_slice(r)?.f_to_device(policy.device)?),
+                (_, _, Reference::Online(f)) => {
+                    let plain: Vec<&[i64]> = micro.prompts.iter().map(Vec::as_slice).collect();
+                    let c: Vec<&[i64]> = micro.chosen.iter().map(Vec::as_slice).collect();
+                    let r: Vec<&[i64]> = micro.rejected.iter().map(Vec::as_slice).collect();
+                    let both_p: Vec<&[i64]> = plain.iter().chain(plain.iter()).copied().collect();
+                    let both_r: Vec<&[i64]> = c.iter().chain(r.iter()).copied().collect();
+                    let lr = tch::no_grad(|| f(&both_p, &both_r))?.f_to_kind(Kind::Float)?;
+                    (lr.f_narrow(0, 0, rows as i64)?, lr.f_narrow(0, rows as i64, rows as i64)?)
+                }
+                _ => bail!("dpo: no reference log-probs"),
+            };
+            let smoothing = micro.smoothing.as_ref().map(|s| Tensor::f_from_slice(s)?.f_to_device(policy.device)).transpose()?;
+            let losses = losses(&pc, &pr, &rc, &rr, smoothing.as_ref(), opts)?;
+            let denom = step_rows[k / accum] as f64;
+            let loss = losses.f_sum(Kind::Float)?.f_div_scalar(denom)?;
+            let what = micro.ids.iter().map(|&i| origins.get(i).cloned().unwrap_or_else(|| format!("pair {i}"))).collect::<Vec<_>>().join(", ");
+            let rew_c = pc.f_sub(&rc)?.f_detach()?.f_mul_scalar(beta)?;
+            let rew_r = pr.f_sub(&rr)?.f_detach()?.f_mul_scalar(beta)?;
+            // The loss and the batch's statistics in one tensor, read back with the one device
+            // synchronisation of this micro-batch (the finiteness check reads the loss from it).
+            let sums = Tensor::f_stack(&[losses.f_detach()?.f_sum(Kind::Float)?, rew_c.f_sum(Kind::Float)?, rew_r.f_sum(Kind::Float)?, rew_c.f_gt_tensor(&rew_r)?.f_sum(Kind::Float)?], 0)?;
+            let sums = Vec::<f64>::try_from(sums.f_to_kind(Kind::Double)?)?;
+            let t_bwd = Instant::now();
+            time.0 += (t_bwd - t_fwd).as_secs_f64();
+            lp.backward(&loss, sums[0] / denom, format!("batch {} (pairs {what})", k + 1))?;
+            time.1 += t_bwd.elapsed().as_secs_f64();
+            step_totals += Totals { rows: rows as f64, loss: sums[0], chosen: sums[1], rejected: sums[2], correct: sums[3] };
+            step_tokens += micro.tokens;
+            // A step ends after `accum` micro-batches, or early at the end of the epoch.
+            if lp.ready() || k + 1 == n_micro {
+                let t_opt = Instant::now();
+                let report = lp.step()?;
+                time.2 += t_opt.elapsed().as_secs_f64();
+                tokens_total += step_tokens;
+                let secs = step_start.elapsed().as_secs_f64();
+                let (loss, chosen, rejected, accuracy) = step_totals.means();
+                history.push((loss, chosen - rejected));
+                progress.tick(1, &format!("loss {loss:.4} acc {accuracy:.2}"));
+                if report.step % opts.loop_opts.log_every.max(1) == 0 || !report.applied || report.step == total {
+                    log(row(&[
+                        ("phase", json!("dpo")),
+                        ("epoch", json!(epoch)),
+                        ("step", json!(report.step)),
+                        ("loss", json!(loss)),
+                        ("rewards_chosen", json!(chosen)),
+                        ("rewards_rejected", json!(rejected)),
+                        ("margin", json!(chosen - rejected)),
+                        ("accuracy", json!(accuracy)),
+                        ("grad_norm", json!(if report.grad_norm.is_finite() { report.grad_norm } else { -1.0 })),
+                        ("lr", json!(report.lr)),
+                        ("tokens_per_s", json!(step_tokens as f64 / secs.max(1e-9))),
+                        ("skipped", json!(!report.applied)),
+                    ]))?;
+                }
+                totals += step_totals;
+                step_totals = Totals::default();
+                step_tokens = 0;
+                step_start = Instant::now();
+            }
         }
-        Ok(())
-    })();
-    policy.set_training(false);
-    result?;
+        last_epoch = totals;
+    }
+    drop(training);
     progress.finish("");
-    let m = |x: f64| x / last_epoch.rows.max(1.0);
     // A loss pinned at ln 2 with zero margins means nothing moves: identical pairs, a frozen
     // policy, or a reference that is the policy itself.
     let not_learning = history.len() >= 10 && history.iter().all(|(l, mg)| (l - std::f64::consts::LN_2).abs() < 1e-4 && mg.abs() < 1e-6) && opts.loss == DpoLoss::Sigmoid && opts.label_smoothing == 0.0 && confidence.is_none();
@@ -324,26 +367,22 @@ pub fn train(
         eprintln!("dpo: not learning: the loss stayed at ln 2 with zero margins for {} steps (identical pairs, a frozen policy, or a wrong reference cache?)", history.len());
     }
     let secs = start.elapsed().as_secs_f64();
-    let mut out = row(&[
-        ("steps", json!(lp.opt.steps)),
-        ("skipped_steps", json!(lp.skipped.len())),
-        ("loss", json!(m(last_epoch.loss))),
-        ("rewards_chosen", json!(m(last_epoch.chosen))),
-        ("rewards_rejected", json!(m(last_epoch.rejected))),
-        ("margin", json!(m(last_epoch.chosen) - m(last_epoch.rejected))),
-        ("accuracy", json!(m(last_epoch.correct))),
-        ("tokens_per_s", json!(tokens_total as f64 / secs.max(1e-9))),
-        ("seconds", json!(secs)),
-        ("seconds_forward", json!(time.0)),
-        ("seconds_backward", json!(time.1)),
-        ("seconds_optimizer", json!(time.2)),
-        ("not_learning", json!(not_learning)),
-    ]);
-    if let Some(mib) = peak_rss_mib() {
-        out.insert("peak_rss_mib".into(), json!(mib));
-    }
-    if !lp.skipped.is_empty() {
-        out.insert("skipped".into(), json!(lp.skipped));
-    }
-    Ok(out)
+    let (loss, rewards_chosen, rewards_rejected, accuracy) = last_epoch.means();
+    Ok(DpoSummary {
+        steps: lp.opt.steps,
+        skipped_steps: lp.skipped.len(),
+        loss,
+        rewards_chosen,
+        rewards_rejected,
+        margin: rewards_chosen - rewards_rejected,
+        accuracy,
+        tokens_per_s: tokens_total as f64 / secs.max(1e-9),
+        seconds: secs,
+        seconds_forward: time.0,
+        seconds_backward: time.1,
+        seconds_optimizer: time.2,
+        not_learning,
+        peak_rss_mib: peak_rss_mib(),
+        skipped: lp.skipped.clone(),
+    })
 }

@@ -60,9 +60,10 @@ impl<'a> Loop<'a> {
     }
 
     /// Back-propagates one micro-batch's loss (already divided by the accumulation count).
-    /// `what` names the batch's samples for the report if the step turns out non-finite.
-    pub fn backward(&mut self, loss: &tch::Tensor, what: String) -> Result<()> {
-        let value = loss.f_double_value(&[])?;
+    /// `value` is the loss as the caller read it back, together with its statistics (one device
+    /// synchronisation per micro-batch); a non-finite value skips the backward pass and, at
+    /// `step`, the whole step. `what` names the batch's samples for that report.
+    pub fn backward(&mut self, loss: &tch::Tensor, value: f64, what: String) -> Result<()> {
         if value.is_finite() {
             loss.f_backward()?;
         } else {
@@ -114,6 +115,23 @@ pub fn steps_per_epoch(batches: usize, grad_accum: usize) -> usize {
 }
 
 /// A metrics row as a JSON map.
+/// Training mode (adapter dropout on) while alive; evaluation mode again when dropped, on an
+/// error or an interruption too.
+pub struct TrainingMode<'a>(&'a crate::model::CausalLM);
+
+impl<'a> TrainingMode<'a> {
+    pub fn on(model: &'a crate::model::CausalLM) -> Self {
+        model.set_training(true);
+        TrainingMode(model)
+    }
+}
+
+impl Drop for TrainingMode<'_> {
+    fn drop(&mut self) {
+        self.0.set_training(false);
+    }
+}
+
 pub fn row(fields: &[(&str, Value)]) -> Map<String, Value> {
     fields.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
 }
@@ -130,17 +148,18 @@ mod tests {
         let opts = LoopOptions { adamw: AdamWConfig { lr: 0.1, ..Default::default() }, max_nonfinite: 2, ..Default::default() };
         let mut lp = Loop::new(&mut opt, opts, 10);
         // A good step moves the weights.
-        lp.backward(&w.sum(Kind::Float), "batch 1 (pairs a, b)".into()).unwrap();
+        let l = w.sum(Kind::Float);
+        lp.backward(&l, l.double_value(&[]), "batch 1 (pairs a, b)".into()).unwrap();
         assert!(lp.step().unwrap().applied);
         let good: Vec<f32> = Vec::try_from(w.detach()).unwrap();
         // A NaN loss: skipped and reported with the batch's samples.
         let nan = (w.sum(Kind::Float) * f64::NAN).sum(Kind::Float);
-        lp.backward(&nan, "batch 2 (pairs c, d)".into()).unwrap();
+        lp.backward(&nan, nan.double_value(&[]), "batch 2 (pairs c, d)".into()).unwrap();
         assert!(!lp.step().unwrap().applied);
         assert_eq!(lp.skipped, vec!["step 2: non-finite loss in batch 2 (pairs c, d)".to_string()]);
         // An infinite gradient with a finite loss: the second in a row stops training.
         let inf = (&w * Tensor::from_slice(&[f32::INFINITY, 0.0])).sum(Kind::Float) * 0.0 + 1.0;
-        lp.backward(&inf, "batch 3 (pairs e)".into()).unwrap();
+        lp.backward(&inf, inf.double_value(&[]), "batch 3 (pairs e)".into()).unwrap();
         let e = lp.step().unwrap_err().to_string();
         assert!(e.starts_with("training stopped after 2 consecutive non-finite steps"), "{e}");
         assert_eq!(Vec::<f32>::try_from(w.detach()).unwrap(), good, "weights are those of the last good step");

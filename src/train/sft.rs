@@ -1,6 +1,6 @@
 //! Supervised fine-tuning on prompt/response pairs: the mean negative log-likelihood of the
 //! response tokens (prompt tokens are context, not targets), e.g. to build a reference model.
-use super::{row, steps_per_epoch, Loop, LoopOptions};
+use super::{row, steps_per_epoch, Loop, LoopOptions, TrainingMode};
 use crate::data::batch::{self, BatchOptions};
 use crate::model::CausalLM;
 use crate::run::progress::Progress;
@@ -36,43 +36,40 @@ pub fn train(model: &CausalLM, opt: &mut super::optim::AdamW, data: &[(Vec<i64>,
     let mut lp = Loop::new(opt, opts.loop_opts.clone(), total);
     let mut progress = Progress::new("sft", total);
     let mut epoch_losses = Vec::new();
-    model.set_training(true);
-    let result = (|| -> Result<()> {
-        for epoch in 0..opts.epochs {
-            let plan = batch::plan(&lengths, &bopts, epoch as u64);
-            let step_tokens: Vec<usize> = plan.chunks(accum).map(|c| c.iter().flatten().map(|&i| data[i].1.len()).sum()).collect();
-            let n_micro = plan.len();
-            let (mut sum, mut count, mut step_sum) = (0.0, 0usize, 0.0);
-            for (k, idx) in plan.iter().enumerate() {
-                if stop() {
-                    bail!("interrupted");
-                }
-                let prompts: Vec<&[i64]> = idx.iter().map(|&i| data[i].0.as_slice()).collect();
-                let responses: Vec<&[i64]> = idx.iter().map(|&i| data[i].1.as_slice()).collect();
-                let lps = model.sequence_logprobs(&prompts, &responses, 512)?;
-                let nll = lps.f_sum(Kind::Float)?.f_neg()?;
-                let loss = nll.f_div_scalar(step_tokens[k / accum].max(1) as f64)?;
-                lp.backward(&loss, format!("batch {} (examples {idx:?})", k + 1))?;
-                step_sum += nll.f_double_value(&[])?;
-                if lp.ready() || k + 1 == n_micro {
-                    let tokens = step_tokens[k / accum].max(1);
-                    let report = lp.step()?;
-                    let mean = step_sum / tokens as f64;
-                    progress.tick(1, &format!("loss {mean:.4}"));
-                    if report.step % opts.loop_opts.log_every.max(1) == 0 || report.step == total {
-                        log(row(&[("phase", json!("sft")), ("epoch", json!(epoch)), ("step", json!(report.step)), ("loss", json!(mean)), ("grad_norm", json!(report.grad_norm)), ("lr", json!(report.lr))]))?;
-                    }
-                    sum += step_sum;
-                    count += tokens;
-                    step_sum = 0.0;
-                }
+    let training = TrainingMode::on(model);
+    for epoch in 0..opts.epochs {
+        let plan = batch::plan(&lengths, &bopts, epoch as u64);
+        let step_tokens: Vec<usize> = plan.chunks(accum).map(|c| c.iter().flatten().map(|&i| data[i].1.len()).sum()).collect();
+        let n_micro = plan.len();
+        let (mut sum, mut count, mut step_sum) = (0.0, 0usize, 0.0);
+        for (k, idx) in plan.iter().enumerate() {
+            if stop() {
+                bail!("interrupted");
             }
-            epoch_losses.push(sum / count.max(1) as f64);
+            let prompts: Vec<&[i64]> = idx.iter().map(|&i| data[i].0.as_slice()).collect();
+            let responses: Vec<&[i64]> = idx.iter().map(|&i| data[i].1.as_slice()).collect();
+            let lps = model.sequence_logprobs(&prompts, &responses, 512)?;
+            let nll = lps.f_sum(Kind::Float)?.f_neg()?;
+            let loss = nll.f_div_scalar(step_tokens[k / accum].max(1) as f64)?;
+            let nll_value = nll.f_double_value(&[])?; // the one read-back of this micro-batch
+            lp.backward(&loss, nll_value, format!("batch {} (examples {idx:?})", k + 1))?;
+            step_sum += nll_value;
+            if lp.ready() || k + 1 == n_micro {
+                let tokens = step_tokens[k / accum].max(1);
+                let report = lp.step()?;
+                let mean = step_sum / tokens as f64;
+                progress.tick(1, &format!("loss {mean:.4}"));
+                if report.step % opts.loop_opts.log_every.max(1) == 0 || report.step == total {
+                    log(row(&[("phase", json!("sft")), ("epoch", json!(epoch)), ("step", json!(report.step)), ("loss", json!(mean)), ("grad_norm", json!(report.grad_norm)), ("lr", json!(report.lr))]))?;
+                }
+                sum += step_sum;
+                count += tokens;
+                step_sum = 0.0;
+            }
         }
-        Ok(())
-    })();
-    model.set_training(false);
-    result?;
+        epoch_losses.push(sum / count.max(1) as f64);
+    }
+    drop(training);
     progress.finish("");
     Ok(row(&[
         ("steps", json!(lp.opt.steps)),
