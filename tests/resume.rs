@@ -23,7 +23,7 @@ fn metrics(dir: &Path) -> Vec<serde_json::Value> {
         .map(|l| {
             let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
             let m = v.as_object_mut().unwrap();
-            m.retain(|k, _| !(k.starts_with("tokens_per_s") || k.starts_with("seconds") || k == "peak_rss_mib"));
+            m.retain(|k, _| !(k.starts_with("tokens_per_s") || k.starts_with("seconds") || k == "peak_rss_mib" || k == "mfu" || k == "flops_per_s"));
             v
         })
         .collect()

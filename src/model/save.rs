@@ -1,6 +1,6 @@
 //! The weights out: every parameter by its HF name, a deep copy (the reference model), and an
 //! HF folder written atomically.
-use super::params::List;
+use super::params::{List, Visit};
 use super::weights::Weights;
 use super::{Body, CausalLM};
 use anyhow::{Context, Result};
@@ -36,11 +36,16 @@ impl CausalLM {
     /// holds (linear weights `[out, in]`, adapters not merged), which an optimizer updates.
     pub(crate) fn parameters(&self, hf: bool) -> Result<Vec<(String, Tensor)>> {
         let mut list = List { hf, out: Vec::new() };
-        match &self.body {
-            Body::Llama(m) => m.visit(&self.cfg, self.cfg.tie_word_embeddings || self.lm_head_is_tied(), &mut list)?,
-            Body::Gpt2(m) => m.visit(&self.cfg, &mut list)?,
-        }
+        self.visit(&mut list)?;
         Ok(list.out)
+    }
+
+    /// Hands every parameter, with its HF name and spec, to `v` (the LM head only when untied).
+    pub fn visit(&self, v: &mut impl Visit) -> Result<()> {
+        match &self.body {
+            Body::Llama(m) => m.visit(&self.cfg, self.cfg.tie_word_embeddings || self.lm_head_is_tied(), v),
+            Body::Gpt2(m) => m.visit(&self.cfg, v),
+        }
     }
 
     fn lm_head_is_tied(&self) -> bool {

@@ -3,7 +3,7 @@
 //! log π_ref(y_r))`, the sigmoid loss `-(1-ε) log σ(β h) - ε log σ(-β h)` (ε = label smoothing)
 //! or IPO's `(h - 1/(2β))²`. Chosen and rejected responses go through the policy in one forward;
 //! reference log-probs come from the on-disk cache (or are recomputed online).
-use super::{cache, row, steps_per_epoch, Loop, LoopOptions, TrainingMode};
+use super::{cache, matmul_peak, row, steps_per_epoch, FlopCount, Loop, LoopOptions, TrainingMode};
 use crate::data::batch::{self, BatchOptions, TokenizedPair};
 use crate::model::CausalLM;
 use crate::run::progress::{peak_rss_mib, Progress};
@@ -151,6 +151,8 @@ struct Micro {
     /// Per-pair label smoothing (soft labels).
     smoothing: Option<Vec<f32>>,
     tokens: usize,
+    /// Positions that predict a response token (where the LM head runs).
+    scored: usize,
 }
 
 /// Loss and implicit-reward statistics summed over rows; `+=` adds two of them.
@@ -193,6 +195,10 @@ pub struct DpoSummary {
     pub margin: f64,
     pub accuracy: f64,
     pub tokens_per_s: f64,
+    /// Model FLOPs per second (`FlopCount`) and their fraction of the device's measured
+    /// matrix-multiply peak (`matmul_peak`).
+    pub flops_per_s: f64,
+    pub mfu: f64,
     pub seconds: f64,
     /// Seconds in the forward pass (with the loss), the backward pass and the optimizer.
     pub seconds_forward: f64,
@@ -248,6 +254,9 @@ pub fn train(
         Reference::Table(t) => Some(t.clone()),
         Reference::Online(_) => None,
     };
+    let flop_count = FlopCount::of(policy)?;
+    let peak = matmul_peak(policy.device, policy.kind)?;
+    let mut flops_total = 0.0;
     let mut lp = Loop::new(opt, opts.loop_opts.clone(), total);
     let beta = opts.beta;
     let start = Instant::now();
@@ -277,11 +286,13 @@ pub fn train(
                 None => (None, None),
             };
             let smoothing = s2.as_ref().map(|s| idx.iter().map(|&i| 1.0 - s[i]).collect());
-            Micro { ids: idx.to_vec(), prompts, chosen, rejected, ref_chosen, ref_rejected, smoothing, tokens }
+            let scored = chosen.iter().chain(&rejected).map(Vec::len).sum();
+            Micro { ids: idx.to_vec(), prompts, chosen, rejected, ref_chosen, ref_rejected, smoothing, tokens, scored }
         });
         let mut totals = Totals::default();
         let mut step_totals = Totals::default();
         let mut step_tokens = 0usize;
+        let mut step_flops = 0.0;
         let mut step_start = Instant::now();
         for (k, micro) in rx.iter().enumerate() {
             if stop() {
@@ -324,12 +335,14 @@ pub fn train(
             time.1 += t_bwd.elapsed().as_secs_f64();
             step_totals += Totals { rows: rows as f64, loss: sums[0], chosen: sums[1], rejected: sums[2], correct: sums[3] };
             step_tokens += micro.tokens;
+            step_flops += flop_count.training(micro.tokens, micro.scored);
             // A step ends after `accum` micro-batches, or early at the end of the epoch.
             if lp.ready() || k + 1 == n_micro {
                 let t_opt = Instant::now();
                 let report = lp.step()?;
                 time.2 += t_opt.elapsed().as_secs_f64();
                 tokens_total += step_tokens;
+                flops_total += step_flops;
                 let secs = step_start.elapsed().as_secs_f64();
                 let (loss, chosen, rejected, accuracy) = step_totals.means();
                 history.push((loss, chosen - rejected));
@@ -347,12 +360,14 @@ pub fn train(
                         ("grad_norm", json!(if report.grad_norm.is_finite() { report.grad_norm } else { -1.0 })),
                         ("lr", json!(report.lr)),
                         ("tokens_per_s", json!(step_tokens as f64 / secs.max(1e-9))),
+                        ("mfu", json!(step_flops / secs.max(1e-9) / peak)),
                         ("skipped", json!(!report.applied)),
                     ]))?;
                 }
                 totals += step_totals;
                 step_totals = Totals::default();
                 step_tokens = 0;
+                step_flops = 0.0;
                 step_start = Instant::now();
             }
         }
@@ -377,6 +392,8 @@ pub fn train(
         margin: rewards_chosen - rewards_rejected,
         accuracy,
         tokens_per_s: tokens_total as f64 / secs.max(1e-9),
+        flops_per_s: flops_total / secs.max(1e-9),
+        mfu: flops_total / secs.max(1e-9) / peak,
         seconds: secs,
         seconds_forward: time.0,
         seconds_backward: time.1,

@@ -115,6 +115,66 @@ pub fn steps_per_epoch(batches: usize, grad_accum: usize) -> usize {
 }
 
 /// A metrics row as a JSON map.
+/// Model FLOPs of training on tokens, counted as `scripts/bench_cuda.sh` and PaLM's MFU count
+/// them: 6 per linear-layer weight per token (forward plus backward, whatever is frozen), and 6
+/// per LM-head weight per scored token (the head runs only where a response token is
+/// predicted); attention scores and norms are left out.
+pub struct FlopCount {
+    /// Weights of the decoder's linear layers.
+    pub linear: f64,
+    /// Weights of the LM head (vocabulary × hidden).
+    pub head: f64,
+}
+
+impl FlopCount {
+    pub fn of(model: &crate::model::CausalLM) -> Result<Self> {
+        struct Linears(f64);
+        impl crate::model::params::Visit for Linears {
+            fn tensor(&mut self, _: &str, _: &tch::Tensor, _: crate::model::params::TensorSpec) -> Result<()> {
+                Ok(())
+            }
+            fn linear(&mut self, _: &str, _: &crate::model::layers::Linear, spec: crate::model::params::LinearSpec) -> Result<()> {
+                self.0 += (spec.out * spec.inp) as f64;
+                Ok(())
+            }
+        }
+        let mut count = Linears(0.0);
+        model.visit(&mut count)?;
+        Ok(FlopCount { linear: count.0, head: (model.cfg.vocab_size * model.cfg.hidden_size) as f64 })
+    }
+
+    /// FLOPs of one training pass over `tokens` positions of which `scored` predict a response token.
+    pub fn training(&self, tokens: usize, scored: usize) -> f64 {
+        6.0 * (self.linear * tokens as f64 + self.head * scored as f64)
+    }
+}
+
+/// The device's matrix-multiply peak in FLOP/s for `kind`, measured once per process and device
+/// (the best of a few square products of order 1024 on a CPU, 8192 on a GPU): the denominator
+/// of the MFU that training logs.
+pub fn matmul_peak(device: tch::Device, kind: tch::Kind) -> Result<f64> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    static PEAKS: Mutex<Option<HashMap<String, f64>>> = Mutex::new(None);
+    let key = format!("{device:?}/{kind:?}");
+    if let Some(&p) = PEAKS.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(HashMap::new).get(&key) {
+        return Ok(p);
+    }
+    let n: i64 = if device.is_cuda() { 8192 } else { 1024 };
+    let a = tch::Tensor::f_randn([n, n], (kind, device))?;
+    let b = tch::Tensor::f_randn([n, n], (kind, device))?;
+    let mut best = f64::INFINITY;
+    for _ in 0..4 {
+        let t = std::time::Instant::now();
+        let c = a.f_matmul(&b)?;
+        let _ = c.f_sum(tch::Kind::Float)?.f_double_value(&[])?; // waits for the device
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    let peak = 2.0 * (n * n * n) as f64 / best.max(1e-9);
+    PEAKS.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(HashMap::new).insert(key, peak);
+    Ok(peak)
+}
+
 /// Training mode (adapter dropout on) while alive; evaluation mode again when dropped, on an
 /// error or an interruption too.
 pub struct TrainingMode<'a>(&'a crate::model::CausalLM);
