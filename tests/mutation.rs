@@ -321,6 +321,21 @@ fn a_scalar_query_projection_is_an_error_not_an_index_panic() {
     assert!(e.contains("gguf-crash-5b9f3151: tensor blk.0.attn_") && e.contains("cannot be split into"), "{e}");
 }
 
+#[test]
+fn a_gzip_bomb_is_an_error_not_an_allocation() {
+    // 80 MiB of zeros gzip to about 80 kB (a ratio near 1000); the loaders read a file whole, so
+    // it is refused past 100 times its size or 64 MiB, whichever is more (data::read_text).
+    let dir = scratch("gzip-bomb");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&vec![0u8; 80 << 20]).unwrap();
+    let bomb = gz.finish().unwrap();
+    let file = dir.join("bomb.jsonl.gz");
+    std::fs::write(&file, &bomb).unwrap();
+    for e in [format!("{:#}", data::load_preferences(&file, &LoadOptions::default()).err().expect("an error")), format!("{:#}", data::load_prompts(&file).err().expect("an error"))] {
+        assert!(e.contains("bomb.jsonl.gz: decompresses to more than 67108864 bytes"), "{e}");
+    }
+}
+
 const SHARD: &str = "model-00001-of-00001.safetensors";
 const SHARD_INDEX: &str = r#"{"metadata":{"total_size":16},"weight_map":{"model.norm.weight":"model-00001-of-00001.safetensors"}}"#;
 

@@ -61,12 +61,22 @@ pub struct Report {
     pub warnings: Vec<String>,
 }
 
-/// Reads a file as text, un-gzipping `.gz` files.
+/// A gzipped file may inflate to this many times its size, or to `GZIP_FLOOR` bytes, whichever is more.
+pub const MAX_GZIP_RATIO: u64 = 100;
+pub const GZIP_FLOOR: u64 = 64 << 20;
+
+/// A text file's contents, gunzipped when it is gzip (by extension or magic bytes).
 pub fn read_text(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
     if path.extension().is_some_and(|e| e == "gz") || bytes.starts_with(&[0x1f, 0x8b]) {
+        // Text compresses 3-10x (templated data a few tens); a small file that inflates past
+        // both bounds is a gzip bomb, stopped before it is held in memory.
+        let limit = (bytes.len() as u64).saturating_mul(MAX_GZIP_RATIO).max(GZIP_FLOOR);
         let mut text = String::new();
-        flate2::read::GzDecoder::new(&bytes[..]).read_to_string(&mut text).with_context(|| format!("{}: not valid gzip text", path.display()))?;
+        flate2::read::GzDecoder::new(&bytes[..]).take(limit + 1).read_to_string(&mut text).with_context(|| format!("{}: not valid gzip text", path.display()))?;
+        if text.len() as u64 > limit {
+            bail!("{}: decompresses to more than {limit} bytes ({MAX_GZIP_RATIO} times its {} compressed bytes); if that is real, decompress it first", path.display(), bytes.len());
+        }
         Ok(text)
     } else {
         String::from_utf8(bytes).map_err(|e| anyhow::anyhow!("{}: not UTF-8 text (byte {})", path.display(), e.utf8_error().valid_up_to()))
