@@ -404,6 +404,46 @@ m.save("adapter", #{ merge: false });
 }
 
 #[test]
+fn a_saved_lora_adapter_loads_onto_its_base_and_computes_what_it_did() {
+    // Train an adapter a little (SFT moves B off zero), save it in PEFT's layout, load it onto a
+    // fresh base with `adapter:` and compare log-probs; then the errors: another rank, another
+    // base, and an adapter asked for together with new LoRA options.
+    let dir = scratch("adapter-in");
+    write(&dir, "a.rhai", r#"
+let m = load_model("builtin:tiny", #{ lora: #{ rank: 4 } });
+let p = m.chat("hi");
+let before = m.logprobs([p], ["yes"]);
+sft(m, [p, p], ["yes", "yes!"], #{ epochs: 3, lr: 0.01 });
+let after = m.logprobs([p], ["yes"]);
+m.save("ad", #{ merge: false });
+let back = load_model("builtin:tiny", #{ adapter: run_dir() + "/ad" });
+let again = back.logprobs([p], ["yes"]);
+let base = back.frozen().logprobs([p], ["yes"]);
+log(#{ moved: after[0] - before[0], loaded: again[0] - after[0], base: base[0] - before[0] });
+"#);
+    let o = run_in(&dir, &["run", "a.rhai", "--out", "out"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let row: serde_json::Value = serde_json::from_str(std::fs::read_to_string(dir.join("out/metrics.jsonl")).unwrap().lines().last().unwrap()).unwrap();
+    assert!(row["moved"].as_f64().unwrap().abs() > 1e-3, "the adapter was trained: {row}");
+    assert!(row["loaded"].as_f64().unwrap().abs() < 1e-5, "the loaded adapter computes what it did: {row}");
+    assert!(row["base"].as_f64().unwrap().abs() < 1e-5, "adapters off is the base: {row}");
+    let ad = dir.join("out/ad");
+    let config = std::fs::read_to_string(ad.join("adapter_config.json")).unwrap();
+    std::fs::write(ad.join("adapter_config.json"), config.replace("\"r\": 4", "\"r\": 2")).unwrap();
+    for (script, want) in [
+        (format!("load_model(\"builtin:tiny\", #{{ adapter: \"{}\" }});", ad.display()), "adapter_model.safetensors: tensor base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight has shape [4, 64]; this base model with r = 2 needs [2, 64]"),
+        (format!("load_model(\"builtin:tiny\", #{{ lora: #{{}}, adapter: \"{}\" }});", ad.display()), "give lora (new adapters) or adapter (a saved one), not both"),
+        ("load_model(\"builtin:tiny\", #{ adapter: \"nowhere\" });".to_string(), "nowhere/adapter_config.json: cannot read"),
+    ] {
+        write(&dir, "b.rhai", &script);
+        let o = run_in(&dir, &["run", "b.rhai", "--out", "out2"]);
+        assert_eq!(o.status.code(), Some(1), "{script}");
+        assert!(error_text(&o).contains(want), "{}", error_text(&o));
+        let _ = std::fs::remove_dir_all(dir.join("out2"));
+    }
+}
+
+#[test]
 fn preference_data_operations_from_a_script() {
     let dir = scratch("pairs");
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/data/safety_prefs.jsonl");

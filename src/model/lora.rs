@@ -59,6 +59,51 @@ impl CausalLM {
         Ok(found.0)
     }
 
+    /// Attaches the LoRA adapter in `dir`, in PEFT's layout (`adapter_config.json`: `r`,
+    /// `lora_alpha`, `lora_dropout`, `target_modules`; `adapter_model.safetensors`:
+    /// `base_model.model.{module}.lora_A.weight` `[r, in]` and `.lora_B.weight` `[out, r]`), as
+    /// `save_adapter` or PEFT writes it, to evaluate it or to keep training it. A missing,
+    /// misshapen or unexpected tensor is an error naming it.
+    pub fn load_adapter(&mut self, dir: &Path) -> Result<()> {
+        let config_file = dir.join("adapter_config.json");
+        let text = std::fs::read_to_string(&config_file).with_context(|| format!("{}: cannot read", config_file.display()))?;
+        let c: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", config_file.display()))?;
+        let field = |k: &str| c.get(k).with_context(|| format!("{}: missing {k}", config_file.display()));
+        if let Some(t) = c.get("peft_type").and_then(|v| v.as_str()).filter(|t| *t != "LORA") {
+            bail!("{}: peft_type {t} is not LoRA", config_file.display());
+        }
+        let rank = field("r")?.as_i64().filter(|&r| r >= 1).with_context(|| format!("{}: r must be a positive integer", config_file.display()))?;
+        let alpha = field("lora_alpha")?.as_f64().with_context(|| format!("{}: lora_alpha must be a number", config_file.display()))?;
+        let dropout = c.get("lora_dropout").and_then(|v| v.as_f64()).unwrap_or(0.0);
+        let targets: Vec<String> = match field("target_modules")? {
+            serde_json::Value::Array(a) => a.iter().map(|t| t.as_str().map(String::from).with_context(|| format!("{}: target_modules must be strings", config_file.display()))).collect::<Result<_>>()?,
+            serde_json::Value::String(s) => vec![s.clone()],
+            _ => bail!("{}: target_modules must be a list of module names", config_file.display()),
+        };
+        self.add_lora(LoraConfig { rank, alpha, dropout, targets })?;
+        let file = dir.join("adapter_model.safetensors");
+        let mut tensors: std::collections::BTreeMap<String, Tensor> = Tensor::read_safetensors(&file)
+            .map_err(|e| anyhow::anyhow!("{}: cannot read safetensors: {}", file.display(), crate::util::first_line(&e.to_string())))?
+            .into_iter()
+            .collect();
+        let source = file.display().to_string();
+        for (name, lin) in self.linears_mut()? {
+            let Some(l) = &mut lin.lora else { continue };
+            for (part, slot) in [("lora_A", &mut l.a), ("lora_B", &mut l.b)] {
+                let key = format!("base_model.model.{name}.{part}.weight");
+                let t = tensors.remove(&key).with_context(|| format!("{source}: tensor {key} is missing (another base model or other target modules?)"))?;
+                if t.size() != slot.size() {
+                    bail!("{source}: tensor {key} has shape {:?}; this base model with r = {rank} needs {:?}", t.size(), slot.size());
+                }
+                tch::no_grad(|| slot.f_copy_(&t))?;
+            }
+        }
+        if let Some(extra) = tensors.keys().next() {
+            bail!("{source}: tensor {extra} matches no adapted layer of this model ({} unexpected tensors)", tensors.len());
+        }
+        Ok(())
+    }
+
     /// Turns the LoRA adapters on or off (off: the base model). No effect without adapters.
     pub fn set_adapters_enabled(&self, on: bool) {
         if let Some((_, s)) = &self.lora {

@@ -96,6 +96,7 @@ pub(super) fn load_decl() -> Decl {
         noted("device", Ty::Str, "the run's device", "cpu, cuda or cuda:N"),
         noted("seed", Ty::Int, "the run's seed", "random initialisation of built-in models"),
         noted("lora", Ty::Map, "none", "add LoRA adapters (options below); only they train"),
+        noted("adapter", Ty::Str, "none", "a LoRA adapter folder in PEFT's layout to attach (written by save/checkpoint or PEFT); it trains"),
     ])
 }
 
@@ -125,8 +126,11 @@ pub(super) fn load(src: &str, opts: &Map, session: &SharedSession) -> ScriptResu
     let decl = load_decl();
     let o = decl.read(opts)?;
     let mut m = CausalLM::load(src, &load_options(&o, session)?).map_err(err)?;
-    if let Some(l) = o.get("lora") {
-        m.add_lora(lora_options(l)?).map_err(err)?;
+    match (o.get("lora"), o.get("adapter")) {
+        (Some(_), Some(_)) => return Err(script_error("load_model: give lora (new adapters) or adapter (a saved one), not both")),
+        (Some(l), None) => m.add_lora(lora_options(l)?).map_err(err)?,
+        (None, Some(dir)) => m.load_adapter(std::path::Path::new(&dir.to_string())).map_err(err)?,
+        (None, None) => {}
     }
     Ok(m)
 }
