@@ -8,16 +8,10 @@ mod common;
 
 const KEY: &str = "0123456789abcdef";
 
-/// The two valid entries' bytes, as `cache::store*` writes them.
+/// The two valid entries' bytes (the seeds, as `cache::store*` wrote them).
 fn valid() -> &'static [Vec<u8>; 2] {
     static VALID: OnceLock<[Vec<u8>; 2]> = OnceLock::new();
-    VALID.get_or_init(|| {
-        let dir = common::scratch("cache_entry-seed");
-        cache::store(&dir, KEY, &[[-1.5, -2.5], [-3.0, -0.25]]).unwrap();
-        let f = tch::Tensor::f_from_slice(&[1f32, 2., 3., 4., 5., 6.]).unwrap().f_reshape([2, 3]).unwrap();
-        cache::store_features(&dir, KEY, &f).unwrap();
-        [std::fs::read(dir.join(format!("{KEY}.reflogp"))).unwrap(), std::fs::read(dir.join(format!("{KEY}.features"))).unwrap()]
-    })
+    VALID.get_or_init(|| [common::seed_body("cache_entry", "reflogp"), common::seed_body("cache_entry", "features")])
 }
 
 fuzz_target!(|bytes: &[u8]| {

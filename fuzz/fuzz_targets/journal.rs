@@ -2,23 +2,15 @@
 //! the tensors); the other half is a valid one. Then the journal is opened for resume and the
 //! entry replayed.
 #![no_main]
-use dualign::run::journal::{Journal, Start};
+use dualign::run::journal::Journal;
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
 mod common;
 
-/// A valid entry's two files, written once by a real journal.
+/// A valid entry's two files (the seeds, as a real journal wrote them).
 fn valid() -> &'static (Vec<u8>, Vec<u8>) {
     static VALID: OnceLock<(Vec<u8>, Vec<u8>)> = OnceLock::new();
-    VALID.get_or_init(|| {
-        let run = common::scratch("journal-seed");
-        let _ = std::fs::remove_dir_all(run.join("journal"));
-        let mut j = Journal::open(&run, 7, false).unwrap();
-        let Start::Live(i) = j.begin("dpo", "k1").unwrap() else { unreachable!() };
-        let t = tch::Tensor::f_ones([2, 3], (tch::Kind::Float, tch::Device::Cpu)).unwrap();
-        j.commit(i, "dpo", "k1", serde_json::json!({"loss": 0.5}), 3, &[("w".into(), t)]).unwrap();
-        (std::fs::read(run.join("journal/00000.json")).unwrap(), std::fs::read(run.join("journal/00000.safetensors")).unwrap())
-    })
+    VALID.get_or_init(|| (common::seed_body("journal", "entry"), common::seed_body("journal", "tensors")))
 }
 
 fuzz_target!(|bytes: &[u8]| {
