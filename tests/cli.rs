@@ -537,7 +537,7 @@ fn the_default_job_runs_end_to_end_in_a_reduced_configuration() {
     assert_eq!(caid.len(), 2);
     // The dual step of the method on the slack's one-sided lower bound: λ(1) = max(0, λ(0) - η·(u(0) - z·se(0)))
     // with η the dual_step setting (5 by default, stdlib/safety_experiment.rhai) and z the slack_z
-    // setting (1.645 here, 0 by default), as config.json records them.
+    // setting (1.645, the job's default), as config.json records them.
     let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
     let (eta, z) = (config["config"]["dual_step"].as_f64().unwrap(), config["config"]["slack_z"].as_f64().unwrap());
     assert_eq!((eta, z), (5.0, 1.645));
@@ -554,6 +554,44 @@ fn the_default_job_runs_end_to_end_in_a_reduced_configuration() {
     assert_eq!(config["status"], "ok");
     assert_eq!(config["config"]["threshold"], 0.25, "the default threshold (stdlib/safety_experiment.rhai)");
     assert!(stdout(&o).contains("| reference |"), "{}", stdout(&o));
+    // The aligned model is the job's `select: "last"` choice: the last iterate whose lower bound
+    // is met, else the one whose lower bound falls least short (stdlib/caid.rhai, `better`).
+    let lowers: Vec<f64> = caid.iter().map(|r| num(r, "slack_lower_safety")).collect();
+    let expected = match lowers.iter().rposition(|l| *l >= 0.0) {
+        Some(i) => i,
+        None => (0..lowers.len()).fold(0, |b, i| if lowers[i] > lowers[b] { i } else { b }),
+    };
+    assert_eq!(config["config"]["select"], "last", "the job's default (stdlib/safety_experiment.rhai)");
+    assert!(stdout(&o).contains(&format!("aligned model: iterate {expected} ")), "lower bounds {lowers:?}: {}", stdout(&o));
+}
+
+#[test]
+fn the_best_iterate_rules_pick_what_their_doc_lines_say() {
+    // Synthetic iterates (no model): 0 infeasible, 1 and 2 feasible with 1 the higher reward,
+    // 3 infeasible. "reward" takes 1, "last" takes 2; with none feasible both take the smallest
+    // worst violation (index 2 below), whatever the reward.
+    let dir = scratch("select");
+    let job = r#"
+import "caid" as caid;
+let its = [#{ iteration: 0, max_violation: 0.3, reward: 2.0 }, #{ iteration: 1, max_violation: 0.0, reward: 1.5 },
+           #{ iteration: 2, max_violation: 0.0, reward: 1.0 }, #{ iteration: 3, max_violation: 0.1, reward: 3.0 }];
+let none = [#{ iteration: 0, max_violation: 0.3, reward: 2.0 }, #{ iteration: 1, max_violation: 0.2, reward: 1.5 },
+            #{ iteration: 2, max_violation: 0.05, reward: 1.0 }, #{ iteration: 3, max_violation: 0.1, reward: 3.0 }];
+log(#{ reward: caid::best(its, #{ tolerance: 0.0, select: "reward" }), last: caid::best(its, #{ tolerance: 0.0, select: "last" }),
+       none_reward: caid::best(none, #{ tolerance: 0.0, select: "reward" }), none_last: caid::best(none, #{ tolerance: 0.0, select: "last" }),
+       tolerant_last: caid::best(none, #{ tolerance: 0.1, select: "last" }) });
+caid::run((), (), (), #{}, #{ prompts: ["q"], select: "first" });
+"#;
+    write(&dir, "select.rhai", job);
+    let o = run_in(&dir, &["run", "select.rhai", "--out", "out"]);
+    let rows = common::jsonl(&dir.join("out/metrics.jsonl"));
+    let r = &rows[0];
+    assert_eq!((r["reward"].as_i64(), r["last"].as_i64(), r["none_reward"].as_i64(), r["none_last"].as_i64()), (Some(1), Some(2), Some(2), Some(2)), "{r}");
+    // With tolerance 0.1, iterates 2 and 3 count as feasible: "last" takes 3.
+    assert_eq!(r["tolerant_last"].as_i64(), Some(3), "{r}");
+    // A misspelt rule is an error naming the option, before anything runs.
+    assert_ne!(o.status.code(), Some(0));
+    assert!(stderr(&o).contains("option \"select\" must be \"reward\" or \"last\", not \"first\""), "{}", stderr(&o));
 }
 
 #[test]
