@@ -662,6 +662,49 @@ log(#{ worst: worst, reload: reload, pooling: pooling, n: prompts.len() });
 }
 
 #[test]
+fn one_feature_store_per_body_reused_by_a_second_head_and_dropped_when_the_body_trains() {
+    // train_scorer keeps the body's pooled features in one store (ScriptModel::features): a
+    // second head on the same pairs reads them (no forward pass, no cache read), training the
+    // body drops them, and every score model keeps the features of the weights it was copied
+    // from. If the store were not dropped, `c` below would train on and score with the
+    // features of the weights before DPO and disagree with its own fresh forward pass.
+    let dir = scratch("store");
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/data/safety_prefs.jsonl");
+    let job = r#"
+let policy = load_model("builtin:tiny", #{ lora: #{ rank: 4, alpha: 8.0 } });
+let reference = policy.frozen();
+let pairs = load_preferences("DATA").take(24);
+let a = train_scorer(policy, pairs, "safer", #{ max_len: 128, pool: "mean" });
+let b = train_scorer(policy, pairs, "better", #{ max_len: 128, pool: "mean" });
+dpo(policy, reference, pairs, #{ lr: 0.05, epochs: 2, batch_size: 4, max_len: 128 });
+let c = train_scorer(policy, pairs, "safer", #{ max_len: 128, pool: "mean" });
+let prompts = pairs.prompts();
+let responses = prompts.map(|p| "An answer to " + p);
+fn gap(x, y) { let worst = 0.0; for i in 0..x.len() { let d = x[i] - y[i]; if d < 0.0 { d = -d; } if d > worst { worst = d; } } worst }
+let sa = a.score(prompts, responses);
+let sc = c.score(prompts, responses);
+log(#{ a: gap(sa, a.copy().score(prompts, responses)), b: gap(b.score(prompts, responses), b.copy().score(prompts, responses)),
+       c: gap(sc, c.copy().score(prompts, responses)), moved: gap(sa, sc) });
+"#
+    .replace("DATA", &data.display().to_string());
+    write(&dir, "store.rhai", &job);
+    let cache = dir.join("cache");
+    let o = host().args(["run", "store.rhai", "--out", "out"]).current_dir(&dir).env("DUALIGN_CACHE", &cache).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let err = stderr(&o);
+    // Features computed twice (before and after DPO), never read back for `b`.
+    assert_eq!(err.matches("scorer features done").count(), 2, "{err}");
+    assert!(!err.contains("from the cache"), "{err}");
+    let rows = common::jsonl(&dir.join("out/metrics.jsonl"));
+    let r = rows.last().unwrap();
+    for k in ["a", "b", "c"] {
+        assert!(r[k].as_f64().unwrap() < 1e-4, "{k}: {r}");
+    }
+    // DPO moved the body: the same head trained after it scores differently.
+    assert!(r["moved"].as_f64().unwrap() > 1e-3, "{r}");
+}
+
+#[test]
 fn the_seeds_example_runs_the_default_job_per_seed_on_the_tiny_model() {
     // The pipeline and the aggregate table, not the effect (the tiny model is random).
     let dir = scratch("seeds");

@@ -21,15 +21,13 @@ pub struct ScriptModel {
     pub base_only: bool,
     /// The optimizer of the last training call, kept when a call asks for `keep_optimizer`.
     pub optimizer: Rc<RefCell<Option<Rc<RefCell<crate::train::optim::AdamW>>>>>,
-    /// Pooled features of tokenised pair sets (by content hash and pooling), so training a second score
-    /// head on the same frozen body does not recompute them.
-    pub features: Rc<RefCell<std::collections::HashMap<String, tch::Tensor>>>,
-    /// For the score models `train_scorer` makes: pooled features by token sequence, shared
-    /// by every score model trained on the same frozen body (reward and safety heads read one
-    /// forward pass), seeded with the features the heads were trained on. `memo_source` keeps,
-    /// on the body's own handle, the memo its score models share (dropped when it is trained).
-    pub memo: Rc<RefCell<Option<FeatureMemo>>>,
-    pub memo_source: Rc<RefCell<Option<FeatureMemo>>>,
+    /// The one store of pooled features computed from these weights, by token sequence and
+    /// pooling (`sequence_key`; f32 rows `[H]`). `train_scorer` creates it on the body it reads
+    /// and hands it to the score models it makes, which have the body's weights: a second head
+    /// on the same body, and the reward and safety heads scoring the same answers, run the body
+    /// once per sequence. One invalidation rule: training a handle's weights drops its store
+    /// (`forget_features`); score models made earlier keep theirs, which still match their copy.
+    pub features: Rc<RefCell<Option<FeatureMemo>>>,
 }
 
 /// Pooled features `[H]` by a hash of (pooling, prompt ids, response ids).
@@ -55,14 +53,17 @@ impl ScriptModel {
 
     /// Another handle on the same weights with its own caches.
     fn new_shared(model: Rc<RefCell<CausalLM>>) -> Self {
-        ScriptModel { model, base_only: false, optimizer: Default::default(), features: Default::default(), memo: Default::default(), memo_source: Default::default() }
+        ScriptModel { model, base_only: false, optimizer: Default::default(), features: Default::default() }
     }
 
     /// Forgets every feature computed from these weights (called before they are trained).
     pub fn forget_features(&self) {
-        self.features.borrow_mut().clear();
-        self.memo.borrow_mut().take();
-        self.memo_source.borrow_mut().take();
+        self.features.borrow_mut().take();
+    }
+
+    /// This handle's feature store, created when it has none (see `features`).
+    pub fn feature_store(&self) -> FeatureMemo {
+        self.features.borrow_mut().get_or_insert_with(FeatureMemo::default).clone()
     }
 
     /// Runs `f` with the adapters switched as this handle says, then switches them back to what
@@ -203,10 +204,10 @@ fn batched(p: &[Vec<i64>], r: &[Vec<i64>], f: impl Fn(&[&[i64]], &[&[i64]]) -> a
     Ok(out)
 }
 
-/// The score head's output for each (prompt, response). A score model with a feature memo runs
+/// The score head's output for each (prompt, response). A score model with a feature store runs
 /// the body only on sequences no score model of the same body has seen.
 pub fn score(m: &ScriptModel, prompts: &Array, responses: &Array) -> ScriptResult<Array> {
-    let memo = m.memo.borrow().clone();
+    let memo = m.features.borrow().clone();
     m.with(|cm| {
         let (p, r) = encode_pairs(cm, prompts, responses)?;
         let Some(memo) = memo else {
@@ -221,7 +222,7 @@ pub fn score(m: &ScriptModel, prompts: &Array, responses: &Array) -> ScriptResul
         let todo: Vec<usize> = (0..keys.len()).filter(|&i| !memo.borrow().contains_key(&keys[i]) && seen.insert(keys[i])).collect();
         let (tp, tr): (Vec<Vec<i64>>, Vec<Vec<i64>>) = todo.iter().map(|&i| (p[i].clone(), r[i].clone())).unzip();
         each_batch(&tp, &tr, |batch, ps, rs| {
-            let f = cm.features(ps, rs, pool).map_err(err)?;
+            let f = cm.features(ps, rs, pool).and_then(|f| Ok(f.f_to_kind(tch::Kind::Float)?)).map_err(err)?;
             for (j, &i) in batch.iter().map(|&k| &todo[k]).enumerate() {
                 memo.borrow_mut().insert(keys[i], f.f_get(j as i64).map_err(super::api::torch_error)?);
             }
@@ -230,7 +231,7 @@ pub fn score(m: &ScriptModel, prompts: &Array, responses: &Array) -> ScriptResul
         let memo = memo.borrow();
         let mut out = Array::new();
         for chunk in keys.chunks(4096) {
-            let rows: Vec<tch::Tensor> = chunk.iter().map(|k| memo.get(k).map(tch::Tensor::shallow_clone).ok_or_else(|| script_error("score: feature memo lost an entry"))).collect::<ScriptResult<_>>()?;
+            let rows: Vec<tch::Tensor> = chunk.iter().map(|k| memo.get(k).map(tch::Tensor::shallow_clone).ok_or_else(|| script_error("score: the feature store lost an entry"))).collect::<ScriptResult<_>>()?;
             let t = tch::no_grad(|| -> anyhow::Result<tch::Tensor> { Ok(head.forward(&tch::Tensor::f_stack(&rows, 0)?.f_to_kind(head.weight.kind())?)?.f_select(1, 0)?.f_to_kind(tch::Kind::Float)?) }).map_err(err)?;
             let (_, values) = super::tensor::values(&t)?;
             out.extend(values.into_iter().map(Dynamic::from_float));

@@ -3,7 +3,7 @@
 use super::api::{def_with_options, script_error, ScriptResult};
 use super::options::{count, flag, noted, number, text, Decl, Given, Opt, Ty};
 use super::data::ScriptPairs;
-use super::model::{sequence_key, FeatureMemo, ScriptModel};
+use super::model::{sequence_key, ScriptModel};
 use super::SharedSession;
 use crate::data::batch;
 use crate::interrupt;
@@ -119,8 +119,6 @@ fn logger(session: &SharedSession) -> impl FnMut(serde_json::Map<String, serde_j
 
 /// The policy's optimizer: kept between calls when asked, else fresh.
 fn optimizer(policy: &ScriptModel, keep: bool) -> ScriptResult<Rc<RefCell<AdamW>>> {
-    // The weights are about to change: cached features of this handle go stale.
-    policy.features.borrow_mut().clear();
     let mut slot = policy.optimizer.borrow_mut();
     if keep {
         if let Some(opt) = slot.as_ref() {
@@ -184,12 +182,6 @@ fn check_trainable(policy: &ScriptModel, what: &str) -> ScriptResult<()> {
     }
     policy.forget_features();
     Ok(())
-}
-
-/// The feature memo shared by the score models trained on `model`'s current weights (training
-/// the model drops it: `check_trainable`).
-fn shared_memo(model: &ScriptModel) -> FeatureMemo {
-    model.memo_source.borrow_mut().get_or_insert_with(FeatureMemo::default).clone()
 }
 
 pub fn register(engine: &mut Engine, session: SharedSession) {
@@ -313,17 +305,21 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
                 scorer.lora = None;
                 eprintln!("train_scorer({label}): replayed from the journal (held-out accuracy {})", out["eval_accuracy"]);
                 let scorer = ScriptModel::new(scorer);
-                *scorer.memo.borrow_mut() = Some(shared_memo(&model));
+                *scorer.features.borrow_mut() = Some(model.feature_store());
                 Ok(scorer)
             };
             super::journaled(&s, "train_scorer", &key, replay, || {
                 let (head, summary, mut scorer) = model
                     .with(|m| -> anyhow::Result<_> {
                         let tokenized = batch::tokenize(&pairs.pairs, &m.tokenizer, max_len / 2, max_len)?;
-                        let key = cache::key(pool.salt(), &tokenized, max_len / 2, max_len);
-                        let cached = model.features.borrow().get(&key).map(|t| t.shallow_clone());
-                        let feats = match cached {
-                            Some(f) => f,
+                        // Features of sequences this body has read already come from its store
+                        // (a second head on the same pairs); the rest from the per-user cache or
+                        // a forward pass, and then into the store for the score models.
+                        let store = model.feature_store();
+                        let keys: Vec<u64> = tokenized.iter().flat_map(|p| [sequence_key(pool, &p.prompt, &p.responses[0]), sequence_key(pool, &p.prompt, &p.responses[1])]).collect();
+                        let known: Option<Vec<tch::Tensor>> = { let s = store.borrow(); keys.iter().map(|k| s.get(k).map(tch::Tensor::shallow_clone)).collect() };
+                        let feats = match known {
+                            Some(rows) => tch::Tensor::f_stack(&rows, 0)?.f_view([tokenized.len() as i64, 2, -1])?,
                             None => {
                                 // Between runs, features live in the per-user cache under a hash
                                 // of the weights and the token ids (verified when read).
@@ -340,17 +336,11 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
                                         f
                                     }
                                 };
-                                // Score models of this body read these features instead of
-                                // running the body again on the same sequences.
-                                let memo = shared_memo(&model);
-                                let kind = m.kind;
-                                for (i, p) in tokenized.iter().enumerate() {
-                                    for j in 0..2 {
-                                        let row = f.f_get(i as i64)?.f_get(j as i64)?.f_to_kind(kind)?;
-                                        memo.borrow_mut().insert(sequence_key(pool, &p.prompt, &p.responses[j]), row);
-                                    }
+                                let rows = f.f_to_kind(tch::Kind::Float)?.f_view([tokenized.len() as i64 * 2, -1])?;
+                                let mut s = store.borrow_mut();
+                                for (i, k) in keys.iter().enumerate() {
+                                    s.insert(*k, rows.f_get(i as i64)?);
                                 }
-                                model.features.borrow_mut().insert(key, f.shallow_clone());
                                 f
                             }
                         };
@@ -372,7 +362,7 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
                 }
                 eprintln!("train_scorer({label}): train accuracy {:.3}, held-out accuracy {} on {} pairs", summary["train_accuracy"].as_f64().unwrap_or(f64::NAN), summary["eval_accuracy"], summary["held_out"]);
                 let scorer = ScriptModel::new(scorer);
-                *scorer.memo.borrow_mut() = Some(shared_memo(&model));
+                *scorer.features.borrow_mut() = Some(model.feature_store());
                 Ok((scorer, serde_json::Value::Object(summary), tensors))
             })
         });
