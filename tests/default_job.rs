@@ -33,14 +33,14 @@ fn the_reduced_default_job_writes_its_tables_and_the_aligned_model() {
         assert!(report.contains(row), "{row} not in the report\n{report}");
     }
     let rows = jsonl(&out.join("metrics.jsonl"));
-    // Each dual step: λ(t+1) = max(0, λ(t) - η·u(t)) with η = 5 (the default dual_step); with the
-    // default slack_z = 0 the step reads the slack itself (tests/cli.rs checks slack_z > 0).
+    // Each dual step: λ(t+1) = max(0, λ(t) - η·(u(t) - z·se(t))) with the job's defaults η = 5
+    // (dual_step) and z = 1.645 (slack_z, the one-sided 95% lower bound; stdlib/safety_experiment.rhai).
     let caid: Vec<&serde_json::Value> = rows.iter().filter(|r| r["phase"] == "caid" && r["iteration"].as_i64().unwrap() >= 0).collect();
     assert_eq!(caid.len(), 2);
     for w in caid.windows(2) {
         let n = |r: &serde_json::Value, k: &str| r[k].as_f64().unwrap_or_else(|| panic!("{k} missing in {r}"));
         let (l0, u0, se0, l1) = (n(w[0], "lambda_safety"), n(w[0], "slack_safety"), n(w[0], "slack_stderr_safety"), n(w[1], "lambda_safety"));
-        assert!(se0 > 0.0 && (l1 - (l0 - 5.0 * u0).max(0.0)).abs() < 1e-9, "{l0} {u0} {se0} {l1}");
+        assert!(se0 > 0.0 && (l1 - (l0 - 5.0 * (u0 - 1.645 * se0)).max(0.0)).abs() < 1e-9, "{l0} {u0} {se0} {l1}");
     }
     let finals: Vec<&serde_json::Value> = rows.iter().filter(|r| r["phase"] == "final").collect();
     assert_eq!(finals.len(), 6, "reference, two baselines, aligned, two greedy rows");
