@@ -27,12 +27,15 @@ dualign_venv() {
   touch "$DUALIGN_VENV/.complete"
 }
 
-# Extra Python packages used only by the tests (parity with HF transformers, TRL).
+# Extra Python packages used only by the tests (parity with HF transformers, PEFT, gguf-py). The
+# marker names the set, so a cache made for an older set installs what is new.
+DUALIGN_TEST_PACKAGES=("transformers==5.24.0" safetensors "gguf==0.19.0" "peft==0.21.2")
 dualign_test_packages() {
-  if [ -f "$DUALIGN_VENV/.test-packages" ]; then return 0; fi
-  say "installing test-only Python packages (transformers, safetensors, gguf) into $DUALIGN_VENV"
-  "$DUALIGN_VENV/bin/pip" install --quiet "transformers==5.24.0" safetensors "gguf==0.19.0"
-  touch "$DUALIGN_VENV/.test-packages"
+  local marker="$DUALIGN_VENV/.test-packages-$(echo "${DUALIGN_TEST_PACKAGES[*]}" | cksum | cut -d' ' -f1)"
+  if [ -f "$marker" ]; then return 0; fi
+  say "installing test-only Python packages (${DUALIGN_TEST_PACKAGES[*]}) into $DUALIGN_VENV"
+  "$DUALIGN_VENV/bin/pip" install --quiet "${DUALIGN_TEST_PACKAGES[@]}"
+  touch "$marker"
 }
 
 # The default policy, SmolLM2-135M-Instruct (Q4_1 GGUF, Apache-2.0), shipped inside the PyPI wheel

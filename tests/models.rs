@@ -394,3 +394,82 @@ fn the_pku_saferlhf_recipe_runs_on_hf_checkpoints() {
     assert!(report.lines().any(|l| l.starts_with("| aligned (held-out) |") && l.trim_end().ends_with(&format!("| {} |", shown(final_lambda)))), "{report}");
     assert!(out.join("checkpoints/iterate_1/adapter_model.safetensors").is_file());
 }
+
+/// The PEFT cases of tests/reference/peft_adapters.py: (case, base model folder, adapted layers).
+const PEFT_CASES: [(&str, &str, usize); 4] = [
+    ("llama_list", "llama_gqa_untied_rope3", 6),
+    ("llama_regex_rslora", "llama_gqa_untied_rope3", 2),
+    ("qwen2_all_linear", "qwen2_tied", 12),
+    ("gpt2_conv1d", "gpt2", 4),
+];
+
+#[test]
+fn adapters_written_by_peft_compute_what_peft_computes() {
+    let root = reference("peft_adapters.py");
+    for (case, base, layers) in PEFT_CASES {
+        let mut m = CausalLM::load(root.join(base).to_str().unwrap(), &cpu_f32()).unwrap();
+        m.load_adapter(&root.join(case).join("adapter")).unwrap();
+        // Each adapted layer holds lora_A and lora_B: PEFT's target rule chose the same layers.
+        assert_eq!(m.trainable_parameters().unwrap().len(), 2 * layers, "{case}");
+        let e = expected(&root.join(case));
+        let diff = max_abs_diff(&m.logits(&e["ids"]).unwrap(), &e["logits"]);
+        // Same tolerance as the base models against HF (docs/targets.md: fp32 logits within 1e-4).
+        assert!(diff < 1e-4, "{case}: max |logits - PEFT| = {diff}");
+        // The adapter matters: without it the logits are clearly elsewhere (B was randomised).
+        m.set_adapters_enabled(false);
+        let off = max_abs_diff(&m.logits(&e["ids"]).unwrap(), &e["logits"]);
+        assert!(off > 1e-2, "{case}: the adapter changes nothing ({off})");
+    }
+}
+
+#[test]
+fn adapters_host_saves_load_in_peft_and_compute_the_same_logits() {
+    let root = reference("peft_adapters.py");
+    for (base, targets) in [("llama_gqa_untied_rope3", vec!["q_proj", "mlp.up_proj"]), ("gpt2", vec!["c_attn", "c_proj"])] {
+        let mut m = CausalLM::load(root.join(base).to_str().unwrap(), &cpu_f32()).unwrap();
+        let targets = targets.iter().map(|s| s.to_string()).collect();
+        m.add_lora(dualign::model::LoraConfig { rank: 3, alpha: 5.0, dropout: 0.0, targets }).unwrap();
+        tch::manual_seed(7);
+        for (_, t) in m.trainable_parameters().unwrap() {
+            tch::no_grad(|| t.shallow_clone().copy_(&(Tensor::randn(t.size(), (Kind::Float, Device::Cpu)) * 0.2)));
+        }
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("host-adapter-{base}-{}", std::process::id()));
+        m.save_adapter(&dir).unwrap();
+        let ids = Tensor::randint(256, [2, 7], (Kind::Int64, Device::Cpu));
+        let logits = m.logits(&ids).unwrap();
+        Tensor::write_safetensors(&[("ids", &ids), ("logits", &logits)], dir.join("expected.safetensors")).unwrap();
+        let check = "import sys, torch\nfrom transformers import AutoModelForCausalLM\nfrom peft import PeftModel\n\
+                     from safetensors.torch import load_file\n\
+                     m = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(sys.argv[1]), sys.argv[2]).eval()\n\
+                     e = load_file(sys.argv[2] + '/expected.safetensors')\n\
+                     with torch.no_grad():\n    d = (m(input_ids=e['ids']).logits - e['logits']).abs().max().item()\n\
+                     assert d < 1e-4, d\nprint('ok')";
+        let o = std::process::Command::new(python()).args(["-c", check]).arg(root.join(base)).arg(&dir).env("HF_HUB_OFFLINE", "1").output().unwrap();
+        assert!(o.status.success(), "{base}: PEFT on host's adapter: {}", String::from_utf8_lossy(&o.stderr));
+    }
+}
+
+#[test]
+fn peft_adapters_this_loader_cannot_compute_are_refused_by_field() {
+    let root = reference("peft_adapters.py");
+    let src = root.join("llama_list").join("adapter");
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(src.join("adapter_config.json")).unwrap()).unwrap();
+    let cases: [(&str, serde_json::Value, &str); 5] = [
+        ("use_dora", serde_json::json!(true), "use_dora = true is not supported"),
+        ("rank_pattern", serde_json::json!({"q_proj": 8}), "rank_pattern = {\"q_proj\":8} is not supported"),
+        ("modules_to_save", serde_json::json!(["lm_head"]), "modules_to_save = [\"lm_head\"] is not supported"),
+        ("bias", serde_json::json!("all"), "bias = \"all\" is not supported"),
+        ("target_modules", serde_json::json!("(unclosed"), "target_modules: \"(unclosed\" is not a valid regular expression"),
+    ];
+    for (field, value, want) in cases {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("peft-refused-{field}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(src.join("adapter_model.safetensors"), dir.join("adapter_model.safetensors")).unwrap();
+        let mut c = config.clone();
+        c[field] = value;
+        std::fs::write(dir.join("adapter_config.json"), c.to_string()).unwrap();
+        let mut m = CausalLM::load(root.join("llama_gqa_untied_rope3").to_str().unwrap(), &cpu_f32()).unwrap();
+        let e = format!("{:#}", m.load_adapter(&dir).unwrap_err());
+        assert!(e.contains(want) && e.contains("adapter_config.json"), "{field}: {e}");
+    }
+}

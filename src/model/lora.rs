@@ -14,7 +14,8 @@ pub struct LoraConfig {
     pub rank: i64,
     pub alpha: f64,
     pub dropout: f64,
-    /// Module names (last component) that get adapters, e.g. `q_proj`, `v_proj`.
+    /// Modules that get adapters, matched as PEFT matches a list: a module's full name equals an
+    /// entry or ends with `.` and the entry (`q_proj`, `self_attn.v_proj`, `model.layers.0.mlp.up_proj`).
     pub targets: Vec<String>,
 }
 
@@ -27,7 +28,8 @@ impl Default for LoraConfig {
 }
 
 impl CausalLM {
-    /// Attaches LoRA adapters to every linear layer whose last name component is a target.
+    /// Attaches LoRA adapters to every linear layer that one of the targets names (PEFT's rule:
+    /// the full name, or a suffix of it after a `.`).
     /// Base weights stay frozen; `trainable_parameters` then returns only the adapters.
     pub fn add_lora(&mut self, cfg: LoraConfig) -> Result<()> {
         if self.lora.is_some() {
@@ -36,8 +38,7 @@ impl CausalLM {
         let state = AdapterState::default();
         let mut n = 0;
         for (name, lin) in self.linears_mut()? {
-            let last = name.rsplit('.').next().unwrap_or("");
-            if cfg.targets.iter().any(|t| t == last) {
+            if cfg.targets.iter().any(|t| names_module(t, &name)) {
                 lin.add_lora(cfg.rank, cfg.alpha, cfg.dropout, state.clone())?;
                 n += 1;
             }
@@ -75,11 +76,24 @@ impl CausalLM {
         let rank = field("r")?.as_i64().filter(|&r| r >= 1).with_context(|| format!("{}: r must be a positive integer", config_file.display()))?;
         let alpha = field("lora_alpha")?.as_f64().with_context(|| format!("{}: lora_alpha must be a number", config_file.display()))?;
         let dropout = c.get("lora_dropout").and_then(|v| v.as_f64()).unwrap_or(0.0);
-        let targets: Vec<String> = match field("target_modules")? {
-            serde_json::Value::Array(a) => a.iter().map(|t| t.as_str().map(String::from).with_context(|| format!("{}: target_modules must be strings", config_file.display()))).collect::<Result<_>>()?,
-            serde_json::Value::String(s) => vec![s.clone()],
-            _ => bail!("{}: target_modules must be a list of module names", config_file.display()),
+        refuse_unsupported_peft_fields(&c, &config_file)?;
+        // rsLoRA scales by alpha / sqrt(r) instead of alpha / r: the same as plain LoRA with
+        // alpha * sqrt(r), which is what a re-saved adapter then states.
+        let alpha = if c.get("use_rslora").and_then(|v| v.as_bool()) == Some(true) { alpha * (rank as f64).sqrt() } else { alpha };
+        let names: Vec<String> = self.linears_mut()?.into_iter().map(|(n, _)| n).collect();
+        let selects = |key: &str| -> Result<Option<ModuleSelector>> {
+            match c.get(key) {
+                None | Some(serde_json::Value::Null) => Ok(None),
+                Some(v) => ModuleSelector::from_json(v).map(Some).with_context(|| format!("{}: {key}", config_file.display())),
+            }
         };
+        let target = selects("target_modules")?.with_context(|| format!("{}: missing target_modules", config_file.display()))?;
+        let exclude = selects("exclude_modules")?;
+        // The adapted modules by their full names, so that matching them again selects exactly these.
+        let targets: Vec<String> = names.into_iter().filter(|n| target.selects(n) && !exclude.as_ref().is_some_and(|e| e.selects(n))).collect();
+        if targets.is_empty() {
+            bail!("{}: target_modules selects no linear layer of this model", config_file.display());
+        }
         self.add_lora(LoraConfig { rank, alpha, dropout, targets })?;
         let file = dir.join("adapter_model.safetensors");
         let mut tensors: std::collections::BTreeMap<String, Tensor> = Tensor::read_safetensors(&file)
@@ -161,4 +175,68 @@ impl CausalLM {
         });
         crate::run::write_atomic(&dir.join("adapter_config.json"), serde_json::to_string_pretty(&peft)?.as_bytes())
     }
+}
+
+/// PEFT's rule for a listed target: the module's full name is the entry, or ends with `.entry`.
+fn names_module(entry: &str, name: &str) -> bool {
+    name == entry || name.strip_suffix(entry).is_some_and(|head| head.ends_with('.'))
+}
+
+/// Which modules a PEFT `target_modules` / `exclude_modules` field names: a list (a module's full
+/// name equals an entry or ends with `.entry`), a regular expression that must match the whole
+/// name, or `"all-linear"` (every linear layer; this model's output layer is not one).
+enum ModuleSelector {
+    Names(Vec<String>),
+    Pattern(regex::Regex),
+    AllLinear,
+}
+
+impl ModuleSelector {
+    fn from_json(v: &serde_json::Value) -> Result<Self> {
+        match v {
+            serde_json::Value::String(s) if s == "all-linear" => Ok(ModuleSelector::AllLinear),
+            serde_json::Value::String(s) => Ok(ModuleSelector::Pattern(regex::Regex::new(&format!("^(?:{s})$")).with_context(|| format!("{s:?} is not a valid regular expression"))?)),
+            serde_json::Value::Array(a) => Ok(ModuleSelector::Names(a.iter().map(|t| t.as_str().map(String::from).context("expected module names (strings)")).collect::<Result<_>>()?)),
+            _ => bail!("expected a list of module names or a regular expression"),
+        }
+    }
+
+    fn selects(&self, name: &str) -> bool {
+        match self {
+            ModuleSelector::Names(list) => list.iter().any(|t| names_module(t, name)),
+            ModuleSelector::Pattern(re) => re.is_match(name),
+            ModuleSelector::AllLinear => true,
+        }
+    }
+}
+
+/// PEFT's LoRA variants this loader does not compute (DoRA, per-module ranks, biases, layer
+/// subsets, extra trained modules, ...): any field outside the ones read here that holds more than
+/// its neutral value (null, false, empty, PEFT's defaults) is an error naming it, so an adapter is
+/// never loaded as something it is not.
+fn refuse_unsupported_peft_fields(c: &serde_json::Value, file: &Path) -> Result<()> {
+    const READ: &[&str] = &["peft_type", "r", "lora_alpha", "lora_dropout", "target_modules", "exclude_modules", "use_rslora"];
+    // Bookkeeping and initialisation settings: they do not change what a loaded adapter computes.
+    const INERT: &[&str] = &[
+        "task_type", "base_model_name_or_path", "revision", "inference_mode", "init_lora_weights", "auto_mapping",
+        "peft_version", "fan_in_fan_out", "megatron_core", "qalora_group_size", "loftq_config", "ensure_weight_tying",
+        "layers_pattern",
+    ];
+    let Some(map) = c.as_object() else { bail!("{}: expected a JSON object", file.display()) };
+    for (k, v) in map {
+        if READ.contains(&k.as_str()) || INERT.contains(&k.as_str()) {
+            continue;
+        }
+        let neutral = match v {
+            serde_json::Value::Null | serde_json::Value::Bool(false) => true,
+            serde_json::Value::Object(o) => o.is_empty(),
+            serde_json::Value::Array(a) => a.is_empty(),
+            serde_json::Value::String(s) => k == "bias" && s == "none",
+            _ => false,
+        };
+        if !neutral {
+            bail!("{}: {k} = {v} is not supported (this loader computes plain LoRA and rsLoRA on linear layers)", file.display());
+        }
+    }
+    Ok(())
 }

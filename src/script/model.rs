@@ -108,7 +108,7 @@ fn lora_decl() -> Decl {
         count("rank", d.rank as usize, "adapter rank r (at least 1)"),
         number("alpha", d.alpha, "scale α (the update is α/r · B A)"),
         number("dropout", d.dropout, "dropout on the adapter's input while training"),
-        noted("targets", Ty::Strings, "every attention and MLP projection", "HF module names to adapt (q_proj, c_attn, ...)"),
+        noted("targets", Ty::Strings, "every attention and MLP projection", "HF module names to adapt: a full name or its ending after a dot (q_proj, self_attn.v_proj), as PEFT matches a list"),
     ])
 }
 
