@@ -122,10 +122,12 @@ fn gguf_dequantisation_matches_gguf_py_for_every_type() {
     let dir = reference("gguf_types.py");
     let g = Gguf::open(&dir.join("types.gguf")).unwrap();
     let want: std::collections::BTreeMap<String, Tensor> = Tensor::read_safetensors(dir.join("types_expected.safetensors")).unwrap().into_iter().collect();
-    for name in ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1"] {
+    let plain = ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1"].map(|n| (n, 64));
+    let k_quants = ["q2_k", "q3_k", "q4_k", "q5_k", "q6_k"].map(|n| (n, 512)); // two 256-element blocks per row
+    for (name, row) in plain.into_iter().chain(k_quants) {
         let info = g.tensor_info(name).unwrap();
-        assert_eq!(info.shape, vec![3, 64], "{name}");
-        let got = Tensor::from_slice(&g.dequantize(info).unwrap()).reshape([3, 64]);
+        assert_eq!(info.shape, vec![3, row], "{name}");
+        let got = Tensor::from_slice(&g.dequantize(info).unwrap()).reshape([3, row as i64]);
         // gguf-py and this loader do the same f16 -> f32 arithmetic: equal exactly.
         assert_eq!(max_abs_diff(&got, &want[name]), 0.0, "{name}");
     }
@@ -138,9 +140,10 @@ fn truncated_or_corrupt_gguf_names_the_file_and_the_problem() {
     let bytes = std::fs::read(dir.join("types.gguf")).unwrap();
     let scratch = Path::new(env!("CARGO_TARGET_TMPDIR"));
     let cut = scratch.join("cut.gguf");
-    std::fs::write(&cut, &bytes[..bytes.len() - 10]).unwrap();
+    // 40 bytes: more than the up to 31 bytes of alignment padding after the last tensor (q6_k).
+    std::fs::write(&cut, &bytes[..bytes.len() - 40]).unwrap();
     let e = format!("{:#}", Gguf::open(&cut).err().unwrap());
-    assert!(e.contains("cut.gguf") && e.contains("truncated: tensor q4_1"), "{e}");
+    assert!(e.contains("cut.gguf") && e.contains("truncated: tensor q6_k"), "{e}");
     let header = scratch.join("header.gguf");
     std::fs::write(&header, &bytes[..40]).unwrap();
     let e = format!("{:#}", Gguf::open(&header).err().unwrap());

@@ -1,6 +1,8 @@
 //! GGUF files (llama.cpp's format): header, metadata and tensor table parsed with bounds checks
-//! on every read, and tensors dequantised to f32 at load (F32, F16, BF16, Q8_0, Q4_0, Q4_1).
-//! Layouts follow ggml's `ggml-common.h` block definitions.
+//! on every read, and tensors dequantised to f32 at load (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0,
+//! Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K). Layouts follow ggml's `ggml-common.h` block definitions;
+//! the arithmetic (f32, in the order written) is that of llama.cpp's `gguf` Python package, so the
+//! values are equal bit for bit (tests/models.rs).
 use anyhow::{bail, Context, Result};
 use half::{bf16, f16};
 use std::collections::BTreeMap;
@@ -54,41 +56,68 @@ pub enum GgmlType {
     F16,
     Q4_0,
     Q4_1,
+    Q5_0,
+    Q5_1,
     Q8_0,
+    Q2K,
+    Q3K,
+    Q4K,
+    Q5K,
+    Q6K,
     BF16,
 }
 
+/// Every supported type: (ggml id, the type, its name, elements per block, bytes per block), the
+/// sizes from ggml's `ggml-common.h` (QK_K = 256 for the K-quants).
+const TYPES: [(u32, GgmlType, &str, usize, usize); 13] = [
+    (0, GgmlType::F32, "F32", 1, 4),
+    (1, GgmlType::F16, "F16", 1, 2),
+    (30, GgmlType::BF16, "BF16", 1, 2),
+    (8, GgmlType::Q8_0, "Q8_0", 32, 34),
+    (2, GgmlType::Q4_0, "Q4_0", 32, 18),
+    (3, GgmlType::Q4_1, "Q4_1", 32, 20),
+    (6, GgmlType::Q5_0, "Q5_0", 32, 22),
+    (7, GgmlType::Q5_1, "Q5_1", 32, 24),
+    (10, GgmlType::Q2K, "Q2_K", 256, 84),
+    (11, GgmlType::Q3K, "Q3_K", 256, 110),
+    (12, GgmlType::Q4K, "Q4_K", 256, 144),
+    (13, GgmlType::Q5K, "Q5_K", 256, 176),
+    (14, GgmlType::Q6K, "Q6_K", 256, 210),
+];
+
 impl GgmlType {
     fn from_id(id: u32) -> Option<Self> {
-        Some(match id {
-            0 => Self::F32,
-            1 => Self::F16,
-            2 => Self::Q4_0,
-            3 => Self::Q4_1,
-            8 => Self::Q8_0,
-            30 => Self::BF16,
-            _ => return None,
-        })
+        TYPES.iter().find(|t| t.0 == id).map(|t| t.1)
+    }
+    fn entry(self) -> &'static (u32, GgmlType, &'static str, usize, usize) {
+        TYPES.iter().find(|t| t.1 == self).expect("every GgmlType is in TYPES")
     }
     /// (elements per block, bytes per block)
     fn block(self) -> (usize, usize) {
-        match self {
-            Self::F32 => (1, 4),
-            Self::F16 | Self::BF16 => (1, 2),
-            Self::Q4_0 => (32, 18),
-            Self::Q4_1 => (32, 20),
-            Self::Q8_0 => (32, 34),
-        }
+        let e = self.entry();
+        (e.3, e.4)
     }
+    /// ggml's name of the type (`Q4_K`).
+    pub fn name(self) -> &'static str {
+        self.entry().2
+    }
+}
+
+/// The names of the supported types, for error messages.
+fn supported_types() -> String {
+    TYPES.iter().map(|t| t.2).collect::<Vec<_>>().join(", ")
 }
 
 fn type_name(id: u32) -> String {
     let known = [
-        (0, "F32"), (1, "F16"), (2, "Q4_0"), (3, "Q4_1"), (6, "Q5_0"), (7, "Q5_1"), (8, "Q8_0"), (9, "Q8_1"), (10, "Q2_K"),
-        (11, "Q3_K"), (12, "Q4_K"), (13, "Q5_K"), (14, "Q6_K"), (15, "Q8_K"), (16, "IQ2_XXS"), (24, "I8"), (25, "I16"),
-        (26, "I32"), (27, "I64"), (28, "F64"), (30, "BF16"),
+        (9, "Q8_1"), (15, "Q8_K"), (16, "IQ2_XXS"), (17, "IQ2_XS"), (18, "IQ3_XXS"), (19, "IQ1_S"), (20, "IQ4_NL"),
+        (21, "IQ3_S"), (22, "IQ2_S"), (23, "IQ4_XS"), (24, "I8"), (25, "I16"), (26, "I32"), (27, "I64"), (28, "F64"),
+        (29, "IQ1_M"), (34, "TQ1_0"), (35, "TQ2_0"),
     ];
-    known.iter().find(|(i, _)| *i == id).map_or(format!("type {id}"), |(_, n)| n.to_string())
+    match GgmlType::from_id(id) {
+        Some(t) => t.name().to_string(),
+        None => known.iter().find(|(i, _)| *i == id).map_or(format!("type {id}"), |(_, n)| n.to_string()),
+    }
 }
 
 /// One entry of the tensor table.
@@ -243,8 +272,10 @@ impl Gguf {
             let bytes = match (numel, ty) {
                 (Some(n), Some(ty)) => {
                     let (block, size) = ty.block();
-                    if n % block != 0 {
-                        bail!("tensor {}: {n} elements is not a multiple of the {block}-element {:?} block", t.name, ty);
+                    // ggml quantises row by row: each row (the innermost dimension) is whole blocks.
+                    let row = t.shape.last().copied().unwrap_or(1);
+                    if row % block != 0 {
+                        bail!("tensor {}: rows of {row} elements are not a multiple of the {block}-element {} block", t.name, ty.name());
                     }
                     // Checked: 2^62 F32 elements would wrap to 0 bytes and pass the bounds check.
                     Some((n / block).checked_mul(size).ok_or_else(|| anyhow::anyhow!("tensor {}: shape {:?} overflows", t.name, t.shape))?)
@@ -280,10 +311,11 @@ impl Gguf {
     pub fn dequantize(&self, info: &TensorInfo) -> Result<Vec<f32>> {
         let ty = GgmlType::from_id(info.type_id).with_context(|| {
             format!(
-                "{}: tensor {} has type {}, which this loader does not dequantise (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)",
+                "{}: tensor {} has type {}, which this loader does not dequantise (supported: {})",
                 self.path.display(),
                 info.name,
-                type_name(info.type_id)
+                type_name(info.type_id),
+                supported_types()
             )
         })?;
         let n = info.numel();
@@ -329,8 +361,119 @@ pub fn dequantize(ty: GgmlType, raw: &[u8], n: usize) -> Vec<f32> {
                 out.extend(qs.iter().map(|&q| d * (q >> 4) as f32 + m));
             }
         }
+        // block_q5_0 { half d; uint32 qh; uint8 qs[16]; }: bit i of qh is the fifth bit of element
+        // i; x = d * (q - 16)
+        GgmlType::Q5_0 => {
+            for b in raw.chunks_exact(22) {
+                let d = f16_at(b, 0);
+                let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+                out.extend((0..32).map(|i| d * (q5(&b[6..22], qh, i) as i32 - 16) as f32));
+            }
+        }
+        // block_q5_1 { half d; half m; uint32 qh; uint8 qs[16]; }: x = d * q + m
+        GgmlType::Q5_1 => {
+            for b in raw.chunks_exact(24) {
+                let (d, m) = (f16_at(b, 0), f16_at(b, 2));
+                let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+                out.extend((0..32).map(|i| d * q5(&b[8..24], qh, i) as f32 + m));
+            }
+        }
+        // block_q2_K { uint8 scales[16]; uint8 qs[64]; half d; half dmin; }: 16 groups of 16, each
+        // with a 4-bit scale (low nibble) and min (high nibble); element j*128 + s*32 + l is bits
+        // 2s..2s+2 of qs[j*32 + l]; x = d*sc * q - dmin*m
+        GgmlType::Q2K => {
+            for b in raw.chunks_exact(84) {
+                let (scales, qs) = (&b[0..16], &b[16..80]);
+                let (d, dmin) = (f16_at(b, 80), f16_at(b, 82));
+                for e in 0..256 {
+                    let (j, s, l) = (e / 128, e % 128 / 32, e % 32);
+                    let q = (qs[j * 32 + l] >> (2 * s)) & 3;
+                    let g = scales[e / 16];
+                    out.push(d * (g & 0xF) as f32 * q as f32 - dmin * (g >> 4) as f32);
+                }
+            }
+        }
+        // block_q3_K { uint8 hmask[32]; uint8 qs[64]; uint8 scales[12]; half d; }: 16 groups of 16
+        // with 6-bit scales (low 4 bits in scales[0..8] nibbles, high 2 bits in scales[8..12]),
+        // offset by 32; the low 2 bits of element j*128 + s*32 + l as in Q2_K, and bit b of
+        // hmask[l] for element b*32 + l: when it is clear, 4 is subtracted; x = d*(sc - 32) * q
+        GgmlType::Q3K => {
+            for b in raw.chunks_exact(110) {
+                let (hmask, qs, sc) = (&b[0..32], &b[32..96], &b[96..108]);
+                let d = f16_at(b, 108);
+                let scale = |i: usize| {
+                    let low = (sc[i % 8] >> (4 * (i / 8))) & 0xF;
+                    let high = (sc[8 + i % 4] >> (2 * (i / 4))) & 3;
+                    ((low | high << 4) as i8 - 32) as f32
+                };
+                for e in 0..256 {
+                    let (j, s, l) = (e / 128, e % 128 / 32, e % 32);
+                    let low = ((qs[j * 32 + l] >> (2 * s)) & 3) as i8;
+                    let high = ((hmask[e % 32] >> (e / 32)) & 1) ^ 1;
+                    out.push(d * scale(e / 16) * (low - (high << 2) as i8) as f32);
+                }
+            }
+        }
+        // block_q4_K { half d; half dmin; uint8 scales[12]; uint8 qs[128]; }: 8 groups of 32 with
+        // 6-bit scales and mins (`k_scale_min`); element j*64 + h*32 + l is nibble h of
+        // qs[j*32 + l]; x = d*sc * q - dmin*m
+        GgmlType::Q4K => {
+            for b in raw.chunks_exact(144) {
+                let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+                let (sc, qs) = (&b[4..16], &b[16..144]);
+                for e in 0..256 {
+                    let q = (qs[e / 64 * 32 + e % 32] >> (4 * (e / 32 % 2))) & 0xF;
+                    let (scale, min) = k_scale_min(sc, e / 32);
+                    out.push(d * scale as f32 * q as f32 - dmin * min as f32);
+                }
+            }
+        }
+        // block_q5_K { half d; half dmin; uint8 scales[12]; uint8 qh[32]; uint8 qs[128]; }: Q4_K
+        // plus a fifth bit, bit b of qh[l] for element b*32 + l
+        GgmlType::Q5K => {
+            for b in raw.chunks_exact(176) {
+                let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+                let (sc, qh, qs) = (&b[4..16], &b[16..48], &b[48..176]);
+                for e in 0..256 {
+                    let low = (qs[e / 64 * 32 + e % 32] >> (4 * (e / 32 % 2))) & 0xF;
+                    let q = low | ((qh[e % 32] >> (e / 32)) & 1) << 4;
+                    let (scale, min) = k_scale_min(sc, e / 32);
+                    out.push(d * scale as f32 * q as f32 - dmin * min as f32);
+                }
+            }
+        }
+        // block_q6_K { uint8 ql[128]; uint8 qh[64]; int8 scales[16]; half d; }: 16 groups of 16
+        // with signed 8-bit scales; element j*128 + h*64 + l takes nibble h of ql[j*64 + l] and,
+        // as element j*128 + s*32 + l', bits 2s..2s+2 of qh[j*32 + l']; x = d*sc * (q - 32)
+        GgmlType::Q6K => {
+            for b in raw.chunks_exact(210) {
+                let (ql, qh, sc) = (&b[0..128], &b[128..192], &b[192..208]);
+                let d = f16_at(b, 208);
+                for e in 0..256 {
+                    let (j, r) = (e / 128, e % 128);
+                    let low = (ql[j * 64 + r % 64] >> (4 * (r / 64))) & 0xF;
+                    let high = (qh[j * 32 + r % 32] >> (2 * (r / 32))) & 3;
+                    out.push(d * (sc[e / 16] as i8) as f32 * ((low | high << 4) as i8 - 32) as f32);
+                }
+            }
+        }
     }
     out
+}
+
+/// Element `i` (0..32) of a Q5_0 / Q5_1 block: nibble `i / 16` of `qs[i % 16]` and bit `i` of `qh`.
+fn q5(qs: &[u8], qh: u32, i: usize) -> u8 {
+    (qs[i % 16] >> (4 * (i / 16))) & 0xF | (((qh >> i) & 1) as u8) << 4
+}
+
+/// Scale and min of group `g` (0..8) of a Q4_K / Q5_K block: 6 bits each, packed in 12 bytes
+/// (ggml's `get_scale_min_k4`).
+fn k_scale_min(sc: &[u8], g: usize) -> (u8, u8) {
+    if g < 4 {
+        (sc[g] & 63, sc[g + 4] & 63)
+    } else {
+        ((sc[g + 4] & 0xF) | ((sc[g - 4] >> 6) << 4), (sc[g + 4] >> 4) | ((sc[g] >> 6) << 4))
+    }
 }
 
 #[cfg(test)]
@@ -358,15 +501,15 @@ mod tests {
     fn unsupported_tensor_type_is_named_when_read() {
         let dir = std::env::temp_dir().join(format!("dualign-gguf-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("q4k.gguf");
-        std::fs::write(&path, one_tensor_file(12, 144)).unwrap(); // 12 = Q4_K
+        let path = dir.join("iq4xs.gguf");
+        std::fs::write(&path, one_tensor_file(23, 136)).unwrap(); // 23 = IQ4_XS
         let g = Gguf::open(&path).unwrap();
         let e = g.dequantize(&g.tensors[0]).unwrap_err().to_string();
-        assert!(e.ends_with("q4k.gguf: tensor w has type Q4_K, which this loader does not dequantise (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)"), "{e}");
-        // The same file declaring F32 needs 1024 bytes of data after the 64-byte header: 144 is a truncated file.
-        std::fs::write(&path, one_tensor_file(0, 144)).unwrap();
+        assert!(e.ends_with("iq4xs.gguf: tensor w has type IQ4_XS, which this loader does not dequantise (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)"), "{e}");
+        // The same file declaring F32 needs 1024 bytes of data after the 64-byte header: 136 is a truncated file.
+        std::fs::write(&path, one_tensor_file(0, 136)).unwrap();
         let e = format!("{:#}", Gguf::open(&path).err().unwrap());
-        assert!(e.contains("not a valid GGUF file: truncated: tensor w needs bytes 64..1088 but the file has 208"), "{e}");
+        assert!(e.contains("not a valid GGUF file: truncated: tensor w needs bytes 64..1088 but the file has 200"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
