@@ -476,3 +476,43 @@ fn peft_adapters_this_loader_cannot_compute_are_refused_by_field() {
         assert!(e.contains(want) && e.contains("adapter_config.json"), "{field}: {e}");
     }
 }
+
+#[test]
+fn a_llama_gguf_converted_as_llama_cpp_does_matches_hf_transformers() {
+    // tests/reference/gguf_models.py: a random HF Llama with Llama-3 RoPE scaling, written to GGUF
+    // as convert_hf_to_gguf.py writes Llama 3.1 (q/k permuted, the scaling as a rope_freqs tensor of
+    // divisors) with a SentencePiece vocabulary (byte tokens, scores, no merges) like Llama 2's.
+    let root = reference("gguf_models.py");
+    let e = expected(&root);
+    let gguf = root.join("llama_spm.gguf");
+    let m = CausalLM::load(gguf.to_str().unwrap(), &cpu_f32()).unwrap();
+    let diff = max_abs_diff(&m.logits(&e["ids"]).unwrap(), &e["logits"]);
+    // docs/targets.md: fp32 logits within 1e-4 of HF transformers (here: of the checkpoint the GGUF came from).
+    assert!(diff < 1e-4, "max |logits - HF| = {diff}");
+
+    // The tokenizer against transformers' own reading of the same GGUF, on 300 strings (unicode,
+    // digits, whitespace runs, byte fallback, a control token written in the text).
+    let t: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root.join("tokens.json")).unwrap()).unwrap();
+    let rows = t["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 300);
+    for r in rows {
+        let text = r["text"].as_str().unwrap();
+        let want: Vec<i64> = r["ids"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+        assert_eq!(m.tokenizer.encode(text, false).unwrap(), want, "{text:?}");
+        assert_eq!(m.tokenizer.decode(&want, false).unwrap(), r["decoded"].as_str().unwrap(), "decoding {text:?}");
+    }
+    let with_bos: Vec<i64> = t["with_bos"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+    assert_eq!(m.tokenizer.encode("the", true).unwrap(), with_bos, "BOS is added as llama.cpp and transformers add it");
+
+    // Saved as an HF folder, the divisors become `longrope` with equal factors: transformers loads
+    // it and computes the same logits, and so does this loader.
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("saved-gguf-spm-{}", std::process::id()));
+    m.save(&out).unwrap();
+    let back = CausalLM::load(out.to_str().unwrap(), &cpu_f32()).unwrap();
+    assert!(max_abs_diff(&back.logits(&e["ids"]).unwrap(), &e["logits"]) < 1e-4);
+    let check = "import torch, sys\nfrom transformers import AutoModelForCausalLM\nfrom safetensors.torch import load_file\n\
+                 m = AutoModelForCausalLM.from_pretrained(sys.argv[1]).eval()\ne = load_file(sys.argv[2])\n\
+                 d = (m(input_ids=e['ids']).logits - e['logits']).abs().max().item()\nassert d < 1e-4, d\nprint('ok')";
+    let o = std::process::Command::new(python()).args(["-c", check]).arg(&out).arg(root.join("expected.safetensors")).env("HF_HUB_OFFLINE", "1").output().unwrap();
+    assert!(o.status.success(), "transformers on the saved folder: {}", String::from_utf8_lossy(&o.stderr));
+}

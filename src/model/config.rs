@@ -15,6 +15,10 @@ pub enum RopeScaling {
     Linear { factor: f64 },
     /// Llama 3.1's frequency-dependent scaling.
     Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position_embeddings: f64 },
+    /// One divisor per frequency (`head_dim / 2` of them): a GGUF's `rope_freqs.weight`, as
+    /// llama.cpp stores Llama 3.1's scaling; written to HF as `longrope` with equal short and long
+    /// factors and attention factor 1, which computes the same frequencies at every length.
+    Divisors(Vec<f64>),
 }
 
 /// Where a score head reads the final hidden states of `prompt ++ response`.
@@ -147,7 +151,19 @@ fn rope_scaling(v: &Value, file: &str) -> Result<Option<RopeScaling>> {
             high_freq_factor: num("high_freq_factor")?,
             original_max_position_embeddings: num("original_max_position_embeddings")?,
         }),
-        other => bail!("{file}: rope_scaling type \"{other}\" is not supported (supported: default, linear, llama3)"),
+        "longrope" => {
+            let factors = |k: &str| -> Result<Vec<f64>> {
+                v.get(k).and_then(Value::as_array).and_then(|a| a.iter().map(Value::as_f64).collect()).with_context(|| format!("{file}: rope_scaling.{k} is missing or not a list of numbers"))
+            };
+            let (short, long) = (factors("short_factor")?, factors("long_factor")?);
+            // Distinct factors switch with the sequence length, and the default attention factor
+            // rescales cos/sin (Phi-3): neither is computed here yet.
+            if short != long || v.get("attention_factor").and_then(Value::as_f64) != Some(1.0) {
+                bail!("{file}: rope_scaling longrope is supported only with short_factor equal to long_factor and attention_factor 1.0 (as save writes it)");
+            }
+            Some(RopeScaling::Divisors(short))
+        }
+        other => bail!("{file}: rope_scaling type \"{other}\" is not supported (supported: default, linear, llama3, longrope as save writes it)"),
     })
 }
 
@@ -265,6 +281,11 @@ impl Config {
         if c.head_dim % 2 != 0 && c.arch == Arch::Llama {
             bail!("{file}: head_dim ({}) must be even for rotary embeddings", c.head_dim);
         }
+        if let Some(RopeScaling::Divisors(d)) = &c.rope_scaling {
+            if d.len() != c.head_dim / 2 || d.iter().any(|&x| !(x > 0.0 && x.is_finite())) {
+                bail!("{file}: RoPE needs {} positive frequency divisors (head_dim / 2); found {} ({:?})", c.head_dim / 2, d.len(), &d[..d.len().min(4)]);
+            }
+        }
         if c.arch == Arch::Gpt2 && c.hidden_size % c.num_heads != 0 {
             bail!("{file}: n_embd ({}) must be a multiple of n_head ({})", c.hidden_size, c.num_heads);
         }
@@ -297,6 +318,10 @@ impl Config {
                     Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings }) => serde_json::json!({
                         "rope_type": "llama3", "factor": factor, "low_freq_factor": low_freq_factor,
                         "high_freq_factor": high_freq_factor, "original_max_position_embeddings": original_max_position_embeddings,
+                    }),
+                    Some(RopeScaling::Divisors(d)) => serde_json::json!({
+                        "rope_type": "longrope", "short_factor": d, "long_factor": d, "attention_factor": 1.0,
+                        "original_max_position_embeddings": c.max_position_embeddings,
                     }),
                 };
                 let qwen = c.model_type == "qwen2";

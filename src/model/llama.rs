@@ -47,6 +47,7 @@ pub fn inverse_frequencies(cfg: &Config) -> Vec<f32> {
     match cfg.rope_scaling {
         None => base.iter().map(|&f| f as f32).collect(),
         Some(RopeScaling::Linear { factor }) => base.iter().map(|&f| (f / factor) as f32).collect(),
+        Some(RopeScaling::Divisors(ref d)) => base.iter().zip(d).map(|(&f, &x)| (f / x) as f32).collect(),
         Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings: old }) => {
             let low_wavelen = old / low_freq_factor;
             let high_wavelen = old / high_freq_factor;

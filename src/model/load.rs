@@ -94,13 +94,12 @@ fn config_from_gguf(g: &Gguf) -> Result<Config> {
         Some(v) => v as usize,
         None => g.require("tokenizer.ggml.tokens")?.as_array().map_or(0, |a| a.len()),
     };
-    if g.tensor_info("rope_freqs.weight").is_some() {
-        bail!("{file}: rope_freqs.weight (Llama 3.1 frequency scaling stored as a tensor) is not supported yet");
-    }
-    let rope_scaling = match g.get("llama.rope.scaling.type").and_then(gguf::Value::as_str) {
-        None | Some("none") => None,
-        Some("linear") => Some(config::RopeScaling::Linear { factor: g.require("llama.rope.scaling.factor")?.as_f64().unwrap_or(1.0) }),
-        Some(other) => bail!("{file}: llama.rope.scaling.type \"{other}\" is not supported"),
+    let rope_scaling = match (g.get("llama.rope.scaling.type").and_then(gguf::Value::as_str), g.tensor_info("rope_freqs.weight")) {
+        (Some("linear"), None) => Some(config::RopeScaling::Linear { factor: g.require("llama.rope.scaling.factor")?.as_f64().unwrap_or(1.0) }),
+        // Llama 3.1 as llama.cpp converts it: one divisor per frequency in a tensor.
+        (None | Some("none"), Some(info)) => Some(config::RopeScaling::Divisors(g.dequantize(info)?.into_iter().map(f64::from).collect())),
+        (None | Some("none"), None) => None,
+        (Some(other), _) => bail!("{file}: llama.rope.scaling.type \"{other}\" is not supported{}", if g.tensor_info("rope_freqs.weight").is_some() { " together with rope_freqs.weight" } else { "" }),
     };
     let id = |k: &str| g.get(k).and_then(gguf::Value::as_u64).map(|v| v as i64);
     let cfg = Config {

@@ -1,6 +1,7 @@
 //! Tokenizers: HF `tokenizer.json` through the `tokenizers` crate, or built from GGUF metadata
 //! (byte-level BPE vocabulary and merges, with the pre-tokenizer llama.cpp names in
-//! `tokenizer.ggml.pre`), plus special token ids and the chat template.
+//! `tokenizer.ggml.pre`; or a SentencePiece vocabulary with scores and byte tokens), plus special
+//! token ids and the chat template.
 use super::gguf::{Gguf, Value};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
@@ -101,37 +102,70 @@ impl Tokenizer {
         Ok(Tokenizer { inner, bos_id, eos_ids, pad_id, add_bos: false, chat_format })
     }
 
-    /// From GGUF metadata (`tokenizer.ggml.*`): byte-level BPE models only.
+    /// From GGUF metadata (`tokenizer.ggml.*`): byte-level BPE (`gpt2`: Llama 3, Qwen2, SmolLM2)
+    /// or SentencePiece BPE (`llama`: Llama 2, Mistral), built as HF transformers builds them
+    /// from a GGUF (`integrations/gguf/gguf_tokenizer_mapping.py`).
     pub fn from_gguf(g: &Gguf) -> Result<Self> {
         let file = g.path.display().to_string();
         let model = g.require("tokenizer.ggml.model")?.as_str().unwrap_or("");
-        if model != "gpt2" {
-            bail!("{file}: tokenizer.ggml.model \"{model}\" is not supported (byte-level BPE \"gpt2\" only)");
+        if model != "gpt2" && model != "llama" {
+            bail!("{file}: tokenizer.ggml.model \"{model}\" is not supported (byte-level BPE \"gpt2\" or SentencePiece \"llama\")");
         }
         let tokens = g.require("tokenizer.ggml.tokens")?.as_array().with_context(|| format!("{file}: tokenizer.ggml.tokens is not an array"))?;
-        let merges = g.require("tokenizer.ggml.merges")?.as_array().with_context(|| format!("{file}: tokenizer.ggml.merges is not an array"))?;
         let types = g.get("tokenizer.ggml.token_type").and_then(Value::as_array).unwrap_or(&[]);
-        let pre = g.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("default");
         let mut vocab = serde_json::Map::new();
         let mut added = Vec::new();
+        let mut texts = Vec::with_capacity(tokens.len());
         for (i, t) in tokens.iter().enumerate() {
             let t = t.as_str().with_context(|| format!("{file}: token {i} is not a string"))?;
             vocab.insert(t.to_string(), json!(i));
-            // Token type 3 is a control token, 4 user-defined: matched whole in text, never split.
+            texts.push(t);
+            // Token type 3 is a control token, 4 user-defined, 2 SentencePiece's unknown: matched
+            // whole in text, never split.
             let ty = types.get(i).and_then(Value::as_u64).unwrap_or(1);
-            if ty == 3 || ty == 4 {
-                added.push(json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": ty == 3}));
+            if ty == 3 || ty == 4 || (ty == 2 && model == "llama") {
+                added.push(json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": ty != 4}));
             }
         }
-        let merges: Vec<&str> = merges.iter().filter_map(Value::as_str).collect();
-        let spec = json!({
-            "version": "1.0", "truncation": null, "padding": null, "added_tokens": added, "normalizer": null,
-            "pre_tokenizer": pre_tokenizer(pre).with_context(|| file.clone())?,
-            "post_processor": null,
-            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-            "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null, "end_of_word_suffix": null,
-                      "fuse_unk": false, "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": merges},
-        });
+        let merges: Vec<serde_json::Value> = match g.get("tokenizer.ggml.merges") {
+            Some(m) => m.as_array().with_context(|| format!("{file}: tokenizer.ggml.merges is not an array"))?.iter().filter_map(Value::as_str).map(|m| json!(m)).collect(),
+            None if model == "llama" => {
+                let scores = g.require("tokenizer.ggml.scores")?.as_array().with_context(|| format!("{file}: tokenizer.ggml.scores is not an array"))?;
+                let scores: Vec<f64> = scores.iter().map(|v| v.as_f64().unwrap_or(0.0)).collect();
+                if scores.len() != texts.len() {
+                    bail!("{file}: tokenizer.ggml.scores has {} entries for {} tokens", scores.len(), texts.len());
+                }
+                merges_from_scores(&texts, &scores)
+            }
+            None => bail!("{file}: missing metadata tokenizer.ggml.merges"),
+        };
+        let spec = if model == "gpt2" {
+            let pre = g.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("default");
+            json!({
+                "version": "1.0", "truncation": null, "padding": null, "added_tokens": added, "normalizer": null,
+                "pre_tokenizer": pre_tokenizer(pre).with_context(|| file.clone())?,
+                "post_processor": null,
+                "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+                "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                          "fuse_unk": false, "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": merges},
+            })
+        } else {
+            // SentencePiece: spaces become `▁`, one prepended (unless the file says not to); text
+            // outside the vocabulary falls back to the `<0xNN>` byte tokens.
+            let prefix = !matches!(g.get("tokenizer.ggml.add_space_prefix"), Some(Value::Bool(false)));
+            let mut decoders = vec![json!({"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "}), json!({"type": "ByteFallback"}), json!({"type": "Fuse"})];
+            if prefix {
+                decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
+            }
+            json!({
+                "version": "1.0", "truncation": null, "padding": null, "added_tokens": added, "normalizer": null,
+                "pre_tokenizer": {"type": "Metaspace", "replacement": "\u{2581}", "prepend_scheme": if prefix { "first" } else { "never" }, "split": false},
+                "post_processor": null,
+                "decoder": {"type": "Sequence", "decoders": decoders},
+                "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                          "fuse_unk": true, "byte_fallback": true, "ignore_merges": false, "vocab": vocab, "merges": merges},
+            })
+        };
         let bytes = serde_json::to_vec(&spec)?;
         let inner = guarded(|| tokenizers::Tokenizer::from_bytes(bytes)).map_err(|e| anyhow::anyhow!("{file}: cannot build the tokenizer from its metadata: {e}"))?;
         let id = |k: &str| g.get(k).and_then(Value::as_u64).map(|v| v as i64);
@@ -142,7 +176,11 @@ impl Tokenizer {
                 eos_ids.push(eot);
             }
         }
-        let add_bos = matches!(g.get("tokenizer.ggml.add_bos_token"), Some(Value::Bool(true)));
+        // llama.cpp adds BOS to a SentencePiece vocabulary whose file does not say otherwise.
+        let add_bos = match g.get("tokenizer.ggml.add_bos_token") {
+            Some(Value::Bool(b)) => *b,
+            _ => model == "llama",
+        };
         Ok(Tokenizer {
             inner,
             bos_id: id("tokenizer.ggml.bos_token_id"),
@@ -217,6 +255,33 @@ impl Tokenizer {
             ChatFormat::Plain => format!("User: {user}\nAssistant:"),
         }
     }
+}
+
+/// The merges a SentencePiece vocabulary implies (GGUFs of Llama 2 and Mistral list none), as
+/// transformers' `generate_merges` recovers them: every split of a token into two tokens of the
+/// vocabulary (one token's splits ordered by the pieces' ids), ranked by the token's score, best
+/// first, ties by the pieces' lengths in characters, longest first, then in vocabulary order.
+fn merges_from_scores(tokens: &[&str], scores: &[f64]) -> Vec<serde_json::Value> {
+    let ids: std::collections::HashMap<&str, usize> = tokens.iter().enumerate().map(|(i, t)| (*t, i)).collect();
+    let mut merges: Vec<(&str, &str, f64)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for t in tokens {
+        // A token listed twice counts once, where it first appears, with its last score and id
+        // (transformers reads the tokens into dicts).
+        if !seen.insert(*t) {
+            continue;
+        }
+        let score = scores[ids[t]];
+        let mut local: Vec<(&str, &str, f64)> =
+            t.char_indices().skip(1).map(|(at, _)| t.split_at(at)).filter(|(l, r)| ids.contains_key(l) && ids.contains_key(r)).map(|(l, r)| (l, r, score)).collect();
+        local.sort_by_key(|(l, r, _)| (ids[l], ids[r]));
+        merges.extend(local);
+    }
+    let key = |(l, r, s): &(&str, &str, f64)| (*s, l.chars().count(), r.chars().count());
+    // Python's `sorted(..., reverse=True)` is stable: equal keys keep their order.
+    merges.sort_by(|a, b| key(b).partial_cmp(&key(a)).unwrap_or(std::cmp::Ordering::Equal));
+    // As pairs, not "left right" strings: a piece may hold a space.
+    merges.into_iter().map(|(l, r, _)| json!([l, r])).collect()
 }
 
 /// The byte a ByteLevel alphabet character stands for (GPT-2's bytes_to_unicode, inverted).
