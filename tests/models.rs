@@ -516,3 +516,21 @@ fn a_llama_gguf_converted_as_llama_cpp_does_matches_hf_transformers() {
     let o = std::process::Command::new(python()).args(["-c", check]).arg(&out).arg(root.join("expected.safetensors")).env("HF_HUB_OFFLINE", "1").output().unwrap();
     assert!(o.status.success(), "transformers on the saved folder: {}", String::from_utf8_lossy(&o.stderr));
 }
+
+#[test]
+fn a_saved_folder_works_in_transformers_as_the_original_checkpoint() {
+    // The default policy saved by host: transformers reads its special tokens, chat template and
+    // generation settings from the folder (no guessing: before tokenizer_config.json was written it
+    // added `</s>` as a new id 49153 and padding with it crashed `generate`), and gives what it
+    // gives on the original GGUF (tests/reference/hf_saved_folder.py asserts each comparison).
+    let m = CausalLM::load("builtin:smollm2-135m", &cpu_f32()).unwrap();
+    let saved = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("saved-smollm2-{}", std::process::id()));
+    m.save(&saved).unwrap();
+    let out = common::reference_with("hf_saved_folder.py", &[&dualign::model::smollm2_path(), &saved]);
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("result.json")).unwrap()).unwrap();
+    assert_eq!((r["bos_token"].as_str(), r["eos_token"].as_str(), r["pad_token"].as_str()), (Some("<|im_start|>"), Some("<|im_end|>"), Some("<|im_end|>")));
+    assert_eq!(r["tokens"], 49152, "no token added beyond the embedding");
+    // host's own chat prompt is the template's single-turn rendering without the default system message.
+    assert!(r["chat_single"].as_str().unwrap().ends_with(&m.tokenizer.chat("What is the capital of France?")), "{}", r["chat_single"]);
+    let _ = std::fs::remove_dir_all(&saved);
+}

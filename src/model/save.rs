@@ -55,8 +55,8 @@ impl CausalLM {
         }
     }
 
-    /// Writes an HF folder: `config.json`, `model.safetensors`, `tokenizer.json`; files are
-    /// written to temporary names and renamed.
+    /// Writes an HF folder: `config.json`, `generation_config.json`, `model.safetensors`,
+    /// `tokenizer.json`, `tokenizer_config.json`; files are written to temporary names and renamed.
     pub fn save(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let mut cfg = self.cfg.clone();
@@ -76,6 +76,9 @@ impl CausalLM {
         }
         crate::run::write_safetensors_atomic(&dir.join("model.safetensors"), &tensors)?;
         let json = self.tokenizer.inner.to_string(false).map_err(|e| anyhow::anyhow!("tokenizer.json: {e}"))?;
-        crate::run::write_atomic(&dir.join("tokenizer.json"), json.as_bytes())
+        crate::run::write_atomic(&dir.join("tokenizer.json"), json.as_bytes())?;
+        let (tokenizer_config, generation_config) = self.tokenizer.hf_configs(self.cfg.max_position_embeddings)?;
+        crate::run::write_atomic(&dir.join("tokenizer_config.json"), serde_json::to_string_pretty(&tokenizer_config)?.as_bytes())?;
+        crate::run::write_atomic(&dir.join("generation_config.json"), serde_json::to_string_pretty(&generation_config)?.as_bytes())
     }
 }

@@ -25,8 +25,9 @@ pub struct Tokenizer {
     pub bos_id: Option<i64>,
     pub eos_ids: Vec<i64>,
     pub pad_id: i64,
-    pub add_bos: bool,
     pub chat_format: ChatFormat,
+    /// The model's own chat template (Jinja), as its checkpoint gives it; written back by `save`.
+    pub chat_template: Option<String>,
 }
 
 fn chat_format(template: Option<&str>) -> ChatFormat {
@@ -98,8 +99,14 @@ impl Tokenizer {
         }
         let bos_id = cfg.bos_token_id.or_else(|| token("bos_token"));
         let pad_id = cfg.pad_token_id.or_else(|| token("pad_token")).or(eos_ids.first().copied()).unwrap_or(0);
-        let chat_format = chat_format(tc["chat_template"].as_str());
-        Ok(Tokenizer { inner, bos_id, eos_ids, pad_id, add_bos: false, chat_format })
+        // transformers writes the template into tokenizer_config.json, or (since 4.43) alone into
+        // chat_template.jinja.
+        let chat_template = match tc["chat_template"].as_str() {
+            Some(t) => Some(t.to_string()),
+            None => std::fs::read_to_string(dir.join("chat_template.jinja")).ok(),
+        };
+        let chat_format = chat_format(chat_template.as_deref());
+        Ok(Tokenizer { inner, bos_id, eos_ids, pad_id, chat_format, chat_template })
     }
 
     /// From GGUF metadata (`tokenizer.ggml.*`): byte-level BPE (`gpt2`: Llama 3, Qwen2, SmolLM2)
@@ -139,7 +146,7 @@ impl Tokenizer {
             }
             None => bail!("{file}: missing metadata tokenizer.ggml.merges"),
         };
-        let spec = if model == "gpt2" {
+        let mut spec = if model == "gpt2" {
             let pre = g.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("default");
             json!({
                 "version": "1.0", "truncation": null, "padding": null, "added_tokens": added, "normalizer": null,
@@ -166,9 +173,25 @@ impl Tokenizer {
                           "fuse_unk": true, "byte_fallback": true, "ignore_merges": false, "vocab": vocab, "merges": merges},
             })
         };
+        let id = |k: &str| g.get(k).and_then(Value::as_u64).map(|v| v as i64);
+        let bos = id("tokenizer.ggml.bos_token_id");
+        // llama.cpp adds BOS to a SentencePiece vocabulary whose file does not say otherwise. It
+        // is added the way HF's tokenizer.json adds it (a post-processor), so a saved folder does too.
+        let add_bos = match g.get("tokenizer.ggml.add_bos_token") {
+            Some(Value::Bool(b)) => *b,
+            _ => model == "llama",
+        };
+        if let (true, Some(b)) = (add_bos, bos) {
+            let text = texts.get(b as usize).with_context(|| format!("{file}: tokenizer.ggml.bos_token_id {b} is not a token id"))?;
+            spec["post_processor"] = json!({
+                "type": "TemplateProcessing",
+                "single": [{"SpecialToken": {"id": text, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+                "pair": [{"SpecialToken": {"id": text, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": text, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                "special_tokens": serde_json::Value::Object([(text.to_string(), json!({"id": text, "ids": [b], "tokens": [text]}))].into_iter().collect()),
+            });
+        }
         let bytes = serde_json::to_vec(&spec)?;
         let inner = guarded(|| tokenizers::Tokenizer::from_bytes(bytes)).map_err(|e| anyhow::anyhow!("{file}: cannot build the tokenizer from its metadata: {e}"))?;
-        let id = |k: &str| g.get(k).and_then(Value::as_u64).map(|v| v as i64);
         let eos = id("tokenizer.ggml.eos_token_id");
         let mut eos_ids: Vec<i64> = eos.into_iter().collect();
         if let Some(eot) = id("tokenizer.ggml.eot_token_id") {
@@ -176,18 +199,13 @@ impl Tokenizer {
                 eos_ids.push(eot);
             }
         }
-        // llama.cpp adds BOS to a SentencePiece vocabulary whose file does not say otherwise.
-        let add_bos = match g.get("tokenizer.ggml.add_bos_token") {
-            Some(Value::Bool(b)) => *b,
-            _ => model == "llama",
-        };
         Ok(Tokenizer {
             inner,
-            bos_id: id("tokenizer.ggml.bos_token_id"),
+            bos_id: bos,
             pad_id: id("tokenizer.ggml.padding_token_id").or(eos).unwrap_or(0),
             eos_ids,
-            add_bos,
             chat_format: chat_format(g.get("tokenizer.chat_template").and_then(Value::as_str)),
+            chat_template: g.get("tokenizer.chat_template").and_then(Value::as_str).map(String::from),
         })
     }
 
@@ -216,7 +234,32 @@ impl Tokenizer {
                       "fuse_unk": false, "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": []},
         });
         let inner = tokenizers::Tokenizer::from_bytes(serde_json::to_vec(&spec)?).map_err(|e| anyhow::anyhow!("byte tokenizer: {e}"))?;
-        Ok(Tokenizer { inner, bos_id: None, eos_ids: vec![258], pad_id: 256, add_bos: false, chat_format: ChatFormat::ChatMl })
+        // The template that writes what `chat` writes (ChatML, no default system message).
+        let template = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+        Ok(Tokenizer { inner, bos_id: None, eos_ids: vec![258], pad_id: 256, chat_format: ChatFormat::ChatMl, chat_template: Some(template.into()) })
+    }
+
+    /// `tokenizer_config.json` and `generation_config.json` for an HF folder: the special tokens by
+    /// their text, whether encoding adds BOS, the chat template, and the ids `generate` stops and
+    /// pads with, so transformers needs to guess nothing.
+    pub fn hf_configs(&self, max_length: usize) -> Result<(serde_json::Value, serde_json::Value)> {
+        let text = |id: Option<i64>| id.and_then(|i| self.inner.id_to_token(i as u32));
+        let adds_bos = self.bos_id.is_some() && self.encode("a", true)?.first().copied() == self.bos_id;
+        let mut tc = json!({
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": text(self.bos_id), "eos_token": text(self.eos_ids.first().copied()), "pad_token": text(Some(self.pad_id)),
+            "add_bos_token": adds_bos, "add_eos_token": false, "clean_up_tokenization_spaces": false,
+            "model_max_length": max_length,
+        });
+        if let Some(t) = &self.chat_template {
+            tc["chat_template"] = json!(t);
+        }
+        let eos = match self.eos_ids.as_slice() {
+            [one] => json!(one),
+            many => json!(many),
+        };
+        let gc = json!({"bos_token_id": self.bos_id, "eos_token_id": eos, "pad_token_id": self.pad_id});
+        Ok((tc, gc))
     }
 
     /// Number of ids the tokenizer can produce (including added tokens).
@@ -228,15 +271,7 @@ impl Tokenizer {
     /// what the tokenizer's post-processor adds (e.g. BOS), as HF's `add_special_tokens=True`.
     pub fn encode(&self, text: &str, special: bool) -> Result<Vec<i64>> {
         let enc = self.inner.encode(text, special).map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
-        let mut ids: Vec<i64> = enc.get_ids().iter().map(|&i| i as i64).collect();
-        if special && self.add_bos {
-            if let Some(b) = self.bos_id {
-                if ids.first() != Some(&b) {
-                    ids.insert(0, b);
-                }
-            }
-        }
-        Ok(ids)
+        Ok(enc.get_ids().iter().map(|&i| i as i64).collect())
     }
 
     /// Text of `ids`; `skip_special` drops control tokens (used for generated responses).
