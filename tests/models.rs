@@ -28,7 +28,7 @@ fn to_vec(t: &Tensor) -> Vec<i64> {
     v
 }
 
-const CAUSAL: [&str; 3] = ["llama_gqa_untied_rope3", "qwen2_tied", "gpt2"];
+const CAUSAL: [&str; 4] = ["llama_gqa_untied_rope3", "qwen2_tied", "qwen3_qknorm", "gpt2"];
 
 #[test]
 fn logits_match_hf_transformers_within_1e_4() {
@@ -65,15 +65,17 @@ fn greedy_batched_decoding_with_left_padding_matches_hf_generate() {
 
 #[test]
 fn score_head_matches_hf_sequence_classification() {
-    let dir = reference("hf_models.py").join("llama_score");
-    let e = expected(&dir);
-    let m = CausalLM::load(dir.to_str().unwrap(), &cpu_f32()).unwrap();
-    let ids = to_vec(&e["ids"]);
-    let (a, b) = ids.split_at(7);
-    // Prompt/response split points differ; the score reads the last token of the concatenation.
-    let scores = m.scores(&[&a[..3], &b[..5]], &[&a[3..], &b[5..]]).unwrap();
-    let diff = max_abs_diff(&scores, &e["scores"]);
-    assert!(diff < 1e-4, "max |score - HF| = {diff}");
+    for case in ["llama_score", "qwen3_score"] {
+        let dir = reference("hf_models.py").join(case);
+        let e = expected(&dir);
+        let m = CausalLM::load(dir.to_str().unwrap(), &cpu_f32()).unwrap();
+        let ids = to_vec(&e["ids"]);
+        let (a, b) = ids.split_at(7);
+        // Prompt/response split points differ; the score reads the last token of the concatenation.
+        let scores = m.scores(&[&a[..3], &b[..5]], &[&a[3..], &b[5..]]).unwrap();
+        let diff = max_abs_diff(&scores, &e["scores"]);
+        assert!(diff < 1e-4, "{case}: max |score - HF| = {diff}");
+    }
 }
 
 #[test]
@@ -99,7 +101,7 @@ fn chunked_padded_logprobs_equal_the_full_log_softmax() {
 #[test]
 fn saved_folder_reloads_to_identical_logits_and_loads_in_hf() {
     let root = reference("hf_models.py");
-    for case in ["llama_gqa_untied_rope3", "gpt2"] {
+    for case in ["llama_gqa_untied_rope3", "qwen3_qknorm", "gpt2"] {
         let m = CausalLM::load(root.join(case).to_str().unwrap(), &cpu_f32()).unwrap();
         let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("saved-{case}"));
         m.save(&out).unwrap();

@@ -88,6 +88,8 @@ pub struct Config {
     /// Bias on the attention output projection (Llama with `attention_bias`).
     pub o_bias: bool,
     pub mlp_bias: bool,
+    /// RMSNorm over each head's query and key before RoPE (Qwen3's `q_norm`, `k_norm`).
+    pub qk_norm: bool,
     pub bos_token_id: Option<i64>,
     pub eos_token_ids: Vec<i64>,
     pub pad_token_id: Option<i64>,
@@ -187,7 +189,7 @@ impl Config {
             None => Pooling::Last,
         };
         let cfg = match model_type.as_str() {
-            "llama" | "qwen2" | "mistral" => {
+            "llama" | "qwen2" | "qwen3" | "mistral" => {
                 let hidden = need(raw.hidden_size, "hidden_size")?;
                 let heads = need(raw.num_attention_heads, "num_attention_heads")?;
                 let params = raw.rope_parameters.clone().unwrap_or(Value::Null);
@@ -215,6 +217,7 @@ impl Config {
                     qkv_bias: qwen || raw.attention_bias.unwrap_or(false),
                     o_bias: !qwen && raw.attention_bias.unwrap_or(false),
                     mlp_bias: raw.mlp_bias.unwrap_or(false),
+                    qk_norm: model_type == "qwen3",
                     bos_token_id: ids(&raw.bos_token_id).first().copied(),
                     eos_token_ids: eos,
                     pad_token_id: ids(&raw.pad_token_id).first().copied(),
@@ -248,6 +251,7 @@ impl Config {
                     qkv_bias: true,
                     o_bias: true,
                     mlp_bias: true,
+                    qk_norm: false,
                     bos_token_id: ids(&raw.bos_token_id).first().copied(),
                     eos_token_ids: eos,
                     pad_token_id: ids(&raw.pad_token_id).first().copied(),
@@ -324,10 +328,16 @@ impl Config {
                         "original_max_position_embeddings": c.max_position_embeddings,
                     }),
                 };
-                let qwen = c.model_type == "qwen2";
+                let qwen2 = c.model_type == "qwen2";
+                // Mistral's config is Llama's; Qwen2 has q/k/v biases without a flag; Qwen3 is Llama's with q/k norms.
+                let (class, model_type) = match c.model_type.as_str() {
+                    "qwen2" => ("Qwen2ForCausalLM", "qwen2"),
+                    "qwen3" => ("Qwen3ForCausalLM", "qwen3"),
+                    _ => ("LlamaForCausalLM", "llama"),
+                };
                 let mut j = serde_json::json!({
-                    "architectures": [if qwen { "Qwen2ForCausalLM" } else { "LlamaForCausalLM" }],
-                    "model_type": if qwen { "qwen2" } else { "llama" }, "vocab_size": c.vocab_size,
+                    "architectures": [class],
+                    "model_type": model_type, "vocab_size": c.vocab_size,
                     "hidden_size": c.hidden_size, "intermediate_size": c.intermediate_size,
                     "num_hidden_layers": c.num_layers, "num_attention_heads": c.num_heads,
                     "num_key_value_heads": c.num_kv_heads, "head_dim": c.head_dim, "rms_norm_eps": c.norm_eps,
@@ -335,7 +345,7 @@ impl Config {
                     "tie_word_embeddings": c.tie_word_embeddings, "hidden_act": "silu",
                     "bos_token_id": c.bos_token_id, "eos_token_id": c.eos_token_ids.clone(), "pad_token_id": c.pad_token_id,
                 });
-                if !qwen {
+                if !qwen2 {
                     j["attention_bias"] = Value::Bool(c.qkv_bias);
                     j["mlp_bias"] = Value::Bool(c.mlp_bias);
                 }

@@ -1,6 +1,7 @@
-//! The Llama family (Llama 2/3, Qwen2, Mistral, SmolLM2, TinyLlama): RMSNorm, rotary position
-//! embeddings with `rope_theta` and Llama-3 / linear scaling, grouped-query attention, SwiGLU,
-//! optional q/k/v biases, tied or untied LM head. Weight names equal HF keys.
+//! The Llama family (Llama 2/3, Qwen2, Qwen3, Mistral, SmolLM2, TinyLlama): RMSNorm, rotary
+//! position embeddings with `rope_theta` and Llama-3 / linear / per-frequency scaling,
+//! grouped-query attention, SwiGLU, optional q/k/v biases, optional per-head q/k RMSNorm (Qwen3),
+//! tied or untied LM head. Weight names equal HF keys.
 use super::config::{Config, RopeScaling};
 use super::layers::{KvCache, Linear, RmsNorm};
 use super::params::{placeholder_linear, Bias, Init, Load, LinearSpec, TensorSpec, Visit, VisitMut};
@@ -13,6 +14,9 @@ pub struct Attention {
     pub k_proj: Linear,
     pub v_proj: Linear,
     pub o_proj: Linear,
+    /// Qwen3's RMSNorm over each head of q and of k (`head_dim` weights), before RoPE.
+    pub q_norm: Option<RmsNorm>,
+    pub k_norm: Option<RmsNorm>,
     heads: i64,
     kv_heads: i64,
     head_dim: i64,
@@ -83,8 +87,12 @@ impl Attention {
     fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: Option<&Tensor>, cache: Option<(&mut KvCache, usize)>) -> Result<Tensor> {
         let (b, t) = (x.size()[0], x.size()[1]);
         let shape = |n: i64| [b, t, n, self.head_dim];
-        let q = self.q_proj.forward(x)?.f_view(shape(self.heads))?;
-        let k = self.k_proj.forward(x)?.f_view(shape(self.kv_heads))?;
+        let mut q = self.q_proj.forward(x)?.f_view(shape(self.heads))?;
+        let mut k = self.k_proj.forward(x)?.f_view(shape(self.kv_heads))?;
+        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
+            q = qn.forward(&q)?;
+            k = kn.forward(&k)?;
+        }
         let v = self.v_proj.forward(x)?.f_view(shape(self.kv_heads))?.f_transpose(1, 2)?;
         // Rotate q and k heads together: one set of element-wise ops instead of two.
         let qk = apply_rope(&Tensor::f_cat(&[q, k], 2)?.f_transpose(1, 2)?, cos, sin)?;
@@ -125,6 +133,10 @@ macro_rules! walk {
             $v.linear(&format!("{p}.self_attn.k_proj"), & $($mu)? layer.self_attn.k_proj, lin(kv, h, cfg.qkv_bias))?;
             $v.linear(&format!("{p}.self_attn.v_proj"), & $($mu)? layer.self_attn.v_proj, lin(kv, h, cfg.qkv_bias))?;
             $v.linear(&format!("{p}.self_attn.o_proj"), & $($mu)? layer.self_attn.o_proj, lin(h, q, cfg.o_bias))?;
+            if let (Some(qn), Some(kn)) = (& $($mu)? layer.self_attn.q_norm, & $($mu)? layer.self_attn.k_norm) {
+                $v.tensor(&format!("{p}.self_attn.q_norm.weight"), & $($mu)? qn.weight, TensorSpec::new(&[hd], Init::Ones))?;
+                $v.tensor(&format!("{p}.self_attn.k_norm.weight"), & $($mu)? kn.weight, TensorSpec::new(&[hd], Init::Ones))?;
+            }
             $v.tensor(&format!("{p}.post_attention_layernorm.weight"), & $($mu)? layer.post_attention_layernorm.weight, TensorSpec::new(&[h], Init::Ones))?;
             $v.linear(&format!("{p}.mlp.gate_proj"), & $($mu)? layer.mlp.gate_proj, lin(i, h, cfg.mlp_bias))?;
             $v.linear(&format!("{p}.mlp.up_proj"), & $($mu)? layer.mlp.up_proj, lin(i, h, cfg.mlp_bias))?;
@@ -150,6 +162,8 @@ impl Llama {
                     k_proj: placeholder_linear(),
                     v_proj: placeholder_linear(),
                     o_proj: placeholder_linear(),
+                    q_norm: cfg.qk_norm.then(norm),
+                    k_norm: cfg.qk_norm.then(norm),
                     heads: cfg.num_heads as i64,
                     kv_heads: cfg.num_kv_heads as i64,
                     head_dim: cfg.head_dim as i64,

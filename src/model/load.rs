@@ -120,6 +120,7 @@ fn config_from_gguf(g: &Gguf) -> Result<Config> {
         qkv_bias: g.tensor_info("blk.0.attn_q.bias").is_some(),
         o_bias: false,
         mlp_bias: false,
+        qk_norm: false,
         bos_token_id: id("tokenizer.ggml.bos_token_id"),
         eos_token_ids: id("tokenizer.ggml.eos_token_id").into_iter().collect(),
         pad_token_id: id("tokenizer.ggml.padding_token_id"),

@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer, models, pre_tokenizers, decoders
 import transformers
 from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, GPT2Config,
-                          LlamaConfig, Qwen2Config)
+                          LlamaConfig, Qwen2Config, Qwen3Config)
 
 VOCAB = 300
 PAD = 256
@@ -50,6 +50,11 @@ CASES = {
         vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=1, max_position_embeddings=256, rms_norm_eps=1e-6, tie_word_embeddings=True,
         rope_theta=10000.0, eos_token_id=VOCAB - 1, pad_token_id=PAD),
+    # Qwen3: per-head q/k RMSNorm, head_dim 32 (not hidden / heads = 16), GQA, untied.
+    "qwen3_qknorm": lambda: Qwen3Config(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=32, max_position_embeddings=256, rms_norm_eps=1e-6,
+        tie_word_embeddings=False, rope_theta=1000000.0, eos_token_id=VOCAB - 1, pad_token_id=PAD),
     "gpt2": lambda: GPT2Config(
         vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=128, eos_token_id=VOCAB - 1,
         bos_token_id=VOCAB - 1, pad_token_id=PAD),
@@ -57,6 +62,11 @@ CASES = {
     "llama_score": lambda: LlamaConfig(
         vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=4, max_position_embeddings=256, tie_word_embeddings=False, num_labels=1,
+        eos_token_id=VOCAB - 1, pad_token_id=PAD),
+    # Score model (Qwen3ForSequenceClassification).
+    "qwen3_score": lambda: Qwen3Config(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=32, max_position_embeddings=256, tie_word_embeddings=False, num_labels=1,
         eos_token_id=VOCAB - 1, pad_token_id=PAD),
 }
 
