@@ -58,6 +58,64 @@ fn dpo_loss_and_gradients_match_an_independent_pytorch_computation() {
     }
 }
 
+/// Max |a - b| over every trainable tensor's gradient, and the largest gradient entry.
+fn grads_of(params: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
+    params.iter().map(|(n, t)| (n.clone(), t.grad().copy())).collect()
+}
+
+#[test]
+fn checkpointed_gradients_equal_the_plain_pass() {
+    // The DPO loss of four pairs through the plain forward pass and through the checkpointed one
+    // (layer inputs kept, layers recomputed in the backward pass): full fine-tuning of an untied
+    // Llama and of GPT-2 (tied embeddings: the embedding gets gradient from both ends), and LoRA.
+    let root = reference("hf_models.py");
+    let cases: [(String, bool); 3] = [
+        (root.join("llama_gqa_untied_rope3").display().to_string(), false),
+        (root.join("gpt2").display().to_string(), false),
+        ("builtin:tiny".to_string(), true),
+    ];
+    let p: Vec<Vec<i64>> = vec![vec![5, 6, 7], vec![8, 9], vec![10, 11, 12, 13], vec![14]];
+    let c: Vec<Vec<i64>> = vec![vec![20, 21], vec![22, 23, 24], vec![25], vec![26, 27, 28, 29]];
+    let r: Vec<Vec<i64>> = vec![vec![30], vec![31, 32], vec![33, 34, 35], vec![36, 37]];
+    let prompts: Vec<&[i64]> = p.iter().chain(p.iter()).map(Vec::as_slice).collect();
+    let responses: Vec<&[i64]> = c.iter().chain(r.iter()).map(Vec::as_slice).collect();
+    for (source, lora) in cases {
+        let mut policy = CausalLM::load(&source, &cpu()).unwrap();
+        if lora {
+            policy.add_lora(dualign::model::LoraConfig::default()).unwrap();
+        }
+        let params = policy.trainable_parameters().unwrap();
+        if lora {
+            // B starts at zero; move it so the adapters' gradients do not vanish into a trivial case.
+            tch::manual_seed(3);
+            for (_, t) in &params {
+                tch::no_grad(|| t.shallow_clone().copy_(&(t.randn_like() * 0.05)));
+            }
+        }
+        let reference_lp = tch::no_grad(|| policy.sequence_logprobs(&prompts, &responses, 3)).unwrap().f_add_scalar(0.3).unwrap();
+        let opts = DpoOptions { beta: 0.1, ..Default::default() };
+        let loss_of = |lp: &Tensor| dpo::losses(&lp.narrow(0, 0, 4), &lp.narrow(0, 4, 4), &reference_lp.narrow(0, 0, 4), &reference_lp.narrow(0, 4, 4), None, &opts).unwrap().mean(Kind::Float);
+        let plain = loss_of(&policy.sequence_logprobs(&prompts, &responses, 3).unwrap());
+        plain.backward();
+        let want = grads_of(&params);
+        for (_, t) in &params {
+            t.grad().zero_();
+        }
+        let (lp, checkpoints) = policy.sequence_logprobs_checkpointed(&prompts, &responses, 3).unwrap();
+        let loss = loss_of(&lp);
+        loss.backward();
+        checkpoints.backward().unwrap();
+        assert_eq!(loss.double_value(&[]), plain.double_value(&[]), "{source}: the same forward pass");
+        for ((name, g), (_, w)) in grads_of(&params).iter().zip(&want) {
+            let scale = w.abs().max().double_value(&[]);
+            let d = (g - w).abs().max().double_value(&[]);
+            // Tolerance: f32 summation order only (the embedding's two contributions are added in
+            // another order); every gradient here is at most ~1 in size.
+            assert!(scale > 0.0 && d <= 1e-6 * scale.max(1.0), "{source}: {name}: max |checkpointed - plain| = {d} (scale {scale})");
+        }
+    }
+}
+
 struct World {
     pairs: Arc<Vec<TokenizedPair>>,
     chosen: Arc<Vec<usize>>,
@@ -84,6 +142,10 @@ fn world() -> World {
 
 /// Trains a fresh tiny model; returns the logged step losses, the summary and the model.
 fn run(w: &World, batch: usize, accum: usize, online: bool) -> (Vec<f64>, dpo::DpoSummary, CausalLM) {
+    run_checkpointed(w, batch, accum, online, false)
+}
+
+fn run_checkpointed(w: &World, batch: usize, accum: usize, online: bool, checkpoint: bool) -> (Vec<f64>, dpo::DpoSummary, CausalLM) {
     let mut policy = CausalLM::load("builtin:tiny", &cpu()).unwrap();
     let frozen = policy.deep_copy().unwrap();
     let mut opt = AdamW::new(policy.trainable_parameters().unwrap()).unwrap();
@@ -93,7 +155,7 @@ fn run(w: &World, batch: usize, accum: usize, online: bool) -> (Vec<f64>, dpo::D
         group_by_length: false,
         cache_dir: None,
         seed: 5,
-        loop_opts: LoopOptions { grad_accum: accum, adamw: dualign::train::optim::AdamWConfig { lr: 1e-3, ..Default::default() }, ..Default::default() },
+        loop_opts: LoopOptions { grad_accum: accum, adamw: dualign::train::optim::AdamWConfig { lr: 1e-3, ..Default::default() }, checkpoint, ..Default::default() },
         ..Default::default()
     };
     let eval = |p: &[&[i64]], r: &[&[i64]]| frozen.sequence_logprobs(p, r, 256);
@@ -127,6 +189,16 @@ fn dpo_invariants_accumulation_cache_and_repeatability() {
     assert_eq!(a, a2);
     for ((n, x), (_, y)) in model_a.named_parameters().unwrap().iter().zip(model_a2.named_parameters().unwrap().iter()) {
         assert!(x.equal(y), "{n} differs between two identical runs");
+    }
+    // Activation checkpointing computes the same gradients: the same losses, and the same weights
+    // up to float summation order (the embedding's gradient is summed in another order).
+    let (d, _, model_d) = run_checkpointed(&w, 8, 1, false, true);
+    for (x, y) in a.iter().zip(&d) {
+        assert!((x - y).abs() < 1e-6, "plain {a:?} vs checkpointed {d:?}");
+    }
+    for ((n, x), (_, y)) in model_a.named_parameters().unwrap().iter().zip(model_d.named_parameters().unwrap().iter()) {
+        let diff = (x - y).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "{n}: plain and checkpointed training differ by {diff}");
     }
     // The first step starts from the reference: loss ln 2 exactly; then it learns.
     assert!((a[0] - std::f64::consts::LN_2).abs() < 1e-6, "{a:?}");

@@ -2,7 +2,7 @@
 //! approximation, HF's `gelu_new`), tied LM head. HF stores its projections as `Conv1D` with
 //! weights `[in, out]`; they are transposed at load and back at save.
 use super::config::Config;
-use super::layers::{KvCache, LayerNorm, Linear};
+use super::layers::{KvCache, LayerNorm, Linear, Shared};
 use super::params::{placeholder_linear, Bias, Init, Load, LinearSpec, TensorSpec, Visit, VisitMut};
 use super::weights::Weights;
 use anyhow::Result;
@@ -77,30 +77,47 @@ impl Gpt2 {
     }
 
     pub fn forward(&self, ids: &Tensor, positions: &Tensor, mask: Option<&Tensor>, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
-        let (b, t) = (ids.size()[0], ids.size()[1]);
-        let mut x = Tensor::f_embedding(&self.wte, ids, -1, false, false)?.f_add(&Tensor::f_embedding(&self.wpe, positions, -1, false, false)?)?;
-        let h = x.size()[2];
-        let d = h / self.heads;
-        let mask = mask.map(|m| super::layers::additive_mask(m, x.kind())).transpose()?;
-        for (l, blk) in self.blocks.iter().enumerate() {
-            let qkv = blk.c_attn.forward(&blk.ln_1.forward(&x)?)?;
-            let parts = qkv.f_split(h, -1)?;
-            let heads = |t_: &Tensor| -> Result<Tensor> { Ok(t_.f_view([b, t, self.heads, d])?.f_transpose(1, 2)?) };
-            let (q, k, v) = (heads(&parts[0])?, heads(&parts[1])?, heads(&parts[2])?);
-            let (k, v) = match cache.as_deref_mut() {
-                Some(c) => c.append(l, &k, &v)?,
-                None => (k, v),
-            };
-            let y = Tensor::f_scaled_dot_product_attention(&q, &k, &v, mask.as_ref(), 0.0, mask.is_none(), None, false)?;
-            let y = y.f_transpose(1, 2)?.f_reshape([b, t, h])?;
-            x = x.f_add(&blk.c_proj.forward(&y)?)?;
-            let m = blk.c_fc.forward(&blk.ln_2.forward(&x)?)?.f_gelu("tanh")?;
-            x = x.f_add(&blk.mlp_proj.forward(&m)?)?;
+        let (mut x, shared) = self.embed(ids, positions, mask)?;
+        for l in 0..self.blocks.len() {
+            x = self.layer(l, &x, &shared, cache.as_deref_mut())?;
         }
         if let Some(c) = cache {
-            c.advance(t);
+            c.advance(ids.size()[1]);
         }
         self.ln_f.forward(&x)
+    }
+
+    /// Token plus position embeddings `[B, T, H]`, and the additive form of `mask`.
+    pub fn embed(&self, ids: &Tensor, positions: &Tensor, mask: Option<&Tensor>) -> Result<(Tensor, Shared)> {
+        let x = Tensor::f_embedding(&self.wte, ids, -1, false, false)?.f_add(&Tensor::f_embedding(&self.wpe, positions, -1, false, false)?)?;
+        let mask = mask.map(|m| super::layers::additive_mask(m, x.kind())).transpose()?;
+        Ok((x, Shared { rope: None, mask }))
+    }
+
+    /// Block `l` on `x` `[B, T, H]` (its keys and values appended to `cache`).
+    pub fn layer(&self, l: usize, x: &Tensor, shared: &Shared, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let blk = &self.blocks[l];
+        let (b, t, h) = (x.size()[0], x.size()[1], x.size()[2]);
+        let d = h / self.heads;
+        let qkv = blk.c_attn.forward(&blk.ln_1.forward(x)?)?;
+        let parts = qkv.f_split(h, -1)?;
+        let heads = |t_: &Tensor| -> Result<Tensor> { Ok(t_.f_view([b, t, self.heads, d])?.f_transpose(1, 2)?) };
+        let (q, k, v) = (heads(&parts[0])?, heads(&parts[1])?, heads(&parts[2])?);
+        let (k, v) = match cache {
+            Some(c) => c.append(l, &k, &v)?,
+            None => (k, v),
+        };
+        let mask = shared.mask.as_ref();
+        let y = Tensor::f_scaled_dot_product_attention(&q, &k, &v, mask, 0.0, mask.is_none(), None, false)?;
+        let y = y.f_transpose(1, 2)?.f_reshape([b, t, h])?;
+        let x = x.f_add(&blk.c_proj.forward(&y)?)?;
+        let m = blk.c_fc.forward(&blk.ln_2.forward(&x)?)?.f_gelu("tanh")?;
+        Ok(x.f_add(&blk.mlp_proj.forward(&m)?)?)
+    }
+
+    /// The final layer norm, after the last block.
+    pub fn finish(&self, x: &Tensor) -> Result<Tensor> {
+        self.ln_f.forward(x)
     }
 
     /// Every parameter in HF order.

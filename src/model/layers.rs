@@ -186,3 +186,10 @@ pub fn additive_mask(mask: &Tensor, kind: Kind) -> Result<Tensor> {
 pub fn positions_from_mask(mask: &Tensor) -> Result<Tensor> {
     Ok(mask.f_to_kind(Kind::Int64)?.f_cumsum(1, Kind::Int64)?.f_sub_scalar(1)?.f_clamp_min(0)?)
 }
+
+/// What every layer of one forward pass shares, computed once by the family's `embed`: RoPE's
+/// cos/sin tables (the Llama family) and the additive attention mask (None: causal).
+pub struct Shared {
+    pub rope: Option<(Tensor, Tensor)>,
+    pub mask: Option<Tensor>,
+}

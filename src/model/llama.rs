@@ -3,7 +3,7 @@
 //! grouped-query attention, SwiGLU, optional q/k/v biases, optional per-head q/k RMSNorm (Qwen3),
 //! tied or untied LM head. Weight names equal HF keys.
 use super::config::{Config, RopeScaling};
-use super::layers::{KvCache, Linear, RmsNorm};
+use super::layers::{KvCache, Linear, RmsNorm, Shared};
 use super::params::{placeholder_linear, Bias, Init, Load, LinearSpec, TensorSpec, Visit, VisitMut};
 use super::weights::Weights;
 use anyhow::Result;
@@ -190,25 +190,43 @@ impl Llama {
     /// Final hidden states `[B, T, H]` for token ids `[B, T]` at `positions` `[B, T]`, with the
     /// boolean `mask` `[B, 1, T, S]` (S = cached + new positions), or causal attention when None.
     pub fn forward(&self, ids: &Tensor, positions: &Tensor, mask: Option<&Tensor>, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let (mut x, shared) = self.embed(ids, positions, mask)?;
+        for l in 0..self.layers.len() {
+            x = self.layer(l, &x, &shared, cache.as_deref_mut())?;
+        }
+        if let Some(c) = cache {
+            c.advance(ids.size()[1]);
+        }
+        self.norm.forward(&x)
+    }
+
+    /// The token embeddings `[B, T, H]` and what every layer shares: RoPE's cos/sin at
+    /// `positions` and the additive form of `mask`.
+    pub fn embed(&self, ids: &Tensor, positions: &Tensor, mask: Option<&Tensor>) -> Result<(Tensor, Shared)> {
         let kind = self.embed_tokens.kind();
-        let mut x = Tensor::f_embedding(&self.embed_tokens, ids, -1, false, false)?;
+        let x = Tensor::f_embedding(&self.embed_tokens, ids, -1, false, false)?;
         // cos/sin in f32 as HF computes them, then cast to the activation dtype.
         let freqs = positions.f_to_kind(Kind::Float)?.f_unsqueeze(-1)?.f_mul(&self.inv_freq)?;
         let emb = Tensor::f_cat(&[&freqs, &freqs], -1)?;
         let cos = emb.f_cos()?.f_to_kind(kind)?.f_unsqueeze(1)?;
         let sin = emb.f_sin()?.f_to_kind(kind)?.f_unsqueeze(1)?;
         let mask = mask.map(|m| super::layers::additive_mask(m, kind)).transpose()?;
-        for (l, layer) in self.layers.iter().enumerate() {
-            let c = cache.as_deref_mut().map(|c| (c, l));
-            let a = layer.self_attn.forward(&layer.input_layernorm.forward(&x)?, &cos, &sin, mask.as_ref(), c)?;
-            x = x.f_add(&a)?;
-            let m = layer.mlp.forward(&layer.post_attention_layernorm.forward(&x)?)?;
-            x = x.f_add(&m)?;
-        }
-        if let Some(c) = cache {
-            c.advance(ids.size()[1]);
-        }
-        self.norm.forward(&x)
+        Ok((x, Shared { rope: Some((cos, sin)), mask }))
+    }
+
+    /// Decoder layer `l` on `x` `[B, T, H]` (its keys and values appended to `cache`).
+    pub fn layer(&self, l: usize, x: &Tensor, shared: &Shared, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let layer = &self.layers[l];
+        let Some((cos, sin)) = &shared.rope else { anyhow::bail!("internal: the Llama family's layers need RoPE tables") };
+        let a = layer.self_attn.forward(&layer.input_layernorm.forward(x)?, cos, sin, shared.mask.as_ref(), cache.map(|c| (c, l)))?;
+        let x = x.f_add(&a)?;
+        let m = layer.mlp.forward(&layer.post_attention_layernorm.forward(&x)?)?;
+        Ok(x.f_add(&m)?)
+    }
+
+    /// The final norm, after the last layer.
+    pub fn finish(&self, x: &Tensor) -> Result<Tensor> {
+        self.norm.forward(x)
     }
 
     /// Every parameter in HF order (the LM head only when not `tied`).

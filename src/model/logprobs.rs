@@ -27,6 +27,42 @@ impl ResponseSpace {
     }
 }
 
+/// The layer inputs a checkpointed forward pass kept (`sequence_logprobs_checkpointed`), to
+/// finish its backward pass.
+pub struct Checkpoints<'a> {
+    model: &'a CausalLM,
+    shared: super::layers::Shared,
+    /// The input of each layer, without a graph.
+    inputs: Vec<Tensor>,
+    /// The last layer's output as a leaf: the loss's backward pass stops here.
+    top: Tensor,
+    /// The embeddings with their graph (to the embedding weights when they train).
+    embedded: Tensor,
+}
+
+impl Checkpoints<'_> {
+    /// Carries the gradient that the loss's backward pass left at the last layer's output down
+    /// through the layers, recomputing each from its kept input (last to first), into the
+    /// weights' gradients. Backward of `sum(y * g)` with `g` held constant gives each weight and
+    /// the layer input exactly the vector-Jacobian product with `g`.
+    pub fn backward(self) -> Result<()> {
+        let mut g = self.top.f_grad()?;
+        if !g.defined() {
+            return Ok(()); // nothing below the loss needs a gradient
+        }
+        for (l, input) in self.inputs.iter().enumerate().rev() {
+            let x = input.f_detach()?.f_set_requires_grad(true)?;
+            let y = self.model.layer(l, &x, &self.shared)?;
+            y.f_mul(&g)?.f_sum(y.kind())?.f_backward()?;
+            g = x.f_grad()?;
+        }
+        if self.embedded.requires_grad() {
+            self.embedded.f_mul(&g)?.f_sum(self.embedded.kind())?.f_backward()?;
+        }
+        Ok(())
+    }
+}
+
 impl CausalLM {
     /// The rows of the LM head responses are drawn from `[V', H]`: all of them, or those of the
     /// closed response space.
@@ -89,11 +125,44 @@ impl CausalLM {
     /// never built. Differentiable when the weights require gradients.
     pub fn sequence_logprobs(&self, prompts: &[&[i64]], responses: &[&[i64]], chunk: i64) -> Result<Tensor> {
         let (ids, valid, rows, cols, targets) = self.pack(prompts, responses)?;
-        let t = ids.size()[1];
         let hidden = self.hidden(&ids, &positions_from_mask(&valid)?, None, None)?; // right-padded
-        let h = hidden.size()[2];
+        self.response_logprobs(&hidden, &rows, &cols, &targets, prompts.len(), chunk)
+    }
+
+    /// `sequence_logprobs` with activation checkpointing, for training: the layers run without
+    /// recording a graph, keeping only each layer's input; the returned log-probs are
+    /// differentiable from the last layer's output on, and `Checkpoints::backward`, called after
+    /// the loss's backward pass, recomputes one layer at a time to carry the gradient down to the
+    /// embeddings. Gradients equal the plain pass's (tests/train.rs). Memory: one `[B, T, H]`
+    /// tensor per layer instead of every layer's activations.
+    pub fn sequence_logprobs_checkpointed(&self, prompts: &[&[i64]], responses: &[&[i64]], chunk: i64) -> Result<(Tensor, Checkpoints<'_>)> {
+        if let Some((cfg, _)) = &self.lora {
+            if cfg.dropout > 0.0 {
+                bail!("{}: activation checkpointing recomputes each layer, which would draw new LoRA dropout masks; use LoRA dropout 0 with checkpoint", self.source);
+            }
+        }
+        let (ids, valid, rows, cols, targets) = self.pack(prompts, responses)?;
+        let (embedded, shared) = self.embed(&ids, &positions_from_mask(&valid)?, None)?; // right-padded: causal
+        let mut inputs = Vec::with_capacity(self.cfg.num_layers);
+        let mut x = embedded.f_detach()?;
+        tch::no_grad(|| -> Result<()> {
+            for l in 0..self.cfg.num_layers {
+                let next = self.layer(l, &x, &shared)?;
+                inputs.push(std::mem::replace(&mut x, next));
+            }
+            Ok(())
+        })?;
+        let top = x.f_set_requires_grad(true)?;
+        let hidden = self.finish(&top)?;
+        let logps = self.response_logprobs(&hidden, &rows, &cols, &targets, prompts.len(), chunk)?;
+        Ok((logps, Checkpoints { model: self, shared, inputs, top, embedded }))
+    }
+
+    /// Summed log-probs `[N]` of the response tokens at (`rows`, `cols`) of `hidden` `[B, T, H]`.
+    fn response_logprobs(&self, hidden: &Tensor, rows: &Tensor, cols: &Tensor, targets: &Tensor, n_rows: usize, chunk: i64) -> Result<Tensor> {
+        let (t, h) = (hidden.size()[1], hidden.size()[2]);
         let flat = hidden.f_reshape([-1, h])?;
-        let index = rows.f_mul_scalar(t)?.f_add(&cols)?;
+        let index = rows.f_mul_scalar(t)?.f_add(cols)?;
         let selected = flat.f_index_select(0, &index)?;
         let n = selected.size()[0];
         let head = self.response_head()?;
@@ -108,8 +177,8 @@ impl CausalLM {
             start += len;
         }
         let token_lp = if pieces.is_empty() { Tensor::f_zeros([0], (Kind::Float, self.device))? } else { Tensor::f_cat(&pieces, 0)? };
-        let sums = Tensor::f_zeros([prompts.len() as i64], (Kind::Float, self.device))?;
-        Ok(sums.f_index_add(0, &rows, &token_lp)?)
+        let sums = Tensor::f_zeros([n_rows as i64], (Kind::Float, self.device))?;
+        Ok(sums.f_index_add(0, rows, &token_lp)?)
     }
 
     /// Scores `[N]` from the score head read where `cfg.score_pooling` says (the last token of

@@ -26,7 +26,7 @@ use tch::{Device, Kind, Tensor};
 use tokenizer::Tokenizer;
 
 pub use load::{assets_dir, smollm2_path, LoadOptions};
-pub use logprobs::ResponseSpace;
+pub use logprobs::{Checkpoints, ResponseSpace};
 pub use lora::LoraConfig;
 pub use sampler::{sample, Decoding, SampleOptions};
 
@@ -61,6 +61,31 @@ impl CausalLM {
         match &self.body {
             Body::Llama(m) => m.forward(ids, positions, mask, cache),
             Body::Gpt2(m) => m.forward(ids, positions, mask, cache),
+        }
+    }
+
+    /// The stages of `hidden`, for a caller that runs the layers one by one (activation
+    /// checkpointing): the embeddings and what the layers share.
+    pub fn embed(&self, ids: &Tensor, positions: &Tensor, mask: Option<&Tensor>) -> Result<(Tensor, layers::Shared)> {
+        match &self.body {
+            Body::Llama(m) => m.embed(ids, positions, mask),
+            Body::Gpt2(m) => m.embed(ids, positions, mask),
+        }
+    }
+
+    /// Decoder layer `l` (a stage of `hidden`).
+    pub fn layer(&self, l: usize, x: &Tensor, shared: &layers::Shared) -> Result<Tensor> {
+        match &self.body {
+            Body::Llama(m) => m.layer(l, x, shared, None),
+            Body::Gpt2(m) => m.layer(l, x, shared, None),
+        }
+    }
+
+    /// The final norm (the last stage of `hidden`).
+    pub fn finish(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.body {
+            Body::Llama(m) => m.finish(x),
+            Body::Gpt2(m) => m.finish(x),
         }
     }
 

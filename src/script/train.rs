@@ -33,6 +33,7 @@ fn loop_decl(d: &LoopOptions) -> Vec<Opt> {
         count("max_nonfinite", d.max_nonfinite, "non-finite steps in a row that stop the run"),
         count("log_every", d.log_every, "log a metrics row every this many steps"),
         flag("keep_optimizer", false, "keep the AdamW moments from this model's previous call"),
+        flag("checkpoint", d.checkpoint, "activation checkpointing: keep each decoder layer's input, recompute the layer in the backward pass (same gradients, less memory, one more forward pass)"),
     ]
 }
 
@@ -49,6 +50,7 @@ fn loop_options(o: &Given, what: &str, total_steps_hint: usize) -> ScriptResult<
         max_grad_norm: o.number("max_grad_norm")?,
         max_nonfinite: o.count("max_nonfinite")?.max(1),
         log_every: o.count("log_every")?.max(1),
+        checkpoint: o.flag("checkpoint")?,
     })
 }
 

@@ -302,7 +302,7 @@ pub fn train(
             let prompts: Vec<&[i64]> = micro.prompts.iter().chain(micro.prompts.iter()).map(Vec::as_slice).collect();
             let responses: Vec<&[i64]> = micro.chosen.iter().chain(micro.rejected.iter()).map(Vec::as_slice).collect();
             let t_fwd = Instant::now();
-            let logps = policy.sequence_logprobs(&prompts, &responses, 512)?;
+            let (logps, checkpoints) = super::train_logprobs(policy, &prompts, &responses, opts.loop_opts.checkpoint)?;
             let pc = logps.f_narrow(0, 0, rows as i64)?;
             let pr = logps.f_narrow(0, rows as i64, rows as i64)?;
             let (rc, rr) = match (&micro.ref_chosen, &micro.ref_rejected, &reference) {
@@ -331,7 +331,7 @@ pub fn train(
             let sums = Vec::<f64>::try_from(sums.f_to_kind(Kind::Double)?)?;
             let t_bwd = Instant::now();
             time.0 += (t_bwd - t_fwd).as_secs_f64();
-            lp.backward(&loss, sums[0] / denom, format!("batch {} (pairs {what})", k + 1))?;
+            lp.backward(&loss, checkpoints, sums[0] / denom, format!("batch {} (pairs {what})", k + 1))?;
             time.1 += t_bwd.elapsed().as_secs_f64();
             step_totals += Totals { rows: rows as f64, loss: sums[0], chosen: sums[1], rejected: sums[2], correct: sums[3] };
             step_tokens += micro.tokens;

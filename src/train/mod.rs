@@ -23,11 +23,14 @@ pub struct LoopOptions {
     /// Consecutive non-finite steps that stop training.
     pub max_nonfinite: usize,
     pub log_every: usize,
+    /// Activation checkpointing: keep each decoder layer's input and recompute the layer in the
+    /// backward pass (`CausalLM::sequence_logprobs_checkpointed`).
+    pub checkpoint: bool,
 }
 
 impl Default for LoopOptions {
     fn default() -> Self {
-        LoopOptions { adamw: AdamWConfig::default(), schedule: Schedule::Constant, warmup_steps: 0, grad_accum: 1, max_grad_norm: 1.0, max_nonfinite: 3, log_every: 1 }
+        LoopOptions { adamw: AdamWConfig::default(), schedule: Schedule::Constant, warmup_steps: 0, grad_accum: 1, max_grad_norm: 1.0, max_nonfinite: 3, log_every: 1, checkpoint: false }
     }
 }
 
@@ -59,13 +62,17 @@ impl<'a> Loop<'a> {
         Loop { opt, opts, total_steps, micro: 0, finite: true, streak: 0, skipped: Vec::new(), pending: Vec::new() }
     }
 
-    /// Back-propagates one micro-batch's loss (already divided by the accumulation count).
+    /// Back-propagates one micro-batch's loss (already divided by the accumulation count), then
+    /// through the layers a checkpointed forward pass left to recompute (`checkpoints`).
     /// `value` is the loss as the caller read it back, together with its statistics (one device
     /// synchronisation per micro-batch); a non-finite value skips the backward pass and, at
     /// `step`, the whole step. `what` names the batch's samples for that report.
-    pub fn backward(&mut self, loss: &tch::Tensor, value: f64, what: String) -> Result<()> {
+    pub fn backward(&mut self, loss: &tch::Tensor, checkpoints: Option<crate::model::Checkpoints>, value: f64, what: String) -> Result<()> {
         if value.is_finite() {
             loss.f_backward()?;
+            if let Some(c) = checkpoints {
+                c.backward()?;
+            }
         } else {
             self.finite = false;
         }
@@ -106,6 +113,17 @@ impl<'a> Loop<'a> {
         self.finite = true;
         self.pending.clear();
         Ok(StepReport { step: step_index + 1, lr, grad_norm: norm, applied })
+    }
+}
+
+/// Summed response log-probs of a training micro-batch, with activation checkpointing when
+/// `checkpoint` (then `Loop::backward` must get the returned checkpoints).
+pub fn train_logprobs<'a>(model: &'a crate::model::CausalLM, prompts: &[&[i64]], responses: &[&[i64]], checkpoint: bool) -> Result<(tch::Tensor, Option<crate::model::Checkpoints<'a>>)> {
+    if checkpoint {
+        let (lp, c) = model.sequence_logprobs_checkpointed(prompts, responses, 512)?;
+        Ok((lp, Some(c)))
+    } else {
+        Ok((model.sequence_logprobs(prompts, responses, 512)?, None))
     }
 }
 
@@ -209,17 +227,17 @@ mod tests {
         let mut lp = Loop::new(&mut opt, opts, 10);
         // A good step moves the weights.
         let l = w.sum(Kind::Float);
-        lp.backward(&l, l.double_value(&[]), "batch 1 (pairs a, b)".into()).unwrap();
+        lp.backward(&l, None, l.double_value(&[]), "batch 1 (pairs a, b)".into()).unwrap();
         assert!(lp.step().unwrap().applied);
         let good: Vec<f32> = Vec::try_from(w.detach()).unwrap();
         // A NaN loss: skipped and reported with the batch's samples.
         let nan = (w.sum(Kind::Float) * f64::NAN).sum(Kind::Float);
-        lp.backward(&nan, nan.double_value(&[]), "batch 2 (pairs c, d)".into()).unwrap();
+        lp.backward(&nan, None, nan.double_value(&[]), "batch 2 (pairs c, d)".into()).unwrap();
         assert!(!lp.step().unwrap().applied);
         assert_eq!(lp.skipped, vec!["step 2: non-finite loss in batch 2 (pairs c, d)".to_string()]);
         // An infinite gradient with a finite loss: the second in a row stops training.
         let inf = (&w * Tensor::from_slice(&[f32::INFINITY, 0.0])).sum(Kind::Float) * 0.0 + 1.0;
-        lp.backward(&inf, inf.double_value(&[]), "batch 3 (pairs e)".into()).unwrap();
+        lp.backward(&inf, None, inf.double_value(&[]), "batch 3 (pairs e)".into()).unwrap();
         let e = lp.step().unwrap_err().to_string();
         assert!(e.starts_with("training stopped after 2 consecutive non-finite steps"), "{e}");
         assert_eq!(Vec::<f32>::try_from(w.detach()).unwrap(), good, "weights are those of the last good step");

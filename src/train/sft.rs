@@ -48,11 +48,11 @@ pub fn train(model: &CausalLM, opt: &mut super::optim::AdamW, data: &[(Vec<i64>,
             }
             let prompts: Vec<&[i64]> = idx.iter().map(|&i| data[i].0.as_slice()).collect();
             let responses: Vec<&[i64]> = idx.iter().map(|&i| data[i].1.as_slice()).collect();
-            let lps = model.sequence_logprobs(&prompts, &responses, 512)?;
+            let (lps, checkpoints) = super::train_logprobs(model, &prompts, &responses, opts.loop_opts.checkpoint)?;
             let nll = lps.f_sum(Kind::Float)?.f_neg()?;
             let loss = nll.f_div_scalar(step_tokens[k / accum].max(1) as f64)?;
             let nll_value = nll.f_double_value(&[])?; // the one read-back of this micro-batch
-            lp.backward(&loss, nll_value, format!("batch {} (examples {idx:?})", k + 1))?;
+            lp.backward(&loss, checkpoints, nll_value, format!("batch {} (examples {idx:?})", k + 1))?;
             step_sum += nll_value;
             if lp.ready() || k + 1 == n_micro {
                 let tokens = step_tokens[k / accum].max(1);
@@ -76,5 +76,6 @@ pub fn train(model: &CausalLM, opt: &mut super::optim::AdamW, data: &[(Vec<i64>,
         ("skipped_steps", json!(lp.skipped.len())),
         ("first_epoch_loss", json!(epoch_losses.first())),
         ("loss", json!(epoch_losses.last())),
+        ("peak_rss_mib", json!(crate::run::progress::peak_rss_mib())),
     ]))
 }
