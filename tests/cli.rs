@@ -296,7 +296,7 @@ fn api_lists_registered_functions_with_docs() {
     // DpoOptions::default(): β = 0.1, lr 5e-4 (the one default; the binding no longer has its own).
     assert!(dpo_opts.contains(&"beta: number = 0.1. KL weight β of the implicit reward β·log(π/π_ref)"), "{dpo_opts:?}");
     assert!(dpo_opts.contains(&"lr: number = 0.0005. AdamW learning rate"), "{dpo_opts:?}");
-    assert_eq!(dpo_opts.len(), 21, "11 DPO options and 10 of the optimizer loop: {dpo_opts:?}");
+    assert_eq!(dpo_opts.len(), 22, "11 DPO options and 11 of the optimizer loop: {dpo_opts:?}");
     assert!(text.contains("\n    lora.rank: count = 8. adapter rank r (at least 1)\n"), "nested options are listed with their map's name: {text}");
 
     let dir = scratch("definitions");
@@ -439,6 +439,37 @@ log(#{ moved: after[0] - before[0], loaded: again[0] - after[0], base: base[0] -
         let o = run_in(&dir, &["run", "b.rhai", "--out", "out2"]);
         assert_eq!(o.status.code(), Some(1), "{script}");
         assert!(error_text(&o).contains(want), "{}", error_text(&o));
+        let _ = std::fs::remove_dir_all(dir.join("out2"));
+    }
+}
+
+#[test]
+fn chat_templates_from_a_script() {
+    // m.chat renders the model's Jinja template: one user message or a conversation; a script can
+    // give a template at load; a model without one, a template's raise_exception, a template that
+    // does not compile and a malformed message are each one error naming the problem.
+    let dir = scratch("chat");
+    write(&dir, "c.rhai", r#"
+let m = load_model("builtin:tiny");
+let conv = m.chat([#{ role: "system", content: "Be brief." }, #{ role: "user", content: "hi" }, #{ role: "assistant", content: "hello" }, #{ role: "user", content: "bye" }]);
+if conv != "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nhello<|im_end|>\n<|im_start|>user\nbye<|im_end|>\n<|im_start|>assistant\n" { throw `conversation: ${conv}`; }
+let own = load_model("builtin:tiny", #{ chat_template: "{% for m in messages %}{{ m.role | upper }}: {{ m.content.strip() }}\n{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}" });
+let p = own.chat("  hi  ");
+if p != "USER: hi\nASSISTANT:" { throw `own template: ${p}`; }
+"#);
+    let o = run_in(&dir, &["run", "c.rhai", "--out", "out"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let gpt2 = common::reference("hf_models.py").join("gpt2");
+    for (script, want) in [
+        (format!(r#"load_model("{}").chat("hi");"#, gpt2.display()), "this model has no chat template"),
+        (r#"load_model("builtin:tiny", #{ chat_template: "{{ raise_exception('No system messages') }}" }).chat("hi");"#.to_string(), "chat template: No system messages (line 1)"),
+        (r#"load_model("builtin:tiny", #{ chat_template: "{% for m in messages %}" });"#.to_string(), "chat template: unexpected end of input"),
+        (r#"load_model("builtin:tiny").chat([#{ role: "user" }]);"#.to_string(), "chat: message 0 must be a map with string role and content"),
+    ] {
+        write(&dir, "b.rhai", &script);
+        let o = run_in(&dir, &["run", "b.rhai", "--out", "out2"]);
+        assert_eq!(o.status.code(), Some(1), "{script}: {}", stderr(&o));
+        assert!(error_text(&o).contains(want), "{script}: {}", error_text(&o));
         let _ = std::fs::remove_dir_all(dir.join("out2"));
     }
 }

@@ -4,6 +4,7 @@
 //! features), `lora.rs` (adapters), `params.rs` (each family's parameters walked by visitors:
 //! loading, listing, LoRA targets, random initialisation), `save.rs` (parameters out, HF folders), `sampler.rs`
 //! (generation).
+pub mod chat;
 pub mod config;
 pub mod gguf;
 pub mod gpt2;

@@ -2,41 +2,26 @@
 //! (byte-level BPE vocabulary and merges, with the pre-tokenizer llama.cpp names in
 //! `tokenizer.ggml.pre`; or a SentencePiece vocabulary with scores and byte tokens), plus special
 //! token ids and the chat template.
+use super::chat::ChatTemplate;
 use super::gguf::{Gguf, Value};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use std::path::Path;
-
-/// How `chat(user_text)` wraps a message, recognised from the model's chat template.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ChatFormat {
-    /// `<|im_start|>user\n...<|im_end|>\n<|im_start|>assistant\n` (Qwen2, SmolLM2).
-    ChatMl,
-    /// `<|start_header_id|>user<|end_header_id|>\n\n...<|eot_id|>` (Llama 3).
-    Llama3,
-    /// `[INST] ... [/INST]` (Llama 2, Mistral).
-    Inst,
-    /// No template: `User: ...\nAssistant:`.
-    Plain,
-}
+use std::rc::Rc;
 
 pub struct Tokenizer {
     pub inner: tokenizers::Tokenizer,
     pub bos_id: Option<i64>,
     pub eos_ids: Vec<i64>,
     pub pad_id: i64,
-    pub chat_format: ChatFormat,
-    /// The model's own chat template (Jinja), as its checkpoint gives it; written back by `save`.
-    pub chat_template: Option<String>,
+    /// The model's own chat template (Jinja), as its checkpoint gives it (or a script replaces
+    /// it); written back by `save`.
+    pub chat_template: Option<Rc<ChatTemplate>>,
 }
 
-fn chat_format(template: Option<&str>) -> ChatFormat {
-    match template {
-        Some(t) if t.contains("<|im_start|>") => ChatFormat::ChatMl,
-        Some(t) if t.contains("<|start_header_id|>") => ChatFormat::Llama3,
-        Some(t) if t.contains("[INST]") => ChatFormat::Inst,
-        _ => ChatFormat::Plain,
-    }
+/// The template compiled, or the error naming where it came from.
+fn compile(template: Option<&str>, origin: &str) -> Result<Option<Rc<ChatTemplate>>> {
+    template.map(|t| ChatTemplate::new(t).map(Rc::new).with_context(|| origin.to_string())).transpose()
 }
 
 /// The pre-tokenizer for a llama.cpp `tokenizer.ggml.pre` name, as HF's tokenizer.json has it.
@@ -101,12 +86,13 @@ impl Tokenizer {
         let pad_id = cfg.pad_token_id.or_else(|| token("pad_token")).or(eos_ids.first().copied()).unwrap_or(0);
         // transformers writes the template into tokenizer_config.json, or (since 4.43) alone into
         // chat_template.jinja.
-        let chat_template = match tc["chat_template"].as_str() {
-            Some(t) => Some(t.to_string()),
-            None => std::fs::read_to_string(dir.join("chat_template.jinja")).ok(),
+        let jinja = dir.join("chat_template.jinja");
+        let chat_template = match (tc["chat_template"].as_str(), std::fs::read_to_string(&jinja)) {
+            (Some(t), _) => compile(Some(t), &dir.join("tokenizer_config.json").display().to_string())?,
+            (None, Ok(t)) => compile(Some(&t), &jinja.display().to_string())?,
+            (None, Err(_)) => None,
         };
-        let chat_format = chat_format(chat_template.as_deref());
-        Ok(Tokenizer { inner, bos_id, eos_ids, pad_id, chat_format, chat_template })
+        Ok(Tokenizer { inner, bos_id, eos_ids, pad_id, chat_template })
     }
 
     /// From GGUF metadata (`tokenizer.ggml.*`): byte-level BPE (`gpt2`: Llama 3, Qwen2, SmolLM2)
@@ -204,8 +190,7 @@ impl Tokenizer {
             bos_id: bos,
             pad_id: id("tokenizer.ggml.padding_token_id").or(eos).unwrap_or(0),
             eos_ids,
-            chat_format: chat_format(g.get("tokenizer.chat_template").and_then(Value::as_str)),
-            chat_template: g.get("tokenizer.chat_template").and_then(Value::as_str).map(String::from),
+            chat_template: compile(g.get("tokenizer.chat_template").and_then(Value::as_str), &format!("{file}: tokenizer.chat_template"))?,
         })
     }
 
@@ -236,7 +221,7 @@ impl Tokenizer {
         let inner = tokenizers::Tokenizer::from_bytes(serde_json::to_vec(&spec)?).map_err(|e| anyhow::anyhow!("byte tokenizer: {e}"))?;
         // The template that writes what `chat` writes (ChatML, no default system message).
         let template = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
-        Ok(Tokenizer { inner, bos_id: None, eos_ids: vec![258], pad_id: 256, chat_format: ChatFormat::ChatMl, chat_template: Some(template.into()) })
+        Ok(Tokenizer { inner, bos_id: None, eos_ids: vec![258], pad_id: 256, chat_template: compile(Some(template), "builtin:tiny")? })
     }
 
     /// `tokenizer_config.json` and `generation_config.json` for an HF folder: the special tokens by
@@ -252,7 +237,7 @@ impl Tokenizer {
             "model_max_length": max_length,
         });
         if let Some(t) = &self.chat_template {
-            tc["chat_template"] = json!(t);
+            tc["chat_template"] = json!(t.source);
         }
         let eos = match self.eos_ids.as_slice() {
             [one] => json!(one),
@@ -280,15 +265,26 @@ impl Tokenizer {
         self.inner.decode(&ids, skip_special).map_err(|e| anyhow::anyhow!("tokenizer: {e}"))
     }
 
-    /// One user message with the model's chat format applied, ready for the assistant's reply.
-    /// No system message is added (the templates of some models add a default one).
-    pub fn chat(&self, user: &str) -> String {
-        match self.chat_format {
-            ChatFormat::ChatMl => format!("<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"),
-            ChatFormat::Llama3 => format!("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n{user}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"),
-            ChatFormat::Inst => format!("[INST] {user} [/INST]"),
-            ChatFormat::Plain => format!("User: {user}\nAssistant:"),
-        }
+    /// One user message in the model's chat template, ready for the assistant's reply: exactly
+    /// what transformers' `apply_chat_template([{"role": "user", "content": user}],
+    /// add_generation_prompt=True)` gives (a template's default system message included).
+    pub fn chat(&self, user: &str) -> Result<String> {
+        self.render_chat(&json!([{"role": "user", "content": user}]), true)
+    }
+
+    /// A conversation (a list of `{role, content}` maps) rendered by the model's chat template,
+    /// with the assistant's turn opened when `add_generation_prompt`.
+    pub fn render_chat(&self, messages: &serde_json::Value, add_generation_prompt: bool) -> Result<String> {
+        let Some(t) = &self.chat_template else {
+            bail!("this model has no chat template (tokenizer_config.json chat_template, chat_template.jinja or the GGUF's tokenizer.chat_template); give one with load_model(source, #{{chat_template: \"...\"}})");
+        };
+        let text = |id: Option<i64>| id.and_then(|i| self.inner.id_to_token(i as u32));
+        t.render(messages, add_generation_prompt, text(self.bos_id).as_deref(), text(self.eos_ids.first().copied()).as_deref())
+    }
+
+    /// The same tokenizer with another chat template (a script's).
+    pub fn with_chat_template(&self, template: &str) -> Result<Self> {
+        Ok(Tokenizer { inner: self.inner.clone(), bos_id: self.bos_id, eos_ids: self.eos_ids.clone(), pad_id: self.pad_id, chat_template: compile(Some(template), "chat_template")? })
     }
 }
 

@@ -133,23 +133,23 @@ fn load(session: &SharedSession, path: &str, opts: &Map) -> ScriptResult<ScriptP
 
 /// The same pairs with every prompt rewritten (labels kept; score columns dropped, since the
 /// scored text changed).
-fn rewrap(p: &ScriptPairs, f: impl Fn(&str) -> String) -> ScriptPairs {
+fn rewrap(p: &ScriptPairs, f: impl Fn(&str) -> anyhow::Result<String>) -> ScriptResult<ScriptPairs> {
     let wrapped: Vec<Rc<Pair>> = p
         .pairs
         .iter()
         .map(|x| {
-            Rc::new(Pair {
+            Ok(Rc::new(Pair {
                 origin: x.origin.clone(),
-                prompt: f(&x.prompt),
+                prompt: f(&x.prompt).map_err(|e| script_error(format!("{}: {e:#}", x.origin)))?,
                 responses: x.responses.clone(),
                 labels: x.labels.clone(),
                 safe: x.safe,
                 extra: x.extra.clone(),
                 scores: Default::default(),
-            })
+            }))
         })
-        .collect();
-    ScriptPairs { pairs: Rc::new(wrapped), ..p.clone() }
+        .collect::<ScriptResult<_>>()?;
+    Ok(ScriptPairs { pairs: Rc::new(wrapped), ..p.clone() })
 }
 
 /// Relabelling weights `#{column: weight}` as numbers.
@@ -291,14 +291,14 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
         let (chosen, confidence) = data::relabel_soft(&p.pairs, &weights_of(&weights)?).map_err(|e| script_error(format!("{e:#}")))?;
         Ok(ScriptPairs { chosen: Rc::new(chosen), confidence: Some(Rc::new(confidence)), label: "relabel_soft".into(), ..p.clone() })
     });
-    def(engine, "with_chat", &["p: Pairs", "model: Model", "Pairs"], "The same pairs with each prompt wrapped in the model's chat format (as m.chat does); labels kept, scores recomputed.", |p: &mut ScriptPairs, m: ScriptModel| -> ScriptPairs {
+    def(engine, "with_chat", &["p: Pairs", "model: Model", "Pairs"], "The same pairs with each prompt as one user message in the model's chat template (as m.chat does); labels kept, scores recomputed.", |p: &mut ScriptPairs, m: ScriptModel| -> ScriptResult<ScriptPairs> {
         m.with(|m| rewrap(p, |prompt| m.tokenizer.chat(prompt)))
     });
     def(engine, "with_template", &["p: Pairs", "template: string", "Pairs"], "The same pairs with each prompt put into a template at `{prompt}` (e.g. the safe-rlhf \"BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:\"); labels kept, scores recomputed.", |p: &mut ScriptPairs, template: &str| -> ScriptResult<ScriptPairs> {
         if !template.contains("{prompt}") {
             return Err(script_error(format!("with_template: the template {template:?} has no {{prompt}}")));
         }
-        Ok(rewrap(p, |prompt| template.replace("{prompt}", prompt)))
+        rewrap(p, |prompt| Ok(template.replace("{prompt}", prompt)))
     });
     def(engine, "get$skipped", &["p: Pairs", "array"], "Bad records skipped at load (with skip_bad), as `file:line: problem`.", |p: &mut ScriptPairs| -> Array { p.report.skipped.iter().map(|s| s.clone().into()).collect() });
     def(engine, "get$warnings", &["p: Pairs", "array"], "Records kept but reported at load: empty or identical responses.", |p: &mut ScriptPairs| -> Array { p.report.warnings.iter().map(|s| s.clone().into()).collect() });

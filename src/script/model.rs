@@ -98,6 +98,7 @@ pub(super) fn load_decl() -> Decl {
         noted("seed", Ty::Int, "the run's seed", "random initialisation of built-in models"),
         noted("lora", Ty::Map, "none", "add LoRA adapters (options below); only they train"),
         noted("adapter", Ty::Str, "none", "a LoRA adapter folder in PEFT's layout to attach (written by save/checkpoint or PEFT); it trains"),
+        noted("chat_template", Ty::Str, "the checkpoint's", "a Jinja chat template to use instead of the checkpoint's own (needed when it has none)"),
     ])
 }
 
@@ -132,6 +133,10 @@ pub(super) fn load(src: &str, opts: &Map, session: &SharedSession) -> ScriptResu
         (Some(l), None) => m.add_lora(lora_options(l)?).map_err(err)?,
         (None, Some(dir)) => m.load_adapter(std::path::Path::new(&dir.to_string())).map_err(err)?,
         (None, None) => {}
+    }
+    if o.get("chat_template").is_some() {
+        let t = o.text("chat_template")?;
+        m.tokenizer = std::rc::Rc::new(m.tokenizer.with_chat_template(&t).map_err(err)?);
     }
     Ok(m)
 }
@@ -303,7 +308,16 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
         let ids: Vec<i64> = ids.iter().map(|v| v.as_int().map_err(|t| script_error(format!("decode: expected integers, found {t}")))).collect::<ScriptResult<_>>()?;
         m.with(|m| m.tokenizer.decode(&ids, false)).map_err(err)
     });
-    def(engine, "chat", &["m: Model", "user_text: string", "string"], "The prompt for one user message in the model's chat format, ready for the reply.", |m: &mut ScriptModel, text: &str| m.with(|m| m.tokenizer.chat(text)));
+    def(engine, "chat", &["m: Model", "user_text: string", "string"], "One user message in the model's chat template, ready for the reply (as transformers' apply_chat_template with add_generation_prompt).", |m: &mut ScriptModel, text: &str| -> ScriptResult<String> { m.with(|m| m.tokenizer.chat(text)).map_err(err) });
+    def(engine, "chat", &["m: Model", "messages: array", "string"], "A conversation (an array of #{role, content} maps: system, user, assistant) in the model's chat template, with the assistant's turn opened for the reply.", |m: &mut ScriptModel, messages: Array| -> ScriptResult<String> {
+        let json = rhai::serde::from_dynamic::<serde_json::Value>(&Dynamic::from_array(messages)).map_err(|e| script_error(format!("chat: messages: {e}")))?;
+        for (i, msg) in json.as_array().into_iter().flatten().enumerate() {
+            if !msg.is_object() || !msg["role"].is_string() || !msg["content"].is_string() {
+                return Err(script_error(format!("chat: message {i} must be a map with string role and content, found {msg}")));
+            }
+        }
+        m.with(|m| m.tokenizer.render_chat(&json, true)).map_err(err)
+    });
     def(engine, "logprobs", &["m: Model", "prompts: array", "responses: array", "array"], "Summed log-probability of each response given its prompt (prompt tokens not scored).", |m: &mut ScriptModel, prompts: Array, responses: Array| -> ScriptResult<Array> {
         m.with(|m| {
             let (p, r) = encode_pairs(m, &prompts, &responses)?;
