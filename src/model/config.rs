@@ -21,6 +21,20 @@ pub enum RopeScaling {
     Divisors(Vec<f64>),
 }
 
+/// What Gemma 2 adds to the Llama family's layers: `(1 + weight)` RMSNorms, a norm after
+/// attention and around the MLP (four per layer), GeGLU (tanh GELU), embeddings scaled by
+/// `sqrt(hidden_size)`, attention scaled by `query_pre_attn_scalar^-1/2`, and tanh soft-capping of
+/// attention scores and of the final logits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gemma2 {
+    pub query_pre_attn_scalar: f64,
+    pub attn_logit_softcapping: Option<f64>,
+    pub final_logit_softcapping: Option<f64>,
+    /// Local attention span of the sliding-window layers; positions beyond it are refused (the
+    /// window is not computed yet, so every layer attends fully: exact up to this length).
+    pub sliding_window: Option<usize>,
+}
+
 /// Where a score head reads the final hidden states of `prompt ++ response`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Pooling {
@@ -90,6 +104,8 @@ pub struct Config {
     pub mlp_bias: bool,
     /// RMSNorm over each head's query and key before RoPE (Qwen3's `q_norm`, `k_norm`).
     pub qk_norm: bool,
+    /// Gemma 2's changes to the Llama family's layers, for `model_type` gemma2.
+    pub gemma2: Option<Gemma2>,
     pub bos_token_id: Option<i64>,
     pub eos_token_ids: Vec<i64>,
     pub pad_token_id: Option<i64>,
@@ -113,6 +129,11 @@ struct Raw {
     rope_theta: Option<f64>,
     rope_scaling: Option<Value>,
     rope_parameters: Option<Value>,
+    query_pre_attn_scalar: Option<f64>,
+    attn_logit_softcapping: Option<f64>,
+    final_logit_softcapping: Option<f64>,
+    sliding_window: Option<usize>,
+    hidden_activation: Option<String>,
     max_position_embeddings: Option<usize>,
     tie_word_embeddings: Option<bool>,
     attention_bias: Option<bool>,
@@ -189,7 +210,7 @@ impl Config {
             None => Pooling::Last,
         };
         let cfg = match model_type.as_str() {
-            "llama" | "qwen2" | "qwen3" | "mistral" => {
+            "llama" | "qwen2" | "qwen3" | "mistral" | "gemma2" => {
                 let hidden = need(raw.hidden_size, "hidden_size")?;
                 let heads = need(raw.num_attention_heads, "num_attention_heads")?;
                 let params = raw.rope_parameters.clone().unwrap_or(Value::Null);
@@ -213,11 +234,26 @@ impl Config {
                     rope_theta,
                     rope_scaling: scaling,
                     max_position_embeddings: raw.max_position_embeddings.unwrap_or(2048),
-                    tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
+                    // Gemma's embeddings are always tied (its config leaves the flag out).
+                    tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(model_type == "gemma2"),
                     qkv_bias: qwen || raw.attention_bias.unwrap_or(false),
                     o_bias: !qwen && raw.attention_bias.unwrap_or(false),
                     mlp_bias: raw.mlp_bias.unwrap_or(false),
                     qk_norm: model_type == "qwen3",
+                    gemma2: if model_type == "gemma2" {
+                        match raw.hidden_activation.as_deref() {
+                            None | Some("gelu_pytorch_tanh") => {}
+                            Some(other) => bail!("{file}: hidden_activation \"{other}\" is not supported for gemma2 (gelu_pytorch_tanh)"),
+                        }
+                        Some(Gemma2 {
+                            query_pre_attn_scalar: raw.query_pre_attn_scalar.unwrap_or(256.0),
+                            attn_logit_softcapping: raw.attn_logit_softcapping,
+                            final_logit_softcapping: raw.final_logit_softcapping,
+                            sliding_window: raw.sliding_window,
+                        })
+                    } else {
+                        None
+                    },
                     bos_token_id: ids(&raw.bos_token_id).first().copied(),
                     eos_token_ids: eos,
                     pad_token_id: ids(&raw.pad_token_id).first().copied(),
@@ -252,6 +288,7 @@ impl Config {
                     o_bias: true,
                     mlp_bias: true,
                     qk_norm: false,
+                    gemma2: None,
                     bos_token_id: ids(&raw.bos_token_id).first().copied(),
                     eos_token_ids: eos,
                     pad_token_id: ids(&raw.pad_token_id).first().copied(),
@@ -333,6 +370,7 @@ impl Config {
                 let (class, model_type) = match c.model_type.as_str() {
                     "qwen2" => ("Qwen2ForCausalLM", "qwen2"),
                     "qwen3" => ("Qwen3ForCausalLM", "qwen3"),
+                    "gemma2" => ("Gemma2ForCausalLM", "gemma2"),
                     _ => ("LlamaForCausalLM", "llama"),
                 };
                 let mut j = serde_json::json!({
@@ -345,6 +383,16 @@ impl Config {
                     "tie_word_embeddings": c.tie_word_embeddings, "hidden_act": "silu",
                     "bos_token_id": c.bos_token_id, "eos_token_id": c.eos_token_ids.clone(), "pad_token_id": c.pad_token_id,
                 });
+                if let Some(g) = &c.gemma2 {
+                    j["hidden_activation"] = Value::from("gelu_pytorch_tanh");
+                    j["hidden_act"] = Value::from("gelu_pytorch_tanh");
+                    // An integer in HF's config class (256 for Gemma 2 2B and 9B).
+                    let q = g.query_pre_attn_scalar;
+                    j["query_pre_attn_scalar"] = if q.fract() == 0.0 { Value::from(q as i64) } else { Value::from(q) };
+                    j["attn_logit_softcapping"] = serde_json::json!(g.attn_logit_softcapping);
+                    j["final_logit_softcapping"] = serde_json::json!(g.final_logit_softcapping);
+                    j["sliding_window"] = serde_json::json!(g.sliding_window);
+                }
                 if !qwen2 {
                     j["attention_bias"] = Value::Bool(c.qkv_bias);
                     j["mlp_bias"] = Value::Bool(c.mlp_bias);

@@ -76,15 +76,22 @@ impl Linear {
     }
 }
 
-/// RMSNorm as HF Llama computes it: normalise in f32, cast back, then scale.
+/// RMSNorm as HF Llama computes it: normalise in f32, cast back, then scale. Gemma's
+/// (`plus_one`) scales by `1 + weight`, in f32 before the cast.
 pub struct RmsNorm {
     pub weight: Tensor,
     pub eps: f64,
+    pub plus_one: bool,
 }
 
 impl RmsNorm {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let kind = x.kind();
+        if self.plus_one {
+            let n = *x.size().last().unwrap_or(&0);
+            let scale = self.weight.f_to_kind(Kind::Float)?.f_add_scalar(1.0)?;
+            return Ok(x.f_to_kind(Kind::Float)?.f_rms_norm(&[n][..], Some(&scale), self.eps)?.f_to_kind(kind)?);
+        }
         if kind == Kind::Float {
             // One fused op; in f32 it is the same arithmetic as the explicit form below.
             let n = *x.size().last().unwrap_or(&0);

@@ -1,6 +1,7 @@
-//! The Llama family (Llama 2/3, Qwen2, Qwen3, Mistral, SmolLM2, TinyLlama): RMSNorm, rotary
+//! The Llama family (Llama 2/3, Qwen2, Qwen3, Mistral, Gemma 2, SmolLM2, TinyLlama): RMSNorm, rotary
 //! position embeddings with `rope_theta` and Llama-3 / linear / per-frequency scaling,
 //! grouped-query attention, SwiGLU, optional q/k/v biases, optional per-head q/k RMSNorm (Qwen3),
+//! Gemma 2's four (1 + w) norms per layer, GeGLU, scaled embeddings and soft caps (`config::Gemma2`),
 //! tied or untied LM head. Weight names equal HF keys.
 use super::config::{Config, RopeScaling};
 use super::layers::{KvCache, Linear, RmsNorm, Shared};
@@ -20,19 +21,27 @@ pub struct Attention {
     heads: i64,
     kv_heads: i64,
     head_dim: i64,
+    /// Scale of q·k (None: 1/sqrt(head_dim)) and Gemma 2's soft cap of the scores.
+    scale: Option<f64>,
+    softcap: Option<f64>,
 }
 
 pub struct Mlp {
     pub gate_proj: Linear,
     pub up_proj: Linear,
     pub down_proj: Linear,
+    /// GeGLU (tanh GELU, Gemma) instead of SwiGLU.
+    gelu: bool,
 }
 
 pub struct DecoderLayer {
     pub input_layernorm: RmsNorm,
     pub self_attn: Attention,
+    /// Before the MLP (Llama); on the attention's output (Gemma 2, with the two below).
     pub post_attention_layernorm: RmsNorm,
     pub mlp: Mlp,
+    /// Gemma 2's norms before and after the MLP.
+    pub feedforward_layernorms: Option<(RmsNorm, RmsNorm)>,
 }
 
 pub struct Llama {
@@ -42,6 +51,10 @@ pub struct Llama {
     /// `lm_head.weight`, or the embedding matrix when tied.
     pub lm_head: Tensor,
     inv_freq: Tensor,
+    /// Gemma multiplies the embeddings by sqrt(hidden_size), rounded to the activation dtype.
+    embed_scale: Option<f64>,
+    /// Gemma 2's local attention span: longer inputs are refused (see `config::Gemma2`).
+    sliding_window: Option<usize>,
 }
 
 /// `1 / theta^(2i/d)`, rescaled as `rope_scaling` says (HF `_compute_llama3_parameters`).
@@ -103,15 +116,43 @@ impl Attention {
             None => (k, v),
         };
         let gqa = self.kv_heads != self.heads;
-        let y = Tensor::f_scaled_dot_product_attention(&q, &k, &v, mask, 0.0, mask.is_none(), None, gqa)?;
+        let y = match self.softcap {
+            None => Tensor::f_scaled_dot_product_attention(&q, &k, &v, mask, 0.0, mask.is_none(), self.scale, gqa)?,
+            Some(cap) => softcapped_attention(&q, &k, &v, mask, self.scale.unwrap_or(1.0 / (self.head_dim as f64).sqrt()), cap)?,
+        };
         let y = y.f_transpose(1, 2)?.f_reshape([b, t, self.heads * self.head_dim])?;
         self.o_proj.forward(&y)
     }
 }
 
+/// Attention with Gemma 2's soft cap as HF's eager path computes it: scores `q·kᵀ·scale`,
+/// `cap·tanh(scores/cap)`, the additive `mask` (causal when None), softmax in f32, then `·v`.
+fn softcapped_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scale: f64, cap: f64) -> Result<Tensor> {
+    let (heads, kv_heads) = (q.size()[1], k.size()[1]);
+    let (k, v) = if heads != kv_heads {
+        let r = heads / kv_heads;
+        (k.f_repeat_interleave_self_int(r, Some(1), None)?, v.f_repeat_interleave_self_int(r, Some(1), None)?)
+    } else {
+        (k.shallow_clone(), v.shallow_clone())
+    };
+    let scores = q.f_matmul(&k.f_transpose(-2, -1)?)?.f_mul_scalar(scale)?;
+    let scores = scores.f_div_scalar(cap)?.f_tanh()?.f_mul_scalar(cap)?;
+    let scores = match mask {
+        Some(m) => scores.f_add(m)?,
+        None => {
+            let (t, s) = (scores.size()[2], scores.size()[3]);
+            let causal = Tensor::f_ones([t, s], (Kind::Bool, q.device()))?.f_tril(s - t)?;
+            scores.f_masked_fill(&causal.f_logical_not()?, f64::NEG_INFINITY)?
+        }
+    };
+    let p = scores.f_softmax(-1, Kind::Float)?.f_to_kind(q.kind())?;
+    Ok(p.f_matmul(&v)?)
+}
+
 impl Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = self.gate_proj.forward(x)?.f_silu()?;
+        let gate = self.gate_proj.forward(x)?;
+        let gate = if self.gelu { gate.f_gelu("tanh")? } else { gate.f_silu()? };
         self.down_proj.forward(&gate.f_mul(&self.up_proj.forward(x)?)?)
     }
 }
@@ -125,10 +166,12 @@ macro_rules! walk {
         let (q, kv) = (cfg.num_heads as i64 * hd, cfg.num_kv_heads as i64 * hd);
         let bias = |b: bool| if b { Bias::Required } else { Bias::Optional };
         let lin = |out, inp, b: bool| LinearSpec { out, inp, bias: bias(b), conv1d: false };
+        // Gemma's norms scale by 1 + weight: the identity is weight 0.
+        let norm_init = if cfg.gemma2.is_some() { Init::Zeros } else { Init::Ones };
         $v.tensor("model.embed_tokens.weight", & $($mu)? $m.embed_tokens, TensorSpec::new(&[vocab, h], Init::Normal))?;
         for (l, layer) in $m.layers.$iter().enumerate() {
             let p = format!("model.layers.{l}");
-            $v.tensor(&format!("{p}.input_layernorm.weight"), & $($mu)? layer.input_layernorm.weight, TensorSpec::new(&[h], Init::Ones))?;
+            $v.tensor(&format!("{p}.input_layernorm.weight"), & $($mu)? layer.input_layernorm.weight, TensorSpec::new(&[h], norm_init))?;
             $v.linear(&format!("{p}.self_attn.q_proj"), & $($mu)? layer.self_attn.q_proj, lin(q, h, cfg.qkv_bias))?;
             $v.linear(&format!("{p}.self_attn.k_proj"), & $($mu)? layer.self_attn.k_proj, lin(kv, h, cfg.qkv_bias))?;
             $v.linear(&format!("{p}.self_attn.v_proj"), & $($mu)? layer.self_attn.v_proj, lin(kv, h, cfg.qkv_bias))?;
@@ -137,12 +180,16 @@ macro_rules! walk {
                 $v.tensor(&format!("{p}.self_attn.q_norm.weight"), & $($mu)? qn.weight, TensorSpec::new(&[hd], Init::Ones))?;
                 $v.tensor(&format!("{p}.self_attn.k_norm.weight"), & $($mu)? kn.weight, TensorSpec::new(&[hd], Init::Ones))?;
             }
-            $v.tensor(&format!("{p}.post_attention_layernorm.weight"), & $($mu)? layer.post_attention_layernorm.weight, TensorSpec::new(&[h], Init::Ones))?;
+            $v.tensor(&format!("{p}.post_attention_layernorm.weight"), & $($mu)? layer.post_attention_layernorm.weight, TensorSpec::new(&[h], norm_init))?;
+            if let Some((pre, post)) = & $($mu)? layer.feedforward_layernorms {
+                $v.tensor(&format!("{p}.pre_feedforward_layernorm.weight"), & $($mu)? pre.weight, TensorSpec::new(&[h], norm_init))?;
+                $v.tensor(&format!("{p}.post_feedforward_layernorm.weight"), & $($mu)? post.weight, TensorSpec::new(&[h], norm_init))?;
+            }
             $v.linear(&format!("{p}.mlp.gate_proj"), & $($mu)? layer.mlp.gate_proj, lin(i, h, cfg.mlp_bias))?;
             $v.linear(&format!("{p}.mlp.up_proj"), & $($mu)? layer.mlp.up_proj, lin(i, h, cfg.mlp_bias))?;
             $v.linear(&format!("{p}.mlp.down_proj"), & $($mu)? layer.mlp.down_proj, lin(h, i, cfg.mlp_bias))?;
         }
-        $v.tensor("model.norm.weight", & $($mu)? $m.norm.weight, TensorSpec::new(&[h], Init::Ones))?;
+        $v.tensor("model.norm.weight", & $($mu)? $m.norm.weight, TensorSpec::new(&[h], norm_init))?;
         if !$tied {
             $v.tensor("lm_head.weight", & $($mu)? $m.lm_head, TensorSpec { optional: true, ..TensorSpec::new(&[vocab, h], Init::Normal) })?;
         }
@@ -153,7 +200,8 @@ macro_rules! walk {
 impl Llama {
     /// The model with placeholder tensors, for a visitor to fill (`params::Load`, `params::Random`).
     pub fn skeleton(cfg: &Config, device: Device) -> Result<Self> {
-        let norm = || RmsNorm { weight: Tensor::new(), eps: cfg.norm_eps };
+        let gemma = cfg.gemma2.as_ref();
+        let norm = || RmsNorm { weight: Tensor::new(), eps: cfg.norm_eps, plus_one: gemma.is_some() };
         let layers = (0..cfg.num_layers)
             .map(|_| DecoderLayer {
                 input_layernorm: norm(),
@@ -167,13 +215,18 @@ impl Llama {
                     heads: cfg.num_heads as i64,
                     kv_heads: cfg.num_kv_heads as i64,
                     head_dim: cfg.head_dim as i64,
+                    scale: gemma.map(|g| 1.0 / g.query_pre_attn_scalar.sqrt()),
+                    softcap: gemma.and_then(|g| g.attn_logit_softcapping),
                 },
                 post_attention_layernorm: norm(),
-                mlp: Mlp { gate_proj: placeholder_linear(), up_proj: placeholder_linear(), down_proj: placeholder_linear() },
+                mlp: Mlp { gate_proj: placeholder_linear(), up_proj: placeholder_linear(), down_proj: placeholder_linear(), gelu: gemma.is_some() },
+                feedforward_layernorms: gemma.map(|_| (norm(), norm())),
             })
             .collect();
         let inv_freq = Tensor::f_from_slice(&inverse_frequencies(cfg))?.f_to_device(device)?;
-        Ok(Llama { embed_tokens: Tensor::new(), layers, norm: norm(), lm_head: Tensor::new(), inv_freq })
+        let embed_scale = gemma.map(|_| (cfg.hidden_size as f64).sqrt());
+        let sliding_window = gemma.and_then(|g| g.sliding_window);
+        Ok(Llama { embed_tokens: Tensor::new(), layers, norm: norm(), lm_head: Tensor::new(), inv_freq, embed_scale, sliding_window })
     }
 
     /// Builds the model from HF-named weights (`model.layers.N...`, `lm_head.weight`); the LM
@@ -204,7 +257,17 @@ impl Llama {
     /// `positions` and the additive form of `mask`.
     pub fn embed(&self, ids: &Tensor, positions: &Tensor, mask: Option<&Tensor>) -> Result<(Tensor, Shared)> {
         let kind = self.embed_tokens.kind();
-        let x = Tensor::f_embedding(&self.embed_tokens, ids, -1, false, false)?;
+        let mut x = Tensor::f_embedding(&self.embed_tokens, ids, -1, false, false)?;
+        if let Some(scale) = self.embed_scale {
+            // HF: hidden * torch.tensor(hidden_size**0.5, dtype=hidden.dtype)
+            x = x.f_mul(&Tensor::f_from_slice(&[scale])?.f_to_kind(kind)?.f_to_device(x.device())?)?;
+        }
+        if let Some(w) = self.sliding_window {
+            let last = if positions.numel() == 0 { 0 } else { positions.f_max()?.f_int64_value(&[])? };
+            if last >= w as i64 {
+                anyhow::bail!("position {last} is beyond Gemma 2's sliding window of {w} tokens, which is not computed yet: keep prompt + response under {w} tokens");
+            }
+        }
         // cos/sin in f32 as HF computes them, then cast to the activation dtype.
         let freqs = positions.f_to_kind(Kind::Float)?.f_unsqueeze(-1)?.f_mul(&self.inv_freq)?;
         let emb = Tensor::f_cat(&[&freqs, &freqs], -1)?;
@@ -219,6 +282,12 @@ impl Llama {
         let layer = &self.layers[l];
         let Some((cos, sin)) = &shared.rope else { anyhow::bail!("internal: the Llama family's layers need RoPE tables") };
         let a = layer.self_attn.forward(&layer.input_layernorm.forward(x)?, cos, sin, shared.mask.as_ref(), cache.map(|c| (c, l)))?;
+        if let Some((pre, post)) = &layer.feedforward_layernorms {
+            // Gemma 2: norms on the attention's output and around the MLP.
+            let x = x.f_add(&layer.post_attention_layernorm.forward(&a)?)?;
+            let m = post.forward(&layer.mlp.forward(&pre.forward(&x)?)?)?;
+            return Ok(x.f_add(&m)?);
+        }
         let x = x.f_add(&a)?;
         let m = layer.mlp.forward(&layer.post_attention_layernorm.forward(&x)?)?;
         Ok(x.f_add(&m)?)

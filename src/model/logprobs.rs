@@ -73,13 +73,22 @@ impl CausalLM {
         }
     }
 
+    /// Gemma 2's soft cap of the final logits, `cap·tanh(logits/cap)`; the logits unchanged for
+    /// every other model.
+    pub(crate) fn soft_cap(&self, logits: Tensor) -> Result<Tensor> {
+        match self.cfg.gemma2.as_ref().and_then(|g| g.final_logit_softcapping) {
+            Some(cap) => Ok(logits.f_div_scalar(cap)?.f_tanh()?.f_mul_scalar(cap)?),
+            None => Ok(logits),
+        }
+    }
+
     /// Full logits `[B, T, V]` in f32 for unpadded ids `[B, T]` (for tests and small inputs; the
     /// training and scoring paths never build this tensor).
     pub fn logits(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, t) = (ids.size()[0], ids.size()[1]);
         let valid = Tensor::f_ones([b, t], (Kind::Int64, self.device))?;
         let h = self.hidden(ids, &positions_from_mask(&valid)?, None, None)?;
-        Ok(h.f_matmul(&self.lm_head().f_tr()?)?.f_to_kind(Kind::Float)?)
+        self.soft_cap(h.f_matmul(&self.lm_head().f_tr()?)?.f_to_kind(Kind::Float)?)
     }
 
     /// A right-padded batch `[B, T]` of the concatenations `prompt ++ response`, the validity
@@ -170,7 +179,7 @@ impl CausalLM {
         let mut start = 0;
         while start < n {
             let len = chunk.min(n - start);
-            let logits = selected.f_narrow(0, start, len)?.f_matmul(&head.f_tr()?)?.f_to_kind(Kind::Float)?;
+            let logits = self.soft_cap(selected.f_narrow(0, start, len)?.f_matmul(&head.f_tr()?)?.f_to_kind(Kind::Float)?)?;
             let lp = logits.f_log_softmax(-1, Kind::Float)?;
             let tgt = targets.f_narrow(0, start, len)?.f_unsqueeze(1)?;
             pieces.push(lp.f_gather(1, &tgt, false)?.f_squeeze_dim(1)?);

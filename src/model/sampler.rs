@@ -358,7 +358,7 @@ impl<'a> Decoder<'a> {
     fn draw(&self, rows: &[usize]) -> Result<Vec<i64>> {
         let dev = self.m.device;
         let index = Tensor::f_from_slice(&rows.iter().map(|&s| s as i64).collect::<Vec<_>>())?.f_to_device(dev)?;
-        let logits = self.last_h.f_index_select(0, &index)?.f_matmul(&self.head_t)?.f_to_kind(Kind::Float)?;
+        let logits = self.m.soft_cap(self.last_h.f_index_select(0, &index)?.f_matmul(&self.head_t)?.f_to_kind(Kind::Float)?)?;
         let u: Vec<f64> = rows
             .iter()
             .map(|&s| {

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, models, pre_tokenizers, decoders
 import transformers
-from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, GPT2Config,
+from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, Gemma2Config, GPT2Config,
                           LlamaConfig, Qwen2Config, Qwen3Config)
 
 VOCAB = 300
@@ -55,6 +55,14 @@ CASES = {
         vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, head_dim=32, max_position_embeddings=256, rms_norm_eps=1e-6,
         tie_word_embeddings=False, rope_theta=1000000.0, eos_token_id=VOCAB - 1, pad_token_id=PAD),
+    # Gemma 2: (1 + w) norms, four per layer, GeGLU, scaled embeddings, query_pre_attn_scalar 24 (not
+    # head_dim 16), soft caps small enough to bite (attention 2.0, logits 3.0), tied embeddings.
+    # HF's eager attention (its SDPA path ignores the attention soft cap).
+    "gemma2_softcap": lambda: Gemma2Config(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=256, rms_norm_eps=1e-6,
+        query_pre_attn_scalar=24, attn_logit_softcapping=2.0, final_logit_softcapping=3.0, sliding_window=64,
+        eos_token_id=VOCAB - 1, pad_token_id=PAD, bos_token_id=VOCAB - 2),
     "gpt2": lambda: GPT2Config(
         vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=128, eos_token_id=VOCAB - 1,
         bos_token_id=VOCAB - 1, pad_token_id=PAD),
@@ -63,6 +71,12 @@ CASES = {
         vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=4, max_position_embeddings=256, tie_word_embeddings=False, num_labels=1,
         eos_token_id=VOCAB - 1, pad_token_id=PAD),
+    # Score model (Gemma2ForSequenceClassification).
+    "gemma2_score": lambda: Gemma2Config(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=256, query_pre_attn_scalar=24,
+        attn_logit_softcapping=2.0, final_logit_softcapping=3.0, sliding_window=64, num_labels=1,
+        eos_token_id=VOCAB - 1, pad_token_id=PAD, bos_token_id=VOCAB - 2),
     # Score model (Qwen3ForSequenceClassification).
     "qwen3_score": lambda: Qwen3Config(
         vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
@@ -79,7 +93,8 @@ def main(out):
         os.makedirs(d, exist_ok=True)
         score = name.endswith("_score")
         cls = AutoModelForSequenceClassification if score else AutoModelForCausalLM
-        model = cls.from_config(cfg, dtype=torch.float32).eval()
+        extra = {"attn_implementation": "eager"} if name.startswith("gemma2") else {}
+        model = cls.from_config(cfg, dtype=torch.float32, **extra).eval()
         with torch.no_grad():
             # HF's init is small (std 0.02); widen it so logits differ clearly between tokens.
             for p in model.parameters():
