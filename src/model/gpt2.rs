@@ -76,17 +76,6 @@ impl Gpt2 {
         &self.wte
     }
 
-    pub fn forward(&self, ids: &Tensor, positions: &Tensor, mask: Option<&Tensor>, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
-        let (mut x, shared) = self.embed(ids, positions, mask)?;
-        for l in 0..self.blocks.len() {
-            x = self.layer(l, &x, &shared, cache.as_deref_mut())?;
-        }
-        if let Some(c) = cache {
-            c.advance(ids.size()[1]);
-        }
-        self.ln_f.forward(&x)
-    }
-
     /// Token plus position embeddings `[B, T, H]`, and the additive form of `mask`.
     pub fn embed(&self, ids: &Tensor, positions: &Tensor, mask: Option<&Tensor>) -> Result<(Tensor, Shared)> {
         let x = Tensor::f_embedding(&self.wte, ids, -1, false, false)?.f_add(&Tensor::f_embedding(&self.wpe, positions, -1, false, false)?)?;

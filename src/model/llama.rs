@@ -240,19 +240,6 @@ impl Llama {
         Ok(m)
     }
 
-    /// Final hidden states `[B, T, H]` for token ids `[B, T]` at `positions` `[B, T]`, with the
-    /// boolean `mask` `[B, 1, T, S]` (S = cached + new positions), or causal attention when None.
-    pub fn forward(&self, ids: &Tensor, positions: &Tensor, mask: Option<&Tensor>, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
-        let (mut x, shared) = self.embed(ids, positions, mask)?;
-        for l in 0..self.layers.len() {
-            x = self.layer(l, &x, &shared, cache.as_deref_mut())?;
-        }
-        if let Some(c) = cache {
-            c.advance(ids.size()[1]);
-        }
-        self.norm.forward(&x)
-    }
-
     /// The token embeddings `[B, T, H]` and what every layer shares: RoPE's cos/sin at
     /// `positions` and the additive form of `mask`.
     pub fn embed(&self, ids: &Tensor, positions: &Tensor, mask: Option<&Tensor>) -> Result<(Tensor, Shared)> {

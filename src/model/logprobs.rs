@@ -52,7 +52,7 @@ impl Checkpoints<'_> {
         }
         for (l, input) in self.inputs.iter().enumerate().rev() {
             let x = input.f_detach()?.f_set_requires_grad(true)?;
-            let y = self.model.layer(l, &x, &self.shared)?;
+            let y = self.model.layer(l, &x, &self.shared, None)?;
             y.f_mul(&g)?.f_sum(y.kind())?.f_backward()?;
             g = x.f_grad()?;
         }
@@ -156,7 +156,7 @@ impl CausalLM {
         let mut x = embedded.f_detach()?;
         tch::no_grad(|| -> Result<()> {
             for l in 0..self.cfg.num_layers {
-                let next = self.layer(l, &x, &shared)?;
+                let next = self.layer(l, &x, &shared, None)?;
                 inputs.push(std::mem::replace(&mut x, next));
             }
             Ok(())

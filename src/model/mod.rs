@@ -58,11 +58,15 @@ impl CausalLM {
     /// means plain causal attention, exact for unpadded or right-padded rows without a cache
     /// (a real position never sees padding, and padded positions' outputs are never read), and
     /// lets SDPA use its fused causal kernels.
-    pub fn hidden(&self, ids: &Tensor, positions: &Tensor, mask: Option<&Tensor>, cache: Option<&mut KvCache>) -> Result<Tensor> {
-        match &self.body {
-            Body::Llama(m) => m.forward(ids, positions, mask, cache),
-            Body::Gpt2(m) => m.forward(ids, positions, mask, cache),
+    pub fn hidden(&self, ids: &Tensor, positions: &Tensor, mask: Option<&Tensor>, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let (mut x, shared) = self.embed(ids, positions, mask)?;
+        for l in 0..self.cfg.num_layers {
+            x = self.layer(l, &x, &shared, cache.as_deref_mut())?;
         }
+        if let Some(c) = cache {
+            c.advance(ids.size()[1]);
+        }
+        self.finish(&x)
     }
 
     /// The stages of `hidden`, for a caller that runs the layers one by one (activation
@@ -74,11 +78,11 @@ impl CausalLM {
         }
     }
 
-    /// Decoder layer `l` (a stage of `hidden`).
-    pub fn layer(&self, l: usize, x: &Tensor, shared: &layers::Shared) -> Result<Tensor> {
+    /// Decoder layer `l` (a stage of `hidden`), its keys and values appended to `cache`.
+    pub fn layer(&self, l: usize, x: &Tensor, shared: &layers::Shared, cache: Option<&mut KvCache>) -> Result<Tensor> {
         match &self.body {
-            Body::Llama(m) => m.layer(l, x, shared, None),
-            Body::Gpt2(m) => m.layer(l, x, shared, None),
+            Body::Llama(m) => m.layer(l, x, shared, cache),
+            Body::Gpt2(m) => m.layer(l, x, shared, cache),
         }
     }
 
