@@ -58,7 +58,7 @@ fn dpo_loss_and_gradients_match_an_independent_pytorch_computation() {
     }
 }
 
-/// Max |a - b| over every trainable tensor's gradient, and the largest gradient entry.
+/// A copy of every trainable tensor's gradient, by name.
 fn grads_of(params: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
     params.iter().map(|(n, t)| (n.clone(), t.grad().copy())).collect()
 }
@@ -99,7 +99,7 @@ fn checkpointed_gradients_equal_the_plain_pass() {
         plain.backward();
         let want = grads_of(&params);
         for (_, t) in &params {
-            t.grad().zero_();
+            let _ = t.grad().zero_();
         }
         let (lp, checkpoints) = policy.sequence_logprobs_checkpointed(&prompts, &responses, 3).unwrap();
         let loss = loss_of(&lp);
