@@ -43,12 +43,12 @@ fn logits_match_hf_transformers_within_1e_4() {
         // Target from docs/targets.md: fp32 logits within 1e-4 of HF transformers.
         assert!(diff < 1e-4, "{case}: max |logits - HF| = {diff}");
     }
-    // Gemma 2's sliding window (64 here) is not computed: a position past it is refused, never
+    // A sliding window (Gemma 2's, 64 here) is not computed: a position past it is refused, never
     // silently attended in full.
     let g = CausalLM::load(root.join("gemma2_softcap").to_str().unwrap(), &cpu_f32()).unwrap();
     assert!(g.logits(&Tensor::zeros([1, 64], (Kind::Int64, Device::Cpu))).is_ok());
     let e = format!("{:#}", g.logits(&Tensor::zeros([1, 65], (Kind::Int64, Device::Cpu))).unwrap_err());
-    assert!(e.contains("position 64 is beyond Gemma 2's sliding window of 64 tokens"), "{e}");
+    assert!(e.contains("position 64 is beyond this model's sliding window of 64 tokens"), "{e}");
 }
 
 #[test]

@@ -30,9 +30,6 @@ pub struct Gemma2 {
     pub query_pre_attn_scalar: f64,
     pub attn_logit_softcapping: Option<f64>,
     pub final_logit_softcapping: Option<f64>,
-    /// Local attention span of the sliding-window layers; positions beyond it are refused (the
-    /// window is not computed yet, so every layer attends fully: exact up to this length).
-    pub sliding_window: Option<usize>,
 }
 
 /// Where a score head reads the final hidden states of `prompt ++ response`.
@@ -106,6 +103,10 @@ pub struct Config {
     pub qk_norm: bool,
     /// Gemma 2's changes to the Llama family's layers, for `model_type` gemma2.
     pub gemma2: Option<Gemma2>,
+    /// The local attention span of sliding-window layers (Mistral v0.1, Gemma 2, Qwen2/Qwen3
+    /// with `use_sliding_window`). The window is not computed: every layer attends fully, which is
+    /// exact for positions below it, and a position at or past it is refused.
+    pub sliding_window: Option<usize>,
     pub bos_token_id: Option<i64>,
     pub eos_token_ids: Vec<i64>,
     pub pad_token_id: Option<i64>,
@@ -133,6 +134,7 @@ struct Raw {
     attn_logit_softcapping: Option<f64>,
     final_logit_softcapping: Option<f64>,
     sliding_window: Option<usize>,
+    use_sliding_window: Option<bool>,
     hidden_activation: Option<String>,
     max_position_embeddings: Option<usize>,
     tie_word_embeddings: Option<bool>,
@@ -249,11 +251,12 @@ impl Config {
                             query_pre_attn_scalar: raw.query_pre_attn_scalar.unwrap_or(256.0),
                             attn_logit_softcapping: raw.attn_logit_softcapping,
                             final_logit_softcapping: raw.final_logit_softcapping,
-                            sliding_window: raw.sliding_window,
                         })
                     } else {
                         None
                     },
+                    // Qwen2/Qwen3 carry a window they use only when use_sliding_window says so.
+                    sliding_window: if model_type.starts_with("qwen") && raw.use_sliding_window != Some(true) { None } else { raw.sliding_window },
                     bos_token_id: ids(&raw.bos_token_id).first().copied(),
                     eos_token_ids: eos,
                     pad_token_id: ids(&raw.pad_token_id).first().copied(),
@@ -289,6 +292,7 @@ impl Config {
                     mlp_bias: true,
                     qk_norm: false,
                     gemma2: None,
+                    sliding_window: None,
                     bos_token_id: ids(&raw.bos_token_id).first().copied(),
                     eos_token_ids: eos,
                     pad_token_id: ids(&raw.pad_token_id).first().copied(),
@@ -391,7 +395,12 @@ impl Config {
                     j["query_pre_attn_scalar"] = if q.fract() == 0.0 { Value::from(q as i64) } else { Value::from(q) };
                     j["attn_logit_softcapping"] = serde_json::json!(g.attn_logit_softcapping);
                     j["final_logit_softcapping"] = serde_json::json!(g.final_logit_softcapping);
-                    j["sliding_window"] = serde_json::json!(g.sliding_window);
+                }
+                if c.sliding_window.is_some() {
+                    j["sliding_window"] = serde_json::json!(c.sliding_window);
+                    if model_type.starts_with("qwen") {
+                        j["use_sliding_window"] = Value::Bool(true);
+                    }
                 }
                 if !qwen2 {
                     j["attention_bias"] = Value::Bool(c.qkv_bias);

@@ -53,7 +53,8 @@ pub struct Llama {
     inv_freq: Tensor,
     /// Gemma multiplies the embeddings by sqrt(hidden_size), rounded to the activation dtype.
     embed_scale: Option<f64>,
-    /// Gemma 2's local attention span: longer inputs are refused (see `config::Gemma2`).
+    /// The local attention span of sliding-window layers: longer inputs are refused (see
+    /// `Config::sliding_window`).
     sliding_window: Option<usize>,
 }
 
@@ -225,7 +226,7 @@ impl Llama {
             .collect();
         let inv_freq = Tensor::f_from_slice(&inverse_frequencies(cfg))?.f_to_device(device)?;
         let embed_scale = gemma.map(|_| (cfg.hidden_size as f64).sqrt());
-        let sliding_window = gemma.and_then(|g| g.sliding_window);
+        let sliding_window = cfg.sliding_window;
         Ok(Llama { embed_tokens: Tensor::new(), layers, norm: norm(), lm_head: Tensor::new(), inv_freq, embed_scale, sliding_window })
     }
 
@@ -252,7 +253,7 @@ impl Llama {
         if let Some(w) = self.sliding_window {
             let last = if positions.numel() == 0 { 0 } else { positions.f_max()?.f_int64_value(&[])? };
             if last >= w as i64 {
-                anyhow::bail!("position {last} is beyond Gemma 2's sliding window of {w} tokens, which is not computed yet: keep prompt + response under {w} tokens");
+                anyhow::bail!("position {last} is beyond this model's sliding window of {w} tokens, which is not computed yet: keep prompt + response under {w} tokens");
             }
         }
         // cos/sin in f32 as HF computes them, then cast to the activation dtype.
@@ -299,6 +300,20 @@ impl Llama {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sliding_windows_are_read_where_the_family_uses_them() {
+        let cfg = |model_type: &str, extra: &str| {
+            let json = format!(r#"{{"model_type":"{model_type}","vocab_size":8,"hidden_size":8,"intermediate_size":8,"num_hidden_layers":1,"num_attention_heads":1,"sliding_window":4096{extra}}}"#);
+            Config::from_json(&json, "c").unwrap().sliding_window
+        };
+        // Mistral v0.1 and Gemma 2 always use theirs; Qwen2/Qwen3 only with use_sliding_window.
+        assert_eq!(cfg("mistral", ""), Some(4096));
+        assert_eq!(cfg("gemma2", ""), Some(4096));
+        assert_eq!(cfg("qwen2", ""), None);
+        assert_eq!(cfg("qwen3", r#","use_sliding_window":false"#), None);
+        assert_eq!(cfg("qwen2", r#","use_sliding_window":true"#), Some(4096));
+    }
 
     #[test]
     fn llama3_scaling_keeps_high_frequencies_and_divides_low_ones() {

@@ -122,6 +122,7 @@ fn config_from_gguf(g: &Gguf) -> Result<Config> {
         mlp_bias: false,
         qk_norm: false,
         gemma2: None,
+        sliding_window: None,
         bos_token_id: id("tokenizer.ggml.bos_token_id"),
         eos_token_ids: id("tokenizer.ggml.eos_token_id").into_iter().collect(),
         pad_token_id: id("tokenizer.ggml.padding_token_id"),
