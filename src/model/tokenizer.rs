@@ -228,11 +228,10 @@ impl Tokenizer {
     /// their text, whether encoding adds BOS, the chat template, and the ids `generate` stops and
     /// pads with, so transformers needs to guess nothing.
     pub fn hf_configs(&self, max_length: usize) -> Result<(serde_json::Value, serde_json::Value)> {
-        let text = |id: Option<i64>| id.and_then(|i| self.inner.id_to_token(i as u32));
         let adds_bos = self.bos_id.is_some() && self.encode("a", true)?.first().copied() == self.bos_id;
         let mut tc = json!({
             "tokenizer_class": "PreTrainedTokenizerFast",
-            "bos_token": text(self.bos_id), "eos_token": text(self.eos_ids.first().copied()), "pad_token": text(Some(self.pad_id)),
+            "bos_token": self.token_text(self.bos_id), "eos_token": self.token_text(self.eos_ids.first().copied()), "pad_token": self.token_text(Some(self.pad_id)),
             "add_bos_token": adds_bos, "add_eos_token": false, "clean_up_tokenization_spaces": false,
             "model_max_length": max_length,
         });
@@ -278,8 +277,12 @@ impl Tokenizer {
         let Some(t) = &self.chat_template else {
             bail!("this model has no chat template (tokenizer_config.json chat_template, chat_template.jinja or the GGUF's tokenizer.chat_template); give one with load_model(source, #{{chat_template: \"...\"}})");
         };
-        let text = |id: Option<i64>| id.and_then(|i| self.inner.id_to_token(i as u32));
-        t.render(messages, add_generation_prompt, text(self.bos_id).as_deref(), text(self.eos_ids.first().copied()).as_deref())
+        t.render(messages, add_generation_prompt, self.token_text(self.bos_id).as_deref(), self.token_text(self.eos_ids.first().copied()).as_deref())
+    }
+
+    /// The text of a special token id (BOS, EOS, pad), as templates and tokenizer_config.json name it.
+    fn token_text(&self, id: Option<i64>) -> Option<String> {
+        id.and_then(|i| self.inner.id_to_token(i as u32))
     }
 
     /// The same tokenizer with another chat template (a script's).
