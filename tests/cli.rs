@@ -494,6 +494,12 @@ fn refuses(prompts, responses) {{
 }}
 fn length(prompts, responses) {{ responses.map(|r| r.len().to_float() / 100.0) }}
 harmful.score_with("refusal", refuses).score_with("length", length);
+// The same column name from another function is computed again, not read from the first.
+let lengths = harmful.scores("length");
+harmful.score_with("length", |prompts, responses| responses.map(|r| 7.0));
+let replaced = harmful.scores("length")[0][1];
+harmful.score_with("length", length);
+let restored = harmful.scores("length") == lengths;
 let a = harmful.relabel(#{{ length: 0.0, refusal: 50.0 }}, 3);
 let refusing = 0;
 for i in 0..a.len() {{ if refuses([], [a[i].chosen])[0] == 1.0 {{ refusing += 1; }} }}
@@ -502,7 +508,7 @@ let better_refusing = 0;
 for i in 0..b.len() {{ if refuses([], [b[i].chosen])[0] == 1.0 {{ better_refusing += 1; }} }}
 let skipped = load_preferences("bad.jsonl", #{{ skip_bad: true }}).skipped;
 log(#{{ n: n, prompts: pairs.prompts().len(), harmful: harmful.len(), refusing: refusing, better_refusing: better_refusing,
-       take: pairs.take(5).len(), skip: pairs.skip(n - 2).len(), label: a.label, skipped: skipped.len(), first_has_scores: type_of(first.scores) }});
+       take: pairs.take(5).len(), skip: pairs.skip(n - 2).len(), label: a.label, skipped: skipped.len(), first_has_scores: type_of(first.scores), replaced: replaced, restored: restored }});
 "#, data.display()));
     let o = run_in(&dir, &["run", "d.rhai", "--out", "out"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
@@ -518,6 +524,7 @@ log(#{{ n: n, prompts: pairs.prompts().len(), harmful: harmful.len(), refusing: 
     assert_eq!(r["better_refusing"], 0);
     assert_eq!((r["take"].as_i64(), r["skip"].as_i64(), r["skipped"].as_i64()), (Some(5), Some(2), Some(1)));
     assert_eq!(r["label"], "relabel");
+    assert_eq!((r["replaced"].as_f64(), r["restored"].as_bool()), (Some(7.0), Some(true)), "{r}");
 }
 
 #[test]
@@ -544,6 +551,11 @@ log(#{ l0: d.values[0], l1: d.values[1], steps: d.t, history: h.len(), lambda: s
     let want = (0.5 * 3f64.ln() + 1.0) / 2.0;
     assert!((r["lambda"].as_f64().unwrap() - want).abs() < 1e-7, "{r} vs {want}");
     assert_eq!((r["feasible"].as_bool(), r["bad_lambda"].as_f64()), (Some(false), Some(0.0)));
+    // A misspelt field of the problem is an error naming it and the known ones.
+    write(&dir, "typo.rhai", "one_shot_dual(#{ rewards: [[1.0, 0.0]], utilities: [[[0.0, 2.0]]], threshold: [0.5], beta: 0.5 });");
+    let o = run_in(&dir, &["run", "typo.rhai", "--out", "out2"]);
+    let e = error_text(&o);
+    assert!(e.contains("one_shot_dual: unknown option `threshold` (known: rewards, utilities, thresholds, beta, ref_means)"), "{e}");
 }
 
 #[test]
@@ -714,8 +726,15 @@ let responses = prompts.map(|p| "An answer to " + p);
 fn gap(x, y) { let worst = 0.0; for i in 0..x.len() { let d = x[i] - y[i]; if d < 0.0 { d = -d; } if d > worst { worst = d; } } worst }
 let sa = a.score(prompts, responses);
 let sc = c.score(prompts, responses);
+// A score column is the values of the head that computed it: asked again of another head under the
+// same name, it is that head's (a cache keyed by the name alone would keep a's).
+let firsts = []; let seconds = [];
+for i in 0..pairs.len() { firsts.push(pairs[i].prompt); seconds.push(pairs[i].response_1); }
+pairs.score_with("proxy", a);
+pairs.score_with("proxy", c);
+let column = pairs.scores("proxy").map(|s| s[1]);
 log(#{ a: gap(sa, a.copy().score(prompts, responses)), b: gap(b.score(prompts, responses), b.copy().score(prompts, responses)),
-       c: gap(sc, c.copy().score(prompts, responses)), moved: gap(sa, sc) });
+       c: gap(sc, c.copy().score(prompts, responses)), moved: gap(sa, sc), column: gap(column, c.score(firsts, seconds)) });
 "#
     .replace("DATA", &data.display().to_string());
     write(&dir, "store.rhai", &job);
@@ -728,7 +747,7 @@ log(#{ a: gap(sa, a.copy().score(prompts, responses)), b: gap(b.score(prompts, r
     assert!(!err.contains("from the cache"), "{err}");
     let rows = common::jsonl(&dir.join("out/metrics.jsonl"));
     let r = rows.last().unwrap();
-    for k in ["a", "b", "c"] {
+    for k in ["a", "b", "c", "column"] {
         assert!(r[k].as_f64().unwrap() < 1e-4, "{k}: {r}");
     }
     // DPO moved the body: the same head trained after it scores differently.

@@ -1,6 +1,6 @@
 //! Preference data: each schema and format on small fixture files, bad input with exact line
 //! numbers, relabelling statistics, and the shipped data set.
-use dualign::data::{self, load_preferences, load_prompts, LoadOptions, Pair, Schema};
+use dualign::data::{self, load_preferences, load_prompts, LoadOptions, Pair, Schema, Scored};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -136,8 +136,8 @@ fn synthetic(diffs: &[f64], copies: usize) -> Vec<Rc<Pair>> {
             };
             // reward difference d, safety difference -d: with weights {reward: 1, safety: 0.5}
             // the Lagrangian difference is d - 0.5 d = 0.5 d.
-            p.scores.borrow_mut().insert("reward".into(), [0.0, d]);
-            p.scores.borrow_mut().insert("safety".into(), [d, 0.0]);
+            p.scores.borrow_mut().insert("reward".into(), Scored { source: 0, values: [0.0, d] });
+            p.scores.borrow_mut().insert("safety".into(), Scored { source: 0, values: [d, 0.0] });
             out.push(Rc::new(p));
         }
     }

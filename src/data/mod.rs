@@ -25,8 +25,16 @@ pub struct Pair {
     pub safe: [Option<bool>; 2],
     /// Fields the schema does not use, kept for scripts.
     pub extra: Map<String, Value>,
-    /// Score columns attached by `score_with`, one value per response; computed once.
-    pub scores: RefCell<BTreeMap<String, [f64; 2]>>,
+    /// Score columns attached by `score_with`, one value per response, with what computed them.
+    pub scores: RefCell<BTreeMap<String, Scored>>,
+}
+
+/// One score column's values for a pair, and which source (a score model's weights, or a script
+/// function) computed them: the column is reused only for the same source.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scored {
+    pub source: u64,
+    pub values: [f64; 2],
 }
 
 /// Which schema a file uses.
@@ -387,7 +395,7 @@ fn weighted_difference(p: &Pair, weights: &BTreeMap<String, f64>) -> Result<f64>
     let mut diff = 0.0;
     for (name, w) in weights {
         let s = scores.get(name).with_context(|| format!("relabel: pair at {} has no score column `{name}` (attach it with score_with)", p.origin))?;
-        diff += w * (s[1] - s[0]);
+        diff += w * (s.values[1] - s.values[0]);
     }
     Ok(diff)
 }

@@ -70,15 +70,17 @@ impl Pooling {
 }
 
 /// Which transformer family, and its hyper-parameters.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub enum Arch {
     /// Llama, Qwen2, Mistral-style decoders: RMSNorm, RoPE, GQA, SwiGLU.
+    #[default]
     Llama,
     Gpt2,
 }
 
-/// Everything the model files need, in one struct for both families.
-#[derive(Debug, Clone, PartialEq)]
+/// Everything the model files need, in one struct for both families. `Default` is a base for the
+/// readers (every size zero, no biases or extras), never a usable model: `validate` refuses it.
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Config {
     pub arch: Arch,
     pub model_type: String,
@@ -206,10 +208,19 @@ impl Config {
         let model_type = raw.model_type.clone().with_context(|| format!("{file}: missing model_type"))?;
         let need = |v: Option<usize>, k: &str| v.with_context(|| format!("{file}: missing {k}"));
         let num_labels = raw.num_labels.or(raw.id2label.as_ref().map(|m| m.len())).unwrap_or(1);
-        let eos = ids(&raw.eos_token_id);
         let score_pooling = match raw.dualign_score_pooling.as_deref() {
             Some(s) => Pooling::parse(s).with_context(|| format!("{file}: dualign_score_pooling"))?,
             None => Pooling::Last,
+        };
+        // The fields every family reads the same way.
+        let common = Config {
+            bos_token_id: ids(&raw.bos_token_id).first().copied(),
+            eos_token_ids: ids(&raw.eos_token_id),
+            pad_token_id: ids(&raw.pad_token_id).first().copied(),
+            num_labels,
+            score_pooling,
+            model_type: model_type.clone(),
+            ..Config::default()
         };
         let cfg = match model_type.as_str() {
             "llama" | "qwen2" | "qwen3" | "mistral" | "gemma2" => {
@@ -257,12 +268,7 @@ impl Config {
                     },
                     // Qwen2/Qwen3 carry a window they use only when use_sliding_window says so.
                     sliding_window: if model_type.starts_with("qwen") && raw.use_sliding_window != Some(true) { None } else { raw.sliding_window },
-                    bos_token_id: ids(&raw.bos_token_id).first().copied(),
-                    eos_token_ids: eos,
-                    pad_token_id: ids(&raw.pad_token_id).first().copied(),
-                    num_labels,
-                    score_pooling,
-                    model_type,
+                    ..common
                 }
             }
             "gpt2" => {
@@ -283,25 +289,15 @@ impl Config {
                     num_kv_heads: heads,
                     head_dim: if heads > 0 { hidden / heads } else { 0 },
                     norm_eps: raw.layer_norm_epsilon.unwrap_or(1e-5),
-                    rope_theta: 0.0,
-                    rope_scaling: None,
                     max_position_embeddings: raw.n_positions.unwrap_or(1024),
                     tie_word_embeddings: true,
                     qkv_bias: true,
                     o_bias: true,
                     mlp_bias: true,
-                    qk_norm: false,
-                    gemma2: None,
-                    sliding_window: None,
-                    bos_token_id: ids(&raw.bos_token_id).first().copied(),
-                    eos_token_ids: eos,
-                    pad_token_id: ids(&raw.pad_token_id).first().copied(),
-                    num_labels,
-                    score_pooling,
-                    model_type,
+                    ..common
                 }
             }
-            other => bail!("{file}: model_type \"{other}\" is not supported (supported: llama, qwen2, mistral, gpt2)"),
+            other => bail!("{file}: model_type \"{other}\" is not supported (supported: llama, qwen2, qwen3, mistral, gemma2, gpt2)"),
         };
         cfg.validate(file)?;
         Ok(cfg)
@@ -421,7 +417,7 @@ mod tests {
         let c = Config::from_json(r#"{"model_type":"llama","vocab_size":10,"hidden_size":8,"intermediate_size":16,"num_hidden_layers":1,"num_attention_heads":2,"num_key_value_heads":1,"rope_parameters":{"rope_theta":500000.0,"rope_type":"default"}}"#, "c.json").unwrap();
         assert_eq!((c.rope_theta, c.head_dim, c.num_kv_heads, c.qkv_bias), (500000.0, 4, 1, false));
         let e = Config::from_json(r#"{"model_type":"bert"}"#, "c.json").unwrap_err().to_string();
-        assert_eq!(e, "c.json: model_type \"bert\" is not supported (supported: llama, qwen2, mistral, gpt2)");
+        assert_eq!(e, "c.json: model_type \"bert\" is not supported (supported: llama, qwen2, qwen3, mistral, gemma2, gpt2)");
         let e = Config::from_json(r#"{"model_type":"llama","vocab_size":10,"hidden_size":8,"intermediate_size":16,"num_hidden_layers":1,"num_attention_heads":3,"num_key_value_heads":2}"#, "c.json").unwrap_err().to_string();
         assert!(e.contains("must be a multiple of num_key_value_heads"), "{e}");
         let e = Config::from_json("{\"model_type\": \"llama\",\n \"vocab_size\": \"ten\"}", "c.json").unwrap_err().to_string();

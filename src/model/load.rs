@@ -118,16 +118,11 @@ fn config_from_gguf(g: &Gguf) -> Result<Config> {
         max_position_embeddings: n("context_length").unwrap_or(2048),
         tie_word_embeddings: g.tensor_info("output.weight").is_none(),
         qkv_bias: g.tensor_info("blk.0.attn_q.bias").is_some(),
-        o_bias: false,
-        mlp_bias: false,
-        qk_norm: false,
-        gemma2: None,
-        sliding_window: None,
         bos_token_id: id("tokenizer.ggml.bos_token_id"),
         eos_token_ids: id("tokenizer.ggml.eos_token_id").into_iter().collect(),
         pad_token_id: id("tokenizer.ggml.padding_token_id"),
         num_labels: 1,
-        score_pooling: Default::default(),
+        ..Config::default()
     };
     cfg.validate(&file)?;
     Ok(cfg)

@@ -4,7 +4,7 @@ use super::api::{def, def_with_options, script_error, ScriptResult};
 use super::options::{flag, noted, Decl, Ty};
 use super::model::ScriptModel;
 use super::SharedSession;
-use crate::data::{self, Pair, Report, Schema};
+use crate::data::{self, Pair, Report, Schema, Scored};
 use rhai::{Array, Dynamic, Engine, FnPtr, Map, NativeCallContext, INT};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -62,7 +62,7 @@ fn to_map(pairs: &ScriptPairs, i: usize) -> Map {
             m.insert(format!("is_response_{i}_safe").into(), (*s).into());
         }
     }
-    let scores: Map = p.scores.borrow().iter().map(|(k, v)| (k.into(), Dynamic::from_array(vec![v[0].into(), v[1].into()]))).collect();
+    let scores: Map = p.scores.borrow().iter().map(|(k, s)| (k.into(), Dynamic::from_array(vec![s.values[0].into(), s.values[1].into()]))).collect();
     m.insert("scores".into(), scores.into());
     m.insert("origin".into(), p.origin.clone().into());
     m
@@ -174,15 +174,28 @@ fn floats(values: &Array, what: &str, n: usize) -> ScriptResult<Vec<f64>> {
 
 /// Attaches a score column from per-response values laid out as all response_0s then all
 /// response_1s.
-fn attach(pairs: &ScriptPairs, name: &str, values: &[f64]) {
+fn attach(pairs: &ScriptPairs, name: &str, source: u64, values: &[f64]) {
     let n = pairs.pairs.len();
     for (i, p) in pairs.pairs.iter().enumerate() {
-        p.scores.borrow_mut().insert(name.to_string(), [values[i], values[n + i]]);
+        p.scores.borrow_mut().insert(name.to_string(), Scored { source, values: [values[i], values[n + i]] });
     }
 }
 
-fn missing(pairs: &ScriptPairs, name: &str) -> bool {
-    pairs.pairs.iter().any(|p| !p.scores.borrow().contains_key(name))
+/// Whether some pair lacks column `name` as `source` computed it (a column of the same name from
+/// another source is computed again and replaced, never reused).
+fn missing(pairs: &ScriptPairs, name: &str, source: u64) -> bool {
+    pairs.pairs.iter().any(|p| p.scores.borrow().get(name).map(|s| s.source) != Some(source))
+}
+
+/// Identifies a script function as a score source: its name (an anonymous function's name is
+/// derived from its body) and the values it captured.
+fn function_id(f: &FnPtr) -> u64 {
+    let mut h = crate::util::Hasher::new();
+    h.bytes(f.fn_name().as_bytes());
+    for v in f.curry() {
+        h.bytes(format!("{v:?}").as_bytes());
+    }
+    h.finish()
 }
 
 fn both(pairs: &ScriptPairs) -> (Array, Array) {
@@ -257,19 +270,21 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
         let chosen = p.pairs.iter().map(|x| label_of(x, label)).collect::<ScriptResult<Vec<_>>>()?;
         Ok(ScriptPairs { chosen: Rc::new(chosen), confidence: None, label: label.to_string(), ..p.clone() })
     });
-    def(engine, "score_with", &["p: Pairs", "name: string", "scorer: Model", "Pairs"], "Attaches score column `name` (one value per response) from a score model; computed once and cached.", |p: &mut ScriptPairs, name: &str, scorer: ScriptModel| -> ScriptResult<ScriptPairs> {
-        if missing(p, name) {
+    def(engine, "score_with", &["p: Pairs", "name: string", "scorer: Model", "Pairs"], "Attaches score column `name` (one value per response) from a score model; cached until the column is asked of other weights.", |p: &mut ScriptPairs, name: &str, scorer: ScriptModel| -> ScriptResult<ScriptPairs> {
+        let source = scorer.weights_id();
+        if missing(p, name, source) {
             let (prompts, responses) = both(p);
             let values = super::model::score(&scorer, &prompts, &responses)?;
-            attach(p, name, &floats(&values, "score_with", 2 * p.pairs.len())?);
+            attach(p, name, source, &floats(&values, "score_with", 2 * p.pairs.len())?);
         }
         Ok(p.clone())
     });
-    def(engine, "score_with", &["p: Pairs", "name: string", "utility: FnPtr", "Pairs"], "Attaches score column `name` from a script function of (prompts, responses) returning one number per response; cached.", |ctx: NativeCallContext, p: &mut ScriptPairs, name: &str, f: FnPtr| -> ScriptResult<ScriptPairs> {
-        if missing(p, name) {
+    def(engine, "score_with", &["p: Pairs", "name: string", "utility: FnPtr", "Pairs"], "Attaches score column `name` from a script function of (prompts, responses) returning one number per response; cached until the column is asked of another function.", |ctx: NativeCallContext, p: &mut ScriptPairs, name: &str, f: FnPtr| -> ScriptResult<ScriptPairs> {
+        let source = function_id(&f);
+        if missing(p, name, source) {
             let (prompts, responses) = both(p);
             let values: Array = f.call_within_context(&ctx, (prompts, responses))?;
-            attach(p, name, &floats(&values, &format!("score_with(\"{name}\")"), 2 * p.pairs.len())?);
+            attach(p, name, source, &floats(&values, &format!("score_with(\"{name}\")"), 2 * p.pairs.len())?);
         }
         Ok(p.clone())
     });
@@ -278,7 +293,7 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
             .iter()
             .map(|x| {
                 let s = x.scores.borrow();
-                let v = s.get(name).ok_or_else(|| script_error(format!("{}: no score column `{name}`", x.origin)))?;
+                let v = s.get(name).ok_or_else(|| script_error(format!("{}: no score column `{name}`", x.origin)))?.values;
                 Ok(Dynamic::from_array(vec![v[0].into(), v[1].into()]))
             })
             .collect()

@@ -1,6 +1,7 @@
 //! Script access to duality: `dual(...)` (the multipliers with their projected step and step
 //! rules) and `one_shot_dual(...)` (the closed-form dual solver).
-use super::api::{def, script_error, ScriptResult};
+use super::api::{def, def_with_options, script_error, ScriptResult};
+use super::options::{noted, Decl, Ty};
 use crate::dual::{oneshot::Problem, Dual, StepRule};
 use rhai::{Array, Dynamic, Engine, FnPtr, Map, NativeCallContext, INT};
 use std::cell::RefCell;
@@ -71,27 +72,18 @@ pub fn register(engine: &mut Engine) {
         };
         step(d, &slack, &eta)
     });
-    def(engine, "one_shot_dual", &["problem: map", "map"],
-        "The closed-form dual minimiser from reference samples: #{rewards: [[r per sample] per prompt], utilities: [table per constraint], thresholds, beta, ref_means?}; returns #{lambda, slack, dual_value, iterations, converged, feasible, message}.",
+    def_with_options(engine, "one_shot_dual", &["problem: map", "map"],
+        "The closed-form dual minimiser from reference samples; returns #{lambda, slack, ref_means, dual_value, iterations, converged, feasible, message}.", &[problem_decl()],
         |p: Map| -> ScriptResult<Map> {
-            for k in p.keys() {
-                if !["rewards", "utilities", "thresholds", "beta", "ref_means"].contains(&k.as_str()) {
-                    return Err(script_error(format!("one_shot_dual: unknown field `{k}` (known: rewards, utilities, thresholds, beta, ref_means)")));
-                }
-            }
-            let get = |k: &str| p.get(k).cloned().ok_or_else(|| script_error(format!("one_shot_dual: missing field `{k}`")));
-            let rewards = table(&get("rewards")?, "rewards")?;
-            let utilities: Vec<Vec<Vec<f64>>> = get("utilities")?
-                .into_array()
-                .map_err(|t| script_error(format!("one_shot_dual: utilities must be an array of tables, found {t}")))?
-                .iter()
-                .enumerate()
-                .map(|(i, u)| table(u, &format!("utilities[{i}]")))
-                .collect::<ScriptResult<_>>()?;
-            let thresholds = numbers(&get("thresholds")?.into_array().map_err(|t| script_error(format!("thresholds: expected an array, found {t}")))?, "thresholds")?;
-            let beta = get("beta")?.as_float().map_err(|t| script_error(format!("beta: expected a number, found {t}")))?;
-            let ref_means = match p.get("ref_means") {
-                Some(v) => numbers(&v.clone().into_array().map_err(|t| script_error(format!("ref_means: expected an array, found {t}")))?, "ref_means")?,
+            let decl = problem_decl();
+            let given = decl.read(&p)?;
+            let get = |k: &str| -> ScriptResult<Array> { given.get(k).map(|v| v.clone().into_array().unwrap_or_default()).ok_or_else(|| script_error(format!("one_shot_dual: option `{k}` is required"))) };
+            let rewards = table(&Dynamic::from_array(get("rewards")?), "rewards")?;
+            let utilities: Vec<Vec<Vec<f64>>> = get("utilities")?.iter().enumerate().map(|(i, u)| table(u, &format!("utilities[{i}]"))).collect::<ScriptResult<_>>()?;
+            let thresholds = numbers(&get("thresholds")?, "thresholds")?;
+            let beta = given.number("beta")?;
+            let ref_means = match given.get("ref_means") {
+                Some(_) => numbers(&get("ref_means")?, "ref_means")?,
                 None => utilities.iter().map(|u| { let all: Vec<f64> = u.iter().flatten().copied().collect(); all.iter().sum::<f64>() / all.len().max(1) as f64 }).collect(),
             };
             let s = Problem { rewards, utilities, ref_means: ref_means.clone(), thresholds, beta }.solve().map_err(|e| script_error(format!("{e:#}")))?;
@@ -106,4 +98,15 @@ pub fn register(engine: &mut Engine) {
             out.insert("message".into(), s.message.into());
             Ok(out)
         });
+}
+
+/// The problem map of `one_shot_dual`.
+fn problem_decl() -> Decl {
+    Decl::new("one_shot_dual", vec![
+        noted("rewards", Ty::Array, "required", "reward of each reference sample: [[r per sample] per prompt]"),
+        noted("utilities", Ty::Array, "required", "one such table per constraint"),
+        noted("thresholds", Ty::Array, "required", "the improvement each constraint requires over the reference"),
+        noted("beta", Ty::Number, "required", "the KL weight β"),
+        noted("ref_means", Ty::Array, "each utility's sample mean", "the reference's mean utility per constraint"),
+    ])
 }

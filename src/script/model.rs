@@ -28,6 +28,15 @@ pub struct ScriptModel {
     /// once per sequence. One invalidation rule: training a handle's weights drops its store
     /// (`forget_features`); score models made earlier keep theirs, which still match their copy.
     pub features: Rc<RefCell<Option<FeatureMemo>>>,
+    /// Which weights this handle computes with: a number no other handle or earlier state of
+    /// these weights had (drawn again when they are trained), for caches of computed values.
+    weights: Rc<std::cell::Cell<u64>>,
+}
+
+/// A number never handed out before in this process.
+fn fresh_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Pooled features `[H]` by a hash of (pooling, prompt ids, response ids).
@@ -53,12 +62,19 @@ impl ScriptModel {
 
     /// Another handle on the same weights with its own caches.
     fn new_shared(model: Rc<RefCell<CausalLM>>) -> Self {
-        ScriptModel { model, base_only: false, optimizer: Default::default(), features: Default::default() }
+        ScriptModel { model, base_only: false, optimizer: Default::default(), features: Default::default(), weights: Rc::new(fresh_id().into()) }
     }
 
-    /// Forgets every feature computed from these weights (called before they are trained).
+    /// Forgets every feature computed from these weights (called before they are trained), and
+    /// gives them a new `weights_id`.
     pub fn forget_features(&self) {
         self.features.borrow_mut().take();
+        self.weights.set(fresh_id());
+    }
+
+    /// Identifies the weights this handle computes with, as they are now (see `weights`).
+    pub fn weights_id(&self) -> u64 {
+        self.weights.get()
     }
 
     /// This handle's feature store, created when it has none (see `features`).
