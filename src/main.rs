@@ -240,7 +240,8 @@ fn cmd_api(json: bool, definitions: Option<PathBuf>) -> Result<(), Failure> {
         eprintln!("wrote definitions to {}", dir.display());
         return Ok(());
     }
-    let entries = script::api::listing(&engine)?;
+    let mut entries = script::api::listing(&engine)?;
+    entries.extend(script::api::stdlib_listing(&engine)?);
     if json {
         println!("{}", serde_json::to_string_pretty(&entries).map_err(anyhow::Error::from)?);
     } else {

@@ -298,6 +298,19 @@ fn api_lists_registered_functions_with_docs() {
     assert!(dpo_opts.contains(&"lr: number = 0.0005. AdamW learning rate"), "{dpo_opts:?}");
     assert_eq!(dpo_opts.len(), 22, "11 DPO options and 11 of the optimizer loop: {dpo_opts:?}");
     assert!(text.contains("\n    lora.rank: count = 8. adapter rank r (at least 1)\n"), "nested options are listed with their map's name: {text}");
+    // The stdlib's entry points too: each `defaults()` evaluated (stdlib/options.rhai's method()
+    // for caid), every key with its default and the comment beside its declaration.
+    let caid = entries.iter().find(|e| e["name"] == "caid::defaults").expect("caid's options");
+    let caid_opts: Vec<&str> = caid["options"].as_array().unwrap().iter().map(|o| o.as_str().unwrap()).collect();
+    assert!(caid_opts.contains(&"keep_best: bool = false. return best_policy, a copy of the best iterate's weights"), "{caid_opts:?}");
+    assert!(caid_opts.contains(&"lambda0: any = (unset). starting λ per constraint (() for the one-shot warm start)"), "{caid_opts:?}");
+    for name in ["caid::defaults", "primal_dual::defaults", "safety_experiment::defaults"] {
+        let e = entries.iter().find(|e| e["name"] == name).unwrap_or_else(|| panic!("{name} missing"));
+        for o in e["options"].as_array().unwrap() {
+            let o = o.as_str().unwrap();
+            assert!(!o.ends_with('.'), "{name}: {o} has no doc comment");
+        }
+    }
 
     let dir = scratch("definitions");
     let o = host().args(["api", "--definitions"]).arg(dir.join("defs")).output().unwrap();

@@ -142,3 +142,96 @@ pub fn write_definitions(engine: &Engine, dir: &std::path::Path) -> anyhow::Resu
     engine.definitions().with_headers(true).include_standard_packages(false).write_to_dir(dir)?;
     Ok(())
 }
+
+/// The stdlib entry points' options, as `host api` lists them: every `defaults()` a stdlib module
+/// declares, evaluated, each key with its type, its default and the comment beside its declaration.
+pub fn stdlib_listing(engine: &Engine) -> anyhow::Result<Vec<ApiEntry>> {
+    let Some(dir) = super::resolver::stdlib_dir() else { return Ok(vec![]) };
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "rhai")).collect();
+    files.sort();
+    let texts: Vec<(String, String)> = files
+        .iter()
+        .map(|p| Ok((p.file_stem().unwrap_or_default().to_string_lossy().into_owned(), std::fs::read_to_string(p)?)))
+        .collect::<std::io::Result<_>>()?;
+    let mut out = Vec::new();
+    for (module, text) in &texts {
+        let ast = engine.compile(text).map_err(|e| anyhow::anyhow!("{}/{module}.rhai: {e}", dir.display()))?;
+        let Some(f) = ast.iter_functions().find(|f| f.name == "defaults" && f.params.is_empty()) else { continue };
+        let doc = f.comments.iter().flat_map(|c| c.lines()).map(|l| l.trim().trim_start_matches("///").trim()).collect::<Vec<_>>().join(" ");
+        let defaults: rhai::Map = engine.eval(&format!("import \"{module}\" as m; m::defaults()")).map_err(|e| anyhow::anyhow!("{module}::defaults(): {e}"))?;
+        // A key's comment: in the module itself, else where the stdlib declares it (options.rhai).
+        let own = option_comments(text);
+        let all: Vec<_> = texts.iter().map(|(_, t)| option_comments(t)).collect();
+        let options = defaults
+            .iter()
+            .map(|(k, v)| {
+                let comment = own.get(k.as_str()).or_else(|| all.iter().find_map(|c| c.get(k.as_str()))).map_or(String::new(), |c| format!(" {c}"));
+                let value = if v.is_unit() { "(unset)".to_string() } else if v.is_string() { format!("\"{v}\"") } else { v.to_string() };
+                format!("{k}: {} = {value}.{comment}", script_type(v))
+            })
+            .collect();
+        out.push(ApiEntry { name: format!("{module}::defaults"), signature: format!("{module}::defaults() -> map"), doc, options });
+    }
+    Ok(out)
+}
+
+/// The type of an option value as `host api` names it.
+fn script_type(v: &rhai::Dynamic) -> &'static str {
+    match v.type_name() {
+        "i64" => "int",
+        "f64" => "number",
+        "bool" => "bool",
+        "string" => "string",
+        "array" => "array",
+        "map" => "map",
+        "()" => "any",
+        _ => "value",
+    }
+}
+
+/// The `// comment` beside each option declared in a Rhai source, as the stdlib writes them:
+/// `key: value, // ...` in a map literal or `o.key = value; // ...`; several keys on one line share
+/// its comment, and a line holding only a comment in the same column continues the one above.
+fn option_comments(text: &str) -> std::collections::HashMap<String, String> {
+    let mut out: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    let (mut last, mut column): (Vec<String>, usize) = (vec![], 0);
+    for line in text.lines() {
+        let Some((code, comment)) = line.split_once("//") else {
+            last.clear();
+            continue;
+        };
+        let comment = comment.trim();
+        if comment.starts_with('/') {
+            last.clear();
+            continue;
+        }
+        let code = code.trim();
+        if code.is_empty() {
+            if line.find("//") != Some(column) {
+                last.clear();
+                continue;
+            }
+            for k in &last {
+                if let Some(c) = out.get_mut(k) {
+                    c.push(' ');
+                    c.push_str(comment);
+                }
+            }
+            continue;
+        }
+        let keys: Vec<String> = code
+            .split([',', ';'])
+            .filter_map(|part| {
+                let part = part.trim().trim_start_matches("o.");
+                let key = part.split([':', '=']).next()?.trim();
+                (part.len() > key.len() && !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')).then(|| key.to_string())
+            })
+            .collect();
+        for k in &keys {
+            out.entry(k.clone()).or_insert_with(|| comment.to_string());
+        }
+        last = keys;
+        column = line.find("//").unwrap_or(0);
+    }
+    out
+}
