@@ -228,6 +228,20 @@ fn unknown_set_key_names_the_keys_the_script_reads() {
     let o = run_in(&dir, &["run", "job.rhai", "--set", "novalue", "--out", "out"]);
     assert_eq!(o.status.code(), Some(2));
     assert_eq!(stderr(&o), "error: --set novalue: expected KEY=VALUE\n");
+    // configure(map, [keys]) reads each listed key as config(key, map[key]): the static scan knows
+    // its keys (a listed key is accepted, another is unknown), values are typed by the map's.
+    write(&dir, "many.rhai", "let o = configure(#{ beta: 0.1, steps: 3, name: \"a\", fixed: 1 }, [\"beta\", \"steps\", \"name\"]);\nlog(o);\n");
+    let o = run_in(&dir, &["run", "many.rhai", "--set", "beta=1", "--set", "name=b", "--out", "out2"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(dir.join("out2/metrics.csv")).unwrap(), "beta,fixed,name,steps\n1.0,1,b,3\n");
+    let o = run_in(&dir, &["run", "many.rhai", "--set", "fixed=2", "--out", "out3"]);
+    assert_eq!(stderr(&o), "error: unknown --set key fixed: the script reads beta, name, steps\n");
+    let o = run_in(&dir, &["run", "many.rhai", "--set", "steps=1.5", "--out", "out4"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--set steps=1.5: expected an integer"), "{}", stderr(&o));
+    write(&dir, "absent.rhai", "configure(#{ beta: 0.1 }, [\"beta\", \"gamma\"]);\n");
+    let e = error_text(&run_in(&dir, &["run", "absent.rhai", "--out", "out5"]));
+    assert!(e.contains("configure: `gamma` is not a key of the map"), "{e}");
 }
 
 #[test]

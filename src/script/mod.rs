@@ -122,28 +122,46 @@ pub fn engine(script: &Path, session: SharedSession) -> Engine {
 }
 
 fn register_session(engine: &mut Engine, session: SharedSession) {
+    // One setting: the `--set` value parsed as the default's type, recorded in config.json.
+    fn read(session: &SharedSession, ctx: &NativeCallContext, key: &str, default: Dynamic) -> ScriptResult<Dynamic> {
+        let mut s = session.borrow_mut();
+        let value = match s.overrides.get(key) {
+            Some(text) => config::parse_override(key, text, &default).map_err(|msg| {
+                let pos = ctx.call_position();
+                let at = format!("{}:{}:{}", ctx.call_source().unwrap_or("script"), pos.line().unwrap_or(0), pos.position().unwrap_or(0));
+                api::usage_error(format!("{msg}; read by config at {at}"))
+            })?,
+            None => default,
+        };
+        s.read.insert(key.to_string());
+        let json = config::to_json(&value)?;
+        if let Some(run) = s.run.as_mut() {
+            run.record_config(key, json).map_err(|e| script_error(format!("{e:#}")))?;
+        }
+        Ok(value)
+    }
     let s = session.clone();
     def(
         engine,
         "config",
         &["key: string", "default: ?", "?"],
         "The setting `key`: the value of `--set key=...` parsed as the default's type, else the default.",
-        move |ctx: NativeCallContext, key: ImmutableString, default: Dynamic| -> ScriptResult<Dynamic> {
-            let mut s = s.borrow_mut();
-            let value = match s.overrides.get(key.as_str()) {
-                Some(text) => config::parse_override(&key, text, &default).map_err(|msg| {
-                    let pos = ctx.call_position();
-                    let at = format!("{}:{}:{}", ctx.call_source().unwrap_or("script"), pos.line().unwrap_or(0), pos.position().unwrap_or(0));
-                    api::usage_error(format!("{msg}; read by config at {at}"))
-                })?,
-                None => default,
-            };
-            s.read.insert(key.to_string());
-            let json = config::to_json(&value)?;
-            if let Some(run) = s.run.as_mut() {
-                run.record_config(&key, json).map_err(|e| script_error(format!("{e:#}")))?;
+        move |ctx: NativeCallContext, key: ImmutableString, default: Dynamic| -> ScriptResult<Dynamic> { read(&s, &ctx, &key, default) },
+    );
+    let s = session.clone();
+    def(
+        engine,
+        "configure",
+        &["defaults: map", "keys: array", "map"],
+        "The map with each of `keys` (a literal array of strings) read as config(key, its value there): the settings a script exposes, each named once.",
+        move |ctx: NativeCallContext, mut defaults: Map, keys: rhai::Array| -> ScriptResult<Map> {
+            for k in keys {
+                let key = k.into_immutable_string().map_err(|t| script_error(format!("configure: keys must be strings, found {t}")))?;
+                let default = defaults.get(key.as_str()).cloned().ok_or_else(|| script_error(format!("configure: `{key}` is not a key of the map")))?;
+                let value = read(&s, &ctx, &key, default)?;
+                defaults.insert(key.as_str().into(), value);
             }
-            Ok(value)
+            Ok(defaults)
         },
     );
     def(engine, "peak_memory_mib", &["float"], "Peak resident memory of this process so far in MiB (Linux VmHWM), or 0.0 where the OS does not report it.", || -> ScriptResult<f64> {
@@ -326,6 +344,14 @@ fn scan_ast(engine: &Engine, resolver: &Resolver, ast: &AST, file: &str, out: &m
             }
             // A call is an expression, or a statement of its own (`config("k", 1);`, or the
             // last line of a function body): both are reads.
+            // `configure(map, ["k", ...])` reads each listed key.
+            Some(ASTNode::Expr(Expr::FnCall(call, _))) | Some(ASTNode::Stmt(Stmt::FnCall(call, _))) if call.name == "configure" && call.namespace.is_empty() => {
+                match call.args.get(1) {
+                    Some(Expr::Array(items, _)) => out.config_keys.extend(items.iter().filter_map(|e| if let Expr::StringConstant(k, _) = e { Some(k.to_string()) } else { None })),
+                    Some(Expr::DynamicConstant(d, _)) => out.config_keys.extend(d.read_lock::<rhai::Array>().into_iter().flat_map(|a| a.iter().map(|k| k.to_string()).collect::<Vec<_>>())),
+                    _ => {}
+                }
+            }
             Some(ASTNode::Expr(Expr::FnCall(call, pos))) | Some(ASTNode::Stmt(Stmt::FnCall(call, pos))) if call.name == "config" && call.namespace.is_empty() => {
                 if let Some(Expr::StringConstant(key, _)) = call.args.first() {
                     out.config_keys.insert(key.to_string());
