@@ -15,10 +15,12 @@ pub enum RopeScaling {
     Linear { factor: f64 },
     /// Llama 3.1's frequency-dependent scaling.
     Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position_embeddings: f64 },
-    /// One divisor per frequency (`head_dim / 2` of them): a GGUF's `rope_freqs.weight`, as
-    /// llama.cpp stores Llama 3.1's scaling; written to HF as `longrope` with equal short and long
-    /// factors and attention factor 1, which computes the same frequencies at every length.
-    Divisors(Vec<f64>),
+    /// LongRoPE (Phi-3's `longrope`, formerly `su`): each frequency divided by its factor, the
+    /// `short_factor`s while a sequence is at most `original_max_position_embeddings` long and the
+    /// `long_factor`s past it (decided per sequence, at its longest position in the forward pass),
+    /// and cos/sin multiplied by `attention_factor`. A GGUF's `rope_freqs.weight` (llama.cpp's
+    /// form of Llama 3.1's scaling) is this with equal factors and attention factor 1.
+    LongRope { short_factor: Vec<f64>, long_factor: Vec<f64>, original_max_position_embeddings: usize, attention_factor: f64 },
 }
 
 /// What Gemma 2 adds to the Llama family's layers: `(1 + weight)` RMSNorms, a norm after
@@ -94,6 +96,10 @@ pub struct Config {
     pub norm_eps: f64,
     pub rope_theta: f64,
     pub rope_scaling: Option<RopeScaling>,
+    /// How many leading dimensions of each head RoPE rotates (`head_dim` × `partial_rotary_factor`).
+    pub rotary_dim: usize,
+    /// Phi-3's fused projections: `qkv_proj` (q, k, v stacked) and `gate_up_proj` (gate, up).
+    pub fused_projections: bool,
     pub max_position_embeddings: usize,
     pub tie_word_embeddings: bool,
     /// Biases on q, k and v projections (Qwen2 always; Llama with `attention_bias`).
@@ -132,6 +138,9 @@ struct Raw {
     rope_theta: Option<f64>,
     rope_scaling: Option<Value>,
     rope_parameters: Option<Value>,
+    original_max_position_embeddings: Option<usize>,
+    partial_rotary_factor: Option<f64>,
+    hidden_act: Option<String>,
     query_pre_attn_scalar: Option<f64>,
     attn_logit_softcapping: Option<f64>,
     final_logit_softcapping: Option<f64>,
@@ -166,7 +175,9 @@ fn ids(v: &Option<Value>) -> Vec<i64> {
     }
 }
 
-fn rope_scaling(v: &Value, file: &str) -> Result<Option<RopeScaling>> {
+/// `rope_scaling` / `rope_parameters` `v`; `max_positions` and `original` are the config's
+/// `max_position_embeddings` and top-level `original_max_position_embeddings` (Phi-3 keeps it there).
+fn rope_scaling(v: &Value, file: &str, max_positions: usize, original: Option<usize>) -> Result<Option<RopeScaling>> {
     let kind = v.get("rope_type").or_else(|| v.get("type")).and_then(Value::as_str).unwrap_or("default");
     let num = |k: &str| v.get(k).and_then(Value::as_f64).with_context(|| format!("{file}: rope_scaling.{k} is missing or not a number"));
     Ok(match kind {
@@ -178,19 +189,30 @@ fn rope_scaling(v: &Value, file: &str) -> Result<Option<RopeScaling>> {
             high_freq_factor: num("high_freq_factor")?,
             original_max_position_embeddings: num("original_max_position_embeddings")?,
         }),
-        "longrope" => {
+        // Phi-3's older name for it.
+        "longrope" | "su" => {
             let factors = |k: &str| -> Result<Vec<f64>> {
                 v.get(k).and_then(Value::as_array).and_then(|a| a.iter().map(Value::as_f64).collect()).with_context(|| format!("{file}: rope_scaling.{k} is missing or not a list of numbers"))
             };
-            let (short, long) = (factors("short_factor")?, factors("long_factor")?);
-            // Distinct factors switch with the sequence length, and the default attention factor
-            // rescales cos/sin (Phi-3): neither is computed here yet.
-            if short != long || v.get("attention_factor").and_then(Value::as_f64) != Some(1.0) {
-                bail!("{file}: rope_scaling longrope is supported only with short_factor equal to long_factor and attention_factor 1.0 (as save writes it)");
+            // As HF's _compute_longrope_parameters: the original context from the parameters, else
+            // the config, else max_position_embeddings; the default attention factor from the
+            // ratio of the two contexts (or `factor`).
+            let original = match v.get("original_max_position_embeddings") {
+                Some(o) => o.as_u64().with_context(|| format!("{file}: rope_scaling.original_max_position_embeddings is not a positive integer"))? as usize,
+                None => original.unwrap_or(max_positions),
+            };
+            if original == 0 {
+                bail!("{file}: original_max_position_embeddings must be positive");
             }
-            Some(RopeScaling::Divisors(short))
+            let factor = v.get("factor").and_then(Value::as_f64).unwrap_or(max_positions as f64 / original as f64);
+            let attention_factor = match v.get("attention_factor").and_then(Value::as_f64) {
+                Some(a) => a,
+                None if factor <= 1.0 => 1.0,
+                None => (1.0 + factor.ln() / (original as f64).ln()).sqrt(),
+            };
+            Some(RopeScaling::LongRope { short_factor: factors("short_factor")?, long_factor: factors("long_factor")?, original_max_position_embeddings: original, attention_factor })
         }
-        other => bail!("{file}: rope_scaling type \"{other}\" is not supported (supported: default, linear, llama3, longrope as save writes it)"),
+        other => bail!("{file}: rope_scaling type \"{other}\" is not supported (supported: default, linear, llama3, longrope)"),
     })
 }
 
@@ -223,16 +245,26 @@ impl Config {
             ..Config::default()
         };
         let cfg = match model_type.as_str() {
-            "llama" | "qwen2" | "qwen3" | "mistral" | "gemma2" => {
+            "llama" | "qwen2" | "qwen3" | "mistral" | "gemma2" | "phi3" => {
                 let hidden = need(raw.hidden_size, "hidden_size")?;
                 let heads = need(raw.num_attention_heads, "num_attention_heads")?;
                 let params = raw.rope_parameters.clone().unwrap_or(Value::Null);
                 let rope_theta = raw.rope_theta.or_else(|| params.get("rope_theta").and_then(Value::as_f64)).unwrap_or(10000.0);
+                let max_positions = raw.max_position_embeddings.unwrap_or(2048);
                 let scaling = match (&raw.rope_scaling, &raw.rope_parameters) {
-                    (Some(v), _) if !v.is_null() => rope_scaling(v, file)?,
-                    (_, Some(p)) => rope_scaling(p, file)?,
+                    (Some(v), _) if !v.is_null() => rope_scaling(v, file, max_positions, raw.original_max_position_embeddings)?,
+                    (_, Some(p)) => rope_scaling(p, file, max_positions, raw.original_max_position_embeddings)?,
                     _ => None,
                 };
+                let head_dim = raw.head_dim.unwrap_or(if heads > 0 { hidden / heads } else { 0 });
+                let partial = raw.partial_rotary_factor.or_else(|| params.get("partial_rotary_factor").and_then(Value::as_f64)).unwrap_or(1.0);
+                if !(partial > 0.0 && partial <= 1.0) {
+                    bail!("{file}: partial_rotary_factor {partial} must be in (0, 1]");
+                }
+                let phi3 = model_type == "phi3";
+                if phi3 && !matches!(raw.hidden_act.as_deref(), None | Some("silu")) {
+                    bail!("{file}: hidden_act \"{}\" is not supported for phi3 (silu)", raw.hidden_act.as_deref().unwrap_or_default());
+                }
                 let qwen = model_type == "qwen2";
                 Config {
                     arch: Arch::Llama,
@@ -242,11 +274,14 @@ impl Config {
                     num_layers: need(raw.num_hidden_layers, "num_hidden_layers")?,
                     num_heads: heads,
                     num_kv_heads: raw.num_key_value_heads.unwrap_or(heads),
-                    head_dim: raw.head_dim.unwrap_or(if heads > 0 { hidden / heads } else { 0 }),
+                    head_dim,
                     norm_eps: raw.rms_norm_eps.unwrap_or(1e-6),
                     rope_theta,
                     rope_scaling: scaling,
-                    max_position_embeddings: raw.max_position_embeddings.unwrap_or(2048),
+                    // As HF: int(head_dim * partial_rotary_factor).
+                    rotary_dim: (head_dim as f64 * partial) as usize,
+                    fused_projections: phi3,
+                    max_position_embeddings: max_positions,
                     // Gemma's embeddings are always tied (its config leaves the flag out).
                     tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(model_type == "gemma2"),
                     qkv_bias: qwen || raw.attention_bias.unwrap_or(false),
@@ -297,7 +332,7 @@ impl Config {
                     ..common
                 }
             }
-            other => bail!("{file}: model_type \"{other}\" is not supported (supported: llama, qwen2, qwen3, mistral, gemma2, gpt2)"),
+            other => bail!("{file}: model_type \"{other}\" is not supported (supported: llama, qwen2, qwen3, mistral, gemma2, phi3, gpt2)"),
         };
         cfg.validate(file)?;
         Ok(cfg)
@@ -322,9 +357,17 @@ impl Config {
         if c.head_dim % 2 != 0 && c.arch == Arch::Llama {
             bail!("{file}: head_dim ({}) must be even for rotary embeddings", c.head_dim);
         }
-        if let Some(RopeScaling::Divisors(d)) = &c.rope_scaling {
-            if d.len() != c.head_dim / 2 || d.iter().any(|&x| !(x > 0.0 && x.is_finite())) {
-                bail!("{file}: RoPE needs {} positive frequency divisors (head_dim / 2); found {} ({:?})", c.head_dim / 2, d.len(), &d[..d.len().min(4)]);
+        if c.arch == Arch::Llama && (c.rotary_dim % 2 != 0 || c.rotary_dim == 0 || c.rotary_dim > c.head_dim) {
+            bail!("{file}: the rotary dimension ({}, head_dim × partial_rotary_factor) must be even and in 2..=head_dim ({})", c.rotary_dim, c.head_dim);
+        }
+        if let Some(RopeScaling::LongRope { short_factor, long_factor, attention_factor, .. }) = &c.rope_scaling {
+            for (name, d) in [("short_factor", short_factor), ("long_factor", long_factor)] {
+                if d.len() != c.rotary_dim / 2 || d.iter().any(|&x| !(x > 0.0 && x.is_finite())) {
+                    bail!("{file}: RoPE {name} needs {} positive frequency divisors (rotary dimension / 2); found {} ({:?})", c.rotary_dim / 2, d.len(), &d[..d.len().min(4)]);
+                }
+            }
+            if !(*attention_factor > 0.0 && attention_factor.is_finite()) {
+                bail!("{file}: RoPE attention_factor {attention_factor} must be positive");
             }
         }
         if c.arch == Arch::Gpt2 && c.hidden_size % c.num_heads != 0 {
@@ -360,9 +403,9 @@ impl Config {
                         "rope_type": "llama3", "factor": factor, "low_freq_factor": low_freq_factor,
                         "high_freq_factor": high_freq_factor, "original_max_position_embeddings": original_max_position_embeddings,
                     }),
-                    Some(RopeScaling::Divisors(d)) => serde_json::json!({
-                        "rope_type": "longrope", "short_factor": d, "long_factor": d, "attention_factor": 1.0,
-                        "original_max_position_embeddings": c.max_position_embeddings,
+                    Some(RopeScaling::LongRope { short_factor, long_factor, original_max_position_embeddings, attention_factor }) => serde_json::json!({
+                        "rope_type": "longrope", "short_factor": short_factor, "long_factor": long_factor, "attention_factor": attention_factor,
+                        "original_max_position_embeddings": original_max_position_embeddings,
                     }),
                 };
                 let qwen2 = c.model_type == "qwen2";
@@ -371,6 +414,7 @@ impl Config {
                     "qwen2" => ("Qwen2ForCausalLM", "qwen2"),
                     "qwen3" => ("Qwen3ForCausalLM", "qwen3"),
                     "gemma2" => ("Gemma2ForCausalLM", "gemma2"),
+                    "phi3" => ("Phi3ForCausalLM", "phi3"),
                     _ => ("LlamaForCausalLM", "llama"),
                 };
                 let mut j = serde_json::json!({
@@ -391,6 +435,13 @@ impl Config {
                     j["query_pre_attn_scalar"] = if q.fract() == 0.0 { Value::from(q as i64) } else { Value::from(q) };
                     j["attn_logit_softcapping"] = serde_json::json!(g.attn_logit_softcapping);
                     j["final_logit_softcapping"] = serde_json::json!(g.final_logit_softcapping);
+                }
+                if c.rotary_dim != c.head_dim {
+                    j["partial_rotary_factor"] = Value::from(c.rotary_dim as f64 / c.head_dim as f64);
+                }
+                if let (true, Some(RopeScaling::LongRope { original_max_position_embeddings, .. })) = (c.fused_projections, &c.rope_scaling) {
+                    // Phi-3 reads its original context from the config itself.
+                    j["original_max_position_embeddings"] = Value::from(*original_max_position_embeddings);
                 }
                 if c.sliding_window.is_some() {
                     j["sliding_window"] = serde_json::json!(c.sliding_window);
@@ -417,7 +468,7 @@ mod tests {
         let c = Config::from_json(r#"{"model_type":"llama","vocab_size":10,"hidden_size":8,"intermediate_size":16,"num_hidden_layers":1,"num_attention_heads":2,"num_key_value_heads":1,"rope_parameters":{"rope_theta":500000.0,"rope_type":"default"}}"#, "c.json").unwrap();
         assert_eq!((c.rope_theta, c.head_dim, c.num_kv_heads, c.qkv_bias), (500000.0, 4, 1, false));
         let e = Config::from_json(r#"{"model_type":"bert"}"#, "c.json").unwrap_err().to_string();
-        assert_eq!(e, "c.json: model_type \"bert\" is not supported (supported: llama, qwen2, qwen3, mistral, gemma2, gpt2)");
+        assert_eq!(e, "c.json: model_type \"bert\" is not supported (supported: llama, qwen2, qwen3, mistral, gemma2, phi3, gpt2)");
         let e = Config::from_json(r#"{"model_type":"llama","vocab_size":10,"hidden_size":8,"intermediate_size":16,"num_hidden_layers":1,"num_attention_heads":3,"num_key_value_heads":2}"#, "c.json").unwrap_err().to_string();
         assert!(e.contains("must be a multiple of num_key_value_heads"), "{e}");
         let e = Config::from_json("{\"model_type\": \"llama\",\n \"vocab_size\": \"ten\"}", "c.json").unwrap_err().to_string();

@@ -1,8 +1,9 @@
-//! The Llama family (Llama 2/3, Qwen2, Qwen3, Mistral, Gemma 2, SmolLM2, TinyLlama): RMSNorm, rotary
-//! position embeddings with `rope_theta` and Llama-3 / linear / per-frequency scaling,
-//! grouped-query attention, SwiGLU, optional q/k/v biases, optional per-head q/k RMSNorm (Qwen3),
-//! Gemma 2's four (1 + w) norms per layer, GeGLU, scaled embeddings and soft caps (`config::Gemma2`),
-//! tied or untied LM head. Weight names equal HF keys.
+//! The Llama family (Llama 2/3, Qwen2, Qwen3, Mistral, Gemma 2, Phi-3, SmolLM2, TinyLlama): RMSNorm,
+//! rotary position embeddings with `rope_theta`, Llama-3 / linear / LongRoPE scaling and partial
+//! rotation, grouped-query attention, SwiGLU, optional q/k/v biases, optional per-head q/k RMSNorm
+//! (Qwen3), Gemma 2's four (1 + w) norms per layer, GeGLU, scaled embeddings and soft caps
+//! (`config::Gemma2`), Phi-3's fused `qkv_proj` and `gate_up_proj`, tied or untied LM head. Weight
+//! names equal HF keys.
 use super::config::{Config, RopeScaling};
 use super::layers::{KvCache, Linear, RmsNorm, Shared};
 use super::params::{placeholder_linear, Bias, Init, Load, LinearSpec, TensorSpec, Visit, VisitMut};
@@ -10,10 +11,20 @@ use super::weights::Weights;
 use anyhow::Result;
 use tch::{Device, Kind, Tensor};
 
+/// The q, k and v projections: three linears, or one (Phi-3's `qkv_proj`, q then k then v rows).
+pub enum Qkv {
+    Separate { q_proj: Linear, k_proj: Linear, v_proj: Linear },
+    Fused { qkv_proj: Linear },
+}
+
+/// The MLP's gate and up projections: two linears, or one (Phi-3's `gate_up_proj`, gate rows first).
+pub enum GateUp {
+    Separate { gate_proj: Linear, up_proj: Linear },
+    Fused { gate_up_proj: Linear },
+}
+
 pub struct Attention {
-    pub q_proj: Linear,
-    pub k_proj: Linear,
-    pub v_proj: Linear,
+    pub qkv: Qkv,
     pub o_proj: Linear,
     /// Qwen3's RMSNorm over each head of q and of k (`head_dim` weights), before RoPE.
     pub q_norm: Option<RmsNorm>,
@@ -27,8 +38,7 @@ pub struct Attention {
 }
 
 pub struct Mlp {
-    pub gate_proj: Linear,
-    pub up_proj: Linear,
+    pub gate_up: GateUp,
     pub down_proj: Linear,
     /// GeGLU (tanh GELU, Gemma) instead of SwiGLU.
     gelu: bool,
@@ -50,7 +60,7 @@ pub struct Llama {
     pub norm: RmsNorm,
     /// `lm_head.weight`, or the embedding matrix when tied.
     pub lm_head: Tensor,
-    inv_freq: Tensor,
+    rope: Rope,
     /// Gemma multiplies the embeddings by sqrt(hidden_size), rounded to the activation dtype.
     embed_scale: Option<f64>,
     /// The local attention span of sliding-window layers: longer inputs are refused (see
@@ -58,14 +68,58 @@ pub struct Llama {
     sliding_window: Option<usize>,
 }
 
-/// `1 / theta^(2i/d)`, rescaled as `rope_scaling` says (HF `_compute_llama3_parameters`).
-pub fn inverse_frequencies(cfg: &Config) -> Vec<f32> {
-    let d = cfg.head_dim;
+/// The rotary tables' inputs: the inverse frequencies, LongRoPE's long ones with the context past
+/// which a sequence uses them, and the factor on cos/sin.
+struct Rope {
+    inv_freq: Tensor,
+    long: Option<(Tensor, i64)>,
+    attention_factor: f64,
+}
+
+impl Rope {
+    fn new(cfg: &Config, device: Device) -> Result<Self> {
+        let table = |long: bool| -> Result<Tensor> { Ok(Tensor::f_from_slice(&inverse_frequencies(cfg, long))?.f_to_device(device)?) };
+        let (long, attention_factor) = match &cfg.rope_scaling {
+            Some(RopeScaling::LongRope { short_factor, long_factor, original_max_position_embeddings, attention_factor }) => {
+                ((short_factor != long_factor).then(|| Ok::<_, anyhow::Error>((table(true)?, *original_max_position_embeddings as i64))).transpose()?, *attention_factor)
+            }
+            _ => (None, 1.0),
+        };
+        Ok(Rope { inv_freq: table(false)?, long, attention_factor })
+    }
+
+    /// cos and sin `[B, 1, T, rotary_dim]` at `positions` `[B, T]`, in f32 as HF computes them,
+    /// then cast to `kind`. With LongRoPE, a row whose longest position in this pass is past the
+    /// original context uses the long factors (HF decides for the whole batch at once, which is
+    /// the same for a batch of one).
+    fn tables(&self, positions: &Tensor, kind: Kind) -> Result<(Tensor, Tensor)> {
+        let pos = positions.f_to_kind(Kind::Float)?.f_unsqueeze(-1)?;
+        let mut freqs = pos.f_mul(&self.inv_freq)?;
+        if let Some((long, original)) = &self.long {
+            let rows = positions.f_amax(&[-1i64][..], true)?.f_ge(*original)?.f_unsqueeze(-1)?;
+            freqs = freqs.f_where_self(&rows.f_logical_not()?, &pos.f_mul(long)?)?;
+        }
+        let emb = Tensor::f_cat(&[&freqs, &freqs], -1)?;
+        let (mut cos, mut sin) = (emb.f_cos()?, emb.f_sin()?);
+        if self.attention_factor != 1.0 {
+            cos = cos.f_mul_scalar(self.attention_factor)?;
+            sin = sin.f_mul_scalar(self.attention_factor)?;
+        }
+        Ok((cos.f_to_kind(kind)?.f_unsqueeze(1)?, sin.f_to_kind(kind)?.f_unsqueeze(1)?))
+    }
+}
+
+/// `1 / theta^(2i/d)` over the rotary dimension `d`, rescaled as `rope_scaling` says (HF
+/// `_compute_llama3_parameters`, `_compute_longrope_parameters` with the short or `long` factors).
+pub fn inverse_frequencies(cfg: &Config, long: bool) -> Vec<f32> {
+    let d = cfg.rotary_dim;
     let base: Vec<f64> = (0..d / 2).map(|i| 1.0 / cfg.rope_theta.powf((2 * i) as f64 / d as f64)).collect();
     match cfg.rope_scaling {
         None => base.iter().map(|&f| f as f32).collect(),
         Some(RopeScaling::Linear { factor }) => base.iter().map(|&f| (f / factor) as f32).collect(),
-        Some(RopeScaling::Divisors(ref d)) => base.iter().zip(d).map(|(&f, &x)| (f / x) as f32).collect(),
+        Some(RopeScaling::LongRope { ref short_factor, ref long_factor, .. }) => {
+            base.iter().zip(if long { long_factor } else { short_factor }).map(|(&f, &x)| (f / x) as f32).collect()
+        }
         Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings: old }) => {
             let low_wavelen = old / low_freq_factor;
             let high_wavelen = old / high_freq_factor;
@@ -93,7 +147,14 @@ fn rotate_half(x: &Tensor) -> Result<Tensor> {
     Ok(Tensor::f_cat(&[x2.f_neg()?, x1], -1)?)
 }
 
+/// Rotates the leading `cos.size(-1)` dimensions of each head of `x`; the rest pass (partial
+/// rotation, as HF's Phi-3 applies it).
 fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let (d, r) = (*x.size().last().unwrap_or(&0), *cos.size().last().unwrap_or(&0));
+    if r < d {
+        let rotated = apply_rope(&x.f_narrow(-1, 0, r)?, cos, sin)?;
+        return Ok(Tensor::f_cat(&[rotated, x.f_narrow(-1, r, d - r)?], -1)?);
+    }
     Ok(x.f_mul(cos)?.f_add(&rotate_half(x)?.f_mul(sin)?)?)
 }
 
@@ -101,13 +162,22 @@ impl Attention {
     fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: Option<&Tensor>, cache: Option<(&mut KvCache, usize)>) -> Result<Tensor> {
         let (b, t) = (x.size()[0], x.size()[1]);
         let shape = |n: i64| [b, t, n, self.head_dim];
-        let mut q = self.q_proj.forward(x)?.f_view(shape(self.heads))?;
-        let mut k = self.k_proj.forward(x)?.f_view(shape(self.kv_heads))?;
+        let (q, k, v) = match &self.qkv {
+            Qkv::Separate { q_proj, k_proj, v_proj } => (q_proj.forward(x)?, k_proj.forward(x)?, v_proj.forward(x)?),
+            Qkv::Fused { qkv_proj } => {
+                let (q, kv) = (self.heads * self.head_dim, self.kv_heads * self.head_dim);
+                let mut parts = qkv_proj.forward(x)?.f_split_with_sizes(&[q, kv, kv][..], -1)?.into_iter();
+                let mut next = || parts.next().ok_or_else(|| anyhow::anyhow!("internal: qkv_proj split"));
+                (next()?, next()?, next()?)
+            }
+        };
+        let mut q = q.f_view(shape(self.heads))?;
+        let mut k = k.f_view(shape(self.kv_heads))?;
         if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
             q = qn.forward(&q)?;
             k = kn.forward(&k)?;
         }
-        let v = self.v_proj.forward(x)?.f_view(shape(self.kv_heads))?.f_transpose(1, 2)?;
+        let v = v.f_view(shape(self.kv_heads))?.f_transpose(1, 2)?;
         // Rotate q and k heads together: one set of element-wise ops instead of two.
         let qk = apply_rope(&Tensor::f_cat(&[q, k], 2)?.f_transpose(1, 2)?, cos, sin)?;
         let q = qk.f_narrow(1, 0, self.heads)?;
@@ -152,9 +222,16 @@ fn softcapped_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor
 
 impl Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = self.gate_proj.forward(x)?;
+        let (gate, up) = match &self.gate_up {
+            GateUp::Separate { gate_proj, up_proj } => (gate_proj.forward(x)?, up_proj.forward(x)?),
+            GateUp::Fused { gate_up_proj } => {
+                let both = gate_up_proj.forward(x)?;
+                let half = both.size().last().copied().unwrap_or(0) / 2;
+                (both.f_narrow(-1, 0, half)?, both.f_narrow(-1, half, half)?)
+            }
+        };
         let gate = if self.gelu { gate.f_gelu("tanh")? } else { gate.f_silu()? };
-        self.down_proj.forward(&gate.f_mul(&self.up_proj.forward(x)?)?)
+        self.down_proj.forward(&gate.f_mul(&up)?)
     }
 }
 
@@ -173,9 +250,14 @@ macro_rules! walk {
         for (l, layer) in $m.layers.$iter().enumerate() {
             let p = format!("model.layers.{l}");
             $v.tensor(&format!("{p}.input_layernorm.weight"), & $($mu)? layer.input_layernorm.weight, TensorSpec::new(&[h], norm_init))?;
-            $v.linear(&format!("{p}.self_attn.q_proj"), & $($mu)? layer.self_attn.q_proj, lin(q, h, cfg.qkv_bias))?;
-            $v.linear(&format!("{p}.self_attn.k_proj"), & $($mu)? layer.self_attn.k_proj, lin(kv, h, cfg.qkv_bias))?;
-            $v.linear(&format!("{p}.self_attn.v_proj"), & $($mu)? layer.self_attn.v_proj, lin(kv, h, cfg.qkv_bias))?;
+            match & $($mu)? layer.self_attn.qkv {
+                Qkv::Separate { q_proj, k_proj, v_proj } => {
+                    $v.linear(&format!("{p}.self_attn.q_proj"), q_proj, lin(q, h, cfg.qkv_bias))?;
+                    $v.linear(&format!("{p}.self_attn.k_proj"), k_proj, lin(kv, h, cfg.qkv_bias))?;
+                    $v.linear(&format!("{p}.self_attn.v_proj"), v_proj, lin(kv, h, cfg.qkv_bias))?;
+                }
+                Qkv::Fused { qkv_proj } => $v.linear(&format!("{p}.self_attn.qkv_proj"), qkv_proj, lin(q + 2 * kv, h, cfg.qkv_bias))?,
+            }
             $v.linear(&format!("{p}.self_attn.o_proj"), & $($mu)? layer.self_attn.o_proj, lin(h, q, cfg.o_bias))?;
             if let (Some(qn), Some(kn)) = (& $($mu)? layer.self_attn.q_norm, & $($mu)? layer.self_attn.k_norm) {
                 $v.tensor(&format!("{p}.self_attn.q_norm.weight"), & $($mu)? qn.weight, TensorSpec::new(&[hd], Init::Ones))?;
@@ -186,8 +268,13 @@ macro_rules! walk {
                 $v.tensor(&format!("{p}.pre_feedforward_layernorm.weight"), & $($mu)? pre.weight, TensorSpec::new(&[h], norm_init))?;
                 $v.tensor(&format!("{p}.post_feedforward_layernorm.weight"), & $($mu)? post.weight, TensorSpec::new(&[h], norm_init))?;
             }
-            $v.linear(&format!("{p}.mlp.gate_proj"), & $($mu)? layer.mlp.gate_proj, lin(i, h, cfg.mlp_bias))?;
-            $v.linear(&format!("{p}.mlp.up_proj"), & $($mu)? layer.mlp.up_proj, lin(i, h, cfg.mlp_bias))?;
+            match & $($mu)? layer.mlp.gate_up {
+                GateUp::Separate { gate_proj, up_proj } => {
+                    $v.linear(&format!("{p}.mlp.gate_proj"), gate_proj, lin(i, h, cfg.mlp_bias))?;
+                    $v.linear(&format!("{p}.mlp.up_proj"), up_proj, lin(i, h, cfg.mlp_bias))?;
+                }
+                GateUp::Fused { gate_up_proj } => $v.linear(&format!("{p}.mlp.gate_up_proj"), gate_up_proj, lin(2 * i, h, cfg.mlp_bias))?,
+            }
             $v.linear(&format!("{p}.mlp.down_proj"), & $($mu)? layer.mlp.down_proj, lin(h, i, cfg.mlp_bias))?;
         }
         $v.tensor("model.norm.weight", & $($mu)? $m.norm.weight, TensorSpec::new(&[h], norm_init))?;
@@ -207,9 +294,11 @@ impl Llama {
             .map(|_| DecoderLayer {
                 input_layernorm: norm(),
                 self_attn: Attention {
-                    q_proj: placeholder_linear(),
-                    k_proj: placeholder_linear(),
-                    v_proj: placeholder_linear(),
+                    qkv: if cfg.fused_projections {
+                        Qkv::Fused { qkv_proj: placeholder_linear() }
+                    } else {
+                        Qkv::Separate { q_proj: placeholder_linear(), k_proj: placeholder_linear(), v_proj: placeholder_linear() }
+                    },
                     o_proj: placeholder_linear(),
                     q_norm: cfg.qk_norm.then(norm),
                     k_norm: cfg.qk_norm.then(norm),
@@ -220,14 +309,22 @@ impl Llama {
                     softcap: gemma.and_then(|g| g.attn_logit_softcapping),
                 },
                 post_attention_layernorm: norm(),
-                mlp: Mlp { gate_proj: placeholder_linear(), up_proj: placeholder_linear(), down_proj: placeholder_linear(), gelu: gemma.is_some() },
+                mlp: Mlp {
+                    gate_up: if cfg.fused_projections {
+                        GateUp::Fused { gate_up_proj: placeholder_linear() }
+                    } else {
+                        GateUp::Separate { gate_proj: placeholder_linear(), up_proj: placeholder_linear() }
+                    },
+                    down_proj: placeholder_linear(),
+                    gelu: gemma.is_some(),
+                },
                 feedforward_layernorms: gemma.map(|_| (norm(), norm())),
             })
             .collect();
-        let inv_freq = Tensor::f_from_slice(&inverse_frequencies(cfg))?.f_to_device(device)?;
+        let rope = Rope::new(cfg, device)?;
         let embed_scale = gemma.map(|_| (cfg.hidden_size as f64).sqrt());
         let sliding_window = cfg.sliding_window;
-        Ok(Llama { embed_tokens: Tensor::new(), layers, norm: norm(), lm_head: Tensor::new(), inv_freq, embed_scale, sliding_window })
+        Ok(Llama { embed_tokens: Tensor::new(), layers, norm: norm(), lm_head: Tensor::new(), rope, embed_scale, sliding_window })
     }
 
     /// Builds the model from HF-named weights (`model.layers.N...`, `lm_head.weight`); the LM
@@ -256,11 +353,7 @@ impl Llama {
                 anyhow::bail!("position {last} is beyond this model's sliding window of {w} tokens, which is not computed yet: keep prompt + response under {w} tokens");
             }
         }
-        // cos/sin in f32 as HF computes them, then cast to the activation dtype.
-        let freqs = positions.f_to_kind(Kind::Float)?.f_unsqueeze(-1)?.f_mul(&self.inv_freq)?;
-        let emb = Tensor::f_cat(&[&freqs, &freqs], -1)?;
-        let cos = emb.f_cos()?.f_to_kind(kind)?.f_unsqueeze(1)?;
-        let sin = emb.f_sin()?.f_to_kind(kind)?.f_unsqueeze(1)?;
+        let (cos, sin) = self.rope.tables(positions, kind)?;
         let mask = mask.map(|m| super::layers::additive_mask(m, kind)).transpose()?;
         Ok((x, Shared { rope: Some((cos, sin)), mask }))
     }
@@ -319,7 +412,7 @@ mod tests {
     fn llama3_scaling_keeps_high_frequencies_and_divides_low_ones() {
         // Llama 3.1 settings: factor 8, low 1, high 4, original context 8192, theta 500000.
         let cfg = Config::from_json(r#"{"model_type":"llama","vocab_size":8,"hidden_size":128,"intermediate_size":8,"num_hidden_layers":1,"num_attention_heads":1,"rope_theta":500000.0,"rope_scaling":{"rope_type":"llama3","factor":8.0,"low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":8192}}"#, "c").unwrap();
-        let scaled = inverse_frequencies(&cfg);
+        let scaled = inverse_frequencies(&cfg, false);
         let plain: Vec<f64> = (0..64).map(|i| 1.0 / 500000f64.powf(2.0 * i as f64 / 128.0)).collect();
         // Wavelength 2π/f below 8192/4 = 2048 is untouched; above 8192 it is divided by 8.
         assert_eq!(scaled[0], plain[0] as f32);

@@ -97,11 +97,16 @@ fn config_from_gguf(g: &Gguf) -> Result<Config> {
     let rope_scaling = match (g.get("llama.rope.scaling.type").and_then(gguf::Value::as_str), g.tensor_info("rope_freqs.weight")) {
         (Some("linear"), None) => Some(config::RopeScaling::Linear { factor: g.require("llama.rope.scaling.factor")?.as_f64().unwrap_or(1.0) }),
         // Llama 3.1 as llama.cpp converts it: one divisor per frequency in a tensor.
-        (None | Some("none"), Some(info)) => Some(config::RopeScaling::Divisors(g.dequantize(info)?.into_iter().map(f64::from).collect())),
+        (None | Some("none"), Some(info)) => {
+            let divisors: Vec<f64> = g.dequantize(info)?.into_iter().map(f64::from).collect();
+            let original_max_position_embeddings = n("context_length").unwrap_or(2048);
+            Some(config::RopeScaling::LongRope { short_factor: divisors.clone(), long_factor: divisors, original_max_position_embeddings, attention_factor: 1.0 })
+        }
         (None | Some("none"), None) => None,
         (Some(other), _) => bail!("{file}: llama.rope.scaling.type \"{other}\" is not supported{}", if g.tensor_info("rope_freqs.weight").is_some() { " together with rope_freqs.weight" } else { "" }),
     };
     let id = |k: &str| g.get(k).and_then(gguf::Value::as_u64).map(|v| v as i64);
+    let head_dim = g.get("llama.rope.dimension_count").and_then(gguf::Value::as_u64).map_or(hidden / heads.max(1), |v| v as usize);
     let cfg = Config {
         arch: Arch::Llama,
         model_type: "llama".into(),
@@ -111,7 +116,8 @@ fn config_from_gguf(g: &Gguf) -> Result<Config> {
         num_layers: n("block_count")?,
         num_heads: heads,
         num_kv_heads: g.get("llama.attention.head_count_kv").and_then(gguf::Value::as_u64).map_or(heads, |v| v as usize),
-        head_dim: g.get("llama.rope.dimension_count").and_then(gguf::Value::as_u64).map_or(hidden / heads.max(1), |v| v as usize),
+        head_dim,
+        rotary_dim: head_dim,
         norm_eps: g.get("llama.attention.layer_norm_rms_epsilon").and_then(gguf::Value::as_f64).unwrap_or(1e-5),
         rope_theta: g.get("llama.rope.freq_base").and_then(gguf::Value::as_f64).unwrap_or(10000.0),
         rope_scaling,

@@ -22,7 +22,7 @@ pub struct LoraConfig {
 impl Default for LoraConfig {
     fn default() -> Self {
         // The published recipe's LoRA rank 8 / alpha 16 (docs/method.md), on all attention and MLP projections.
-        let targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "c_attn", "c_proj", "c_fc"];
+        let targets = ["q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj", "gate_proj", "up_proj", "gate_up_proj", "down_proj", "c_attn", "c_proj", "c_fc"];
         LoraConfig { rank: 8, alpha: 16.0, dropout: 0.0, targets: targets.iter().map(|s| s.to_string()).collect() }
     }
 }

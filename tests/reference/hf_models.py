@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer, models, pre_tokenizers, decoders
 import transformers
 from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, Gemma2Config, GPT2Config,
-                          LlamaConfig, Qwen2Config, Qwen3Config)
+                          LlamaConfig, Phi3Config, Qwen2Config, Qwen3Config)
 
 VOCAB = 300
 PAD = 256
@@ -63,6 +63,23 @@ CASES = {
         num_key_value_heads=2, head_dim=16, max_position_embeddings=256, rms_norm_eps=1e-6,
         query_pre_attn_scalar=24, attn_logit_softcapping=2.0, final_logit_softcapping=3.0, sliding_window=64,
         eos_token_id=VOCAB - 1, pad_token_id=PAD, bos_token_id=VOCAB - 2),
+    # Phi-3 (fused qkv_proj and gate_up_proj) with LongRoPE: an original context of 2 positions, so
+    # every test input uses the long factors (and the attention factor sqrt(1 + ln 32 / ln 2) from
+    # 64 / 2), and partial rotation (half of each 16-wide head, as Phi-4-mini rotates 3/4).
+    "phi3_longrope": lambda: Phi3Config(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, original_max_position_embeddings=2, rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 0.5,
+                         "short_factor": [1.0, 1.5, 2.0, 4.0], "long_factor": [1.2, 3.0, 7.0, 20.0]},
+        tie_word_embeddings=False, eos_token_id=VOCAB - 1, pad_token_id=PAD, bos_token_id=VOCAB - 2),
+    # Phi-3 inside its original context (64): the short factors, full rotation, attention factor
+    # sqrt(1 + ln 4 / ln 64) from 256 / 64.
+    "phi3_short": lambda: Phi3Config(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=4, max_position_embeddings=256, original_max_position_embeddings=64, rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0,
+                         "short_factor": [1.0, 1.1, 1.3, 1.6, 2.0, 2.5, 3.0, 4.0], "long_factor": [2.0] * 8},
+        tie_word_embeddings=False, eos_token_id=VOCAB - 1, pad_token_id=PAD, bos_token_id=VOCAB - 2),
     "gpt2": lambda: GPT2Config(
         vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=128, eos_token_id=VOCAB - 1,
         bos_token_id=VOCAB - 1, pad_token_id=PAD),
@@ -77,6 +94,13 @@ CASES = {
         num_key_value_heads=2, head_dim=16, max_position_embeddings=256, query_pre_attn_scalar=24,
         attn_logit_softcapping=2.0, final_logit_softcapping=3.0, sliding_window=64, num_labels=1,
         eos_token_id=VOCAB - 1, pad_token_id=PAD, bos_token_id=VOCAB - 2),
+    # Score model (Phi3ForSequenceClassification).
+    "phi3_score": lambda: Phi3Config(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, original_max_position_embeddings=2,
+        rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 0.5,
+                         "short_factor": [1.0, 1.5, 2.0, 4.0], "long_factor": [1.2, 3.0, 7.0, 20.0]},
+        tie_word_embeddings=False, num_labels=1, eos_token_id=VOCAB - 1, pad_token_id=PAD),
     # Score model (Qwen3ForSequenceClassification).
     "qwen3_score": lambda: Qwen3Config(
         vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
