@@ -407,10 +407,11 @@ fn the_pku_saferlhf_recipe_runs_on_hf_checkpoints() {
 }
 
 /// The PEFT cases of tests/reference/peft_adapters.py: (case, base model folder, adapted layers).
-const PEFT_CASES: [(&str, &str, usize); 4] = [
+const PEFT_CASES: [(&str, &str, usize); 5] = [
     ("llama_list", "llama_gqa_untied_rope3", 6),
     ("llama_regex_rslora", "llama_gqa_untied_rope3", 2),
     ("qwen2_all_linear", "qwen2_tied", 12),
+    ("phi3_fused", "phi3_longrope", 4),
     ("gpt2_conv1d", "gpt2", 4),
 ];
 

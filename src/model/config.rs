@@ -257,7 +257,8 @@ impl Config {
                     _ => None,
                 };
                 let head_dim = raw.head_dim.unwrap_or(if heads > 0 { hidden / heads } else { 0 });
-                let partial = raw.partial_rotary_factor.or_else(|| params.get("partial_rotary_factor").and_then(Value::as_f64)).unwrap_or(1.0);
+                let in_dicts = |k: &str| [&raw.rope_scaling, &raw.rope_parameters].into_iter().flatten().find_map(|d| d.get(k).and_then(Value::as_f64));
+                let partial = raw.partial_rotary_factor.or_else(|| in_dicts("partial_rotary_factor")).unwrap_or(1.0);
                 if !(partial > 0.0 && partial <= 1.0) {
                     bail!("{file}: partial_rotary_factor {partial} must be in (0, 1]");
                 }
@@ -486,5 +487,27 @@ mod tests {
         assert_eq!(back.score_pooling, Pooling::Mean);
         let e = Config::from_json(&text.replace("}", r#","dualign_score_pooling":"max"}"#), "c.json").unwrap_err();
         assert_eq!(format!("{e:#}"), "c.json: dualign_score_pooling: pool \"max\" is not known (known: last, mean)");
+    }
+
+    #[test]
+    fn phi3_longrope_reads_its_contexts_and_defaults_as_transformers_does() {
+        // Phi-3-mini-128k's layout: `su` (the old name), the original context at the top level, no
+        // attention factor: HF's default sqrt(1 + ln(131072 / 4096) / ln 4096).
+        let base = r#""model_type":"phi3","vocab_size":10,"hidden_size":16,"intermediate_size":16,"num_hidden_layers":1,"num_attention_heads":2"#;
+        let factors = "[1.0, 1.0, 1.0, 1.0]";
+        let json = format!(r#"{{{base},"max_position_embeddings":131072,"original_max_position_embeddings":4096,"rope_scaling":{{"type":"su","short_factor":{factors},"long_factor":{factors}}}}}"#);
+        let c = Config::from_json(&json, "c.json").unwrap();
+        let Some(RopeScaling::LongRope { original_max_position_embeddings, attention_factor, .. }) = c.rope_scaling.clone() else { panic!("{c:?}") };
+        assert_eq!(original_max_position_embeddings, 4096);
+        assert!((attention_factor - (1.0 + 32f64.ln() / 4096f64.ln()).sqrt()).abs() < 1e-15, "{attention_factor}");
+        assert!(c.fused_projections && c.rotary_dim == 8);
+        // Saved and read back: the same configuration.
+        assert_eq!(Config::from_json(&c.to_hf_json().to_string(), "c.json").unwrap(), c);
+        // Factors must cover the rotary dimension: half of 8 with the whole head, half of 4 with
+        // partial_rotary_factor 0.5.
+        let e = Config::from_json(&json.replace(r#""type":"su""#, r#""type":"su","partial_rotary_factor":0.5"#), "c.json").unwrap_err().to_string();
+        assert_eq!(e, "c.json: RoPE short_factor needs 2 positive frequency divisors (rotary dimension / 2); found 4 ([1.0, 1.0, 1.0, 1.0])");
+        let e = Config::from_json(&json.replace("\"max_position_embeddings\"", "\"hidden_act\":\"gelu\",\"max_position_embeddings\""), "c.json").unwrap_err().to_string();
+        assert_eq!(e, "c.json: hidden_act \"gelu\" is not supported for phi3 (silu)");
     }
 }

@@ -32,6 +32,8 @@ ADAPTERS = {
     # Every linear layer but some, on a model with q/k/v biases.
     "qwen2_all_linear": ("qwen2_tied", dict(r=2, lora_alpha=4, target_modules="all-linear", exclude_modules=["o_proj"])),
     # GPT-2's Conv1D layers (PEFT stores their adapters as for nn.Linear).
+    # Phi-3's fused projections adapted as one module each, as PEFT targets them.
+    "phi3_fused": ("phi3_longrope", dict(r=4, lora_alpha=8, target_modules=["qkv_proj", "gate_up_proj"])),
     "gpt2_conv1d": ("gpt2", dict(r=4, lora_alpha=8, target_modules=["c_attn", "c_fc"], fan_in_fan_out=True)),
 }
 
