@@ -43,12 +43,23 @@ fn logits_match_hf_transformers_within_1e_4() {
         // Target from docs/targets.md: fp32 logits within 1e-4 of HF transformers.
         assert!(diff < 1e-4, "{case}: max |logits - HF| = {diff}");
     }
-    // A sliding window (Gemma 2's, 64 here) is not computed: a position past it is refused, never
-    // silently attended in full.
-    let g = CausalLM::load(root.join("gemma2_softcap").to_str().unwrap(), &cpu_f32()).unwrap();
-    assert!(g.logits(&Tensor::zeros([1, 64], (Kind::Int64, Device::Cpu))).is_ok());
-    let e = format!("{:#}", g.logits(&Tensor::zeros([1, 65], (Kind::Int64, Device::Cpu))).unwrap_err());
-    assert!(e.contains("position 64 is beyond this model's sliding window of 64 tokens"), "{e}");
+    // The sliding windows (Qwen2's 3 on layer 1, Gemma 2's 4 on layer 0, Phi-3's 5 on both) bite on
+    // these 7-token inputs: attending in full gives other logits.
+    for case in ["qwen2_tied", "gemma2_softcap", "phi3_short"] {
+        let dir = root.join(case);
+        let e = expected(&dir);
+        let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+        cfg["sliding_window"] = serde_json::Value::Null;
+        let full = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("full-attention-{case}"));
+        std::fs::create_dir_all(&full).unwrap();
+        for f in ["model.safetensors", "tokenizer.json"] {
+            std::fs::copy(dir.join(f), full.join(f)).unwrap();
+        }
+        std::fs::write(full.join("config.json"), cfg.to_string()).unwrap();
+        let m = CausalLM::load(full.to_str().unwrap(), &cpu_f32()).unwrap();
+        let diff = max_abs_diff(&m.logits(&e["ids"]).unwrap(), &e["logits"]);
+        assert!(diff > 1e-3, "{case}: the window changes nothing ({diff})");
+    }
 }
 
 #[test]

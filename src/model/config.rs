@@ -111,10 +111,13 @@ pub struct Config {
     pub qk_norm: bool,
     /// Gemma 2's changes to the Llama family's layers, for `model_type` gemma2.
     pub gemma2: Option<Gemma2>,
-    /// The local attention span of sliding-window layers (Mistral v0.1, Gemma 2, Qwen2/Qwen3
-    /// with `use_sliding_window`). The window is not computed: every layer attends fully, which is
-    /// exact for positions below it, and a position at or past it is refused.
+    /// The local attention span of sliding-window layers (Mistral v0.1, Gemma 2, Phi-3, Qwen2/Qwen3
+    /// with `use_sliding_window`): a query at position p sees keys at positions above p - window.
     pub sliding_window: Option<usize>,
+    /// Which layers use the window (`layer_types`, else the family's rule: every layer for Mistral
+    /// and Phi-3, even layers for Gemma 2, layers from `max_window_layers` on for Qwen); empty
+    /// without a window.
+    pub sliding_layers: Vec<bool>,
     pub bos_token_id: Option<i64>,
     pub eos_token_ids: Vec<i64>,
     pub pad_token_id: Option<i64>,
@@ -146,6 +149,8 @@ struct Raw {
     final_logit_softcapping: Option<f64>,
     sliding_window: Option<usize>,
     use_sliding_window: Option<bool>,
+    max_window_layers: Option<usize>,
+    layer_types: Option<Vec<String>>,
     hidden_activation: Option<String>,
     max_position_embeddings: Option<usize>,
     tie_word_embeddings: Option<bool>,
@@ -263,6 +268,28 @@ impl Config {
                     bail!("{file}: partial_rotary_factor {partial} must be in (0, 1]");
                 }
                 let phi3 = model_type == "phi3";
+                let layers = need(raw.num_hidden_layers, "num_hidden_layers")?;
+                // Qwen2/Qwen3 carry a window they use only when use_sliding_window says so.
+                let window = if model_type.starts_with("qwen") && raw.use_sliding_window != Some(true) { None } else { raw.sliding_window };
+                if window == Some(0) {
+                    bail!("{file}: sliding_window must be positive");
+                }
+                let sliding_layers: Vec<bool> = match (&window, &raw.layer_types) {
+                    (None, _) => vec![],
+                    (Some(_), Some(types)) => {
+                        if types.len() != layers {
+                            bail!("{file}: layer_types has {} entries for {layers} layers", types.len());
+                        }
+                        types.iter().map(|t| match t.as_str() {
+                            "sliding_attention" => Ok(true),
+                            "full_attention" => Ok(false),
+                            other => bail!("{file}: layer_types entry \"{other}\" is not supported (sliding_attention, full_attention)"),
+                        }).collect::<Result<_>>()?
+                    }
+                    (Some(_), None) if model_type == "gemma2" => (0..layers).map(|i| i % 2 == 0).collect(),
+                    (Some(_), None) if model_type.starts_with("qwen") => (0..layers).map(|i| i >= raw.max_window_layers.unwrap_or(28)).collect(),
+                    (Some(_), None) => vec![true; layers],
+                };
                 if phi3 && !matches!(raw.hidden_act.as_deref(), None | Some("silu")) {
                     bail!("{file}: hidden_act \"{}\" is not supported for phi3 (silu)", raw.hidden_act.as_deref().unwrap_or_default());
                 }
@@ -272,7 +299,7 @@ impl Config {
                     vocab_size: need(raw.vocab_size, "vocab_size")?,
                     hidden_size: hidden,
                     intermediate_size: need(raw.intermediate_size, "intermediate_size")?,
-                    num_layers: need(raw.num_hidden_layers, "num_hidden_layers")?,
+                    num_layers: layers,
                     num_heads: heads,
                     num_kv_heads: raw.num_key_value_heads.unwrap_or(heads),
                     head_dim,
@@ -302,8 +329,8 @@ impl Config {
                     } else {
                         None
                     },
-                    // Qwen2/Qwen3 carry a window they use only when use_sliding_window says so.
-                    sliding_window: if model_type.starts_with("qwen") && raw.use_sliding_window != Some(true) { None } else { raw.sliding_window },
+                    sliding_window: window,
+                    sliding_layers,
                     ..common
                 }
             }
@@ -446,6 +473,10 @@ impl Config {
                 }
                 if c.sliding_window.is_some() {
                     j["sliding_window"] = serde_json::json!(c.sliding_window);
+                    if c.model_type != "mistral" {
+                        let types: Vec<&str> = c.sliding_layers.iter().map(|&s| if s { "sliding_attention" } else { "full_attention" }).collect();
+                        j["layer_types"] = serde_json::json!(types);
+                    }
                     if model_type.starts_with("qwen") {
                         j["use_sliding_window"] = Value::Bool(true);
                     }

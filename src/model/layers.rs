@@ -195,8 +195,23 @@ pub fn positions_from_mask(mask: &Tensor) -> Result<Tensor> {
 }
 
 /// What every layer of one forward pass shares, computed once by the family's `embed`: RoPE's
-/// cos/sin tables (the Llama family) and the additive attention mask (None: causal).
+/// cos/sin tables (the Llama family), the additive attention mask (None: causal) and, where a
+/// sliding window reaches back less far than the longest position, the sliding layers' mask.
 pub struct Shared {
     pub rope: Option<(Tensor, Tensor)>,
     pub mask: Option<Tensor>,
+    pub window_mask: Option<Tensor>,
+}
+
+/// The boolean mask `[B, 1, T, S]` of a sliding window: the query at position `positions[b, t]`
+/// sees key column `j` (key columns are positions: the sampler's caches and every right-padded
+/// batch keep them so) when `p - window < j <= p`, and where `mask` (if any) allows it.
+pub fn window_mask(positions: &Tensor, keys: i64, window: usize, mask: Option<&Tensor>) -> Result<Tensor> {
+    let p = positions.f_unsqueeze(-1)?;
+    let j = Tensor::f_arange(keys, (Kind::Int64, positions.device()))?;
+    let band = j.f_le_tensor(&p)?.f_logical_and(&p.f_sub(&j)?.f_lt(window as i64)?)?.f_unsqueeze(1)?;
+    Ok(match mask {
+        Some(m) => band.f_logical_and(m)?,
+        None => band,
+    })
 }

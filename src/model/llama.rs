@@ -63,9 +63,9 @@ pub struct Llama {
     rope: Rope,
     /// Gemma multiplies the embeddings by sqrt(hidden_size), rounded to the activation dtype.
     embed_scale: Option<f64>,
-    /// The local attention span of sliding-window layers: longer inputs are refused (see
-    /// `Config::sliding_window`).
+    /// The local attention span of sliding-window layers, and which layers those are.
     sliding_window: Option<usize>,
+    sliding_layers: Vec<bool>,
 }
 
 /// The rotary tables' inputs: the inverse frequencies, LongRoPE's long ones with the context past
@@ -323,8 +323,8 @@ impl Llama {
             .collect();
         let rope = Rope::new(cfg, device)?;
         let embed_scale = gemma.map(|_| (cfg.hidden_size as f64).sqrt());
-        let sliding_window = cfg.sliding_window;
-        Ok(Llama { embed_tokens: Tensor::new(), layers, norm: norm(), lm_head: Tensor::new(), rope, embed_scale, sliding_window })
+        let (sliding_window, sliding_layers) = (cfg.sliding_window, cfg.sliding_layers.clone());
+        Ok(Llama { embed_tokens: Tensor::new(), layers, norm: norm(), lm_head: Tensor::new(), rope, embed_scale, sliding_window, sliding_layers })
     }
 
     /// Builds the model from HF-named weights (`model.layers.N...`, `lm_head.weight`); the LM
@@ -347,22 +347,31 @@ impl Llama {
             // HF: hidden * torch.tensor(hidden_size**0.5, dtype=hidden.dtype)
             x = x.f_mul(&Tensor::f_from_slice(&[scale])?.f_to_kind(kind)?.f_to_device(x.device())?)?;
         }
-        if let Some(w) = self.sliding_window {
+        // The window's own mask, when some position reaches past it (else it changes nothing).
+        let mut window_mask = None;
+        if let Some(w) = self.sliding_window.filter(|_| self.sliding_layers.contains(&true)) {
             let last = if positions.numel() == 0 { 0 } else { positions.f_max()?.f_int64_value(&[])? };
             if last >= w as i64 {
-                anyhow::bail!("position {last} is beyond this model's sliding window of {w} tokens, which is not computed yet: keep prompt + response under {w} tokens");
+                // Keys: every cached and new position (the mask's width), or the new ones alone.
+                let keys = mask.map_or(ids.size()[1], |m| m.size()[3]);
+                let band = super::layers::window_mask(positions, keys, w, mask)?;
+                window_mask = Some(super::layers::additive_mask(&band, kind)?);
             }
         }
         let (cos, sin) = self.rope.tables(positions, kind)?;
         let mask = mask.map(|m| super::layers::additive_mask(m, kind)).transpose()?;
-        Ok((x, Shared { rope: Some((cos, sin)), mask }))
+        Ok((x, Shared { rope: Some((cos, sin)), mask, window_mask }))
     }
 
     /// Decoder layer `l` on `x` `[B, T, H]` (its keys and values appended to `cache`).
     pub fn layer(&self, l: usize, x: &Tensor, shared: &Shared, cache: Option<&mut KvCache>) -> Result<Tensor> {
         let layer = &self.layers[l];
         let Some((cos, sin)) = &shared.rope else { anyhow::bail!("internal: the Llama family's layers need RoPE tables") };
-        let a = layer.self_attn.forward(&layer.input_layernorm.forward(x)?, cos, sin, shared.mask.as_ref(), cache.map(|c| (c, l)))?;
+        let mask = match &shared.window_mask {
+            Some(w) if self.sliding_layers[l] => Some(w),
+            _ => shared.mask.as_ref(),
+        };
+        let a = layer.self_attn.forward(&layer.input_layernorm.forward(x)?, cos, sin, mask, cache.map(|c| (c, l)))?;
         if let Some((pre, post)) = &layer.feedforward_layernorms {
             // Gemma 2: norms on the attention's output and around the MLP.
             let x = x.f_add(&layer.post_attention_layernorm.forward(&a)?)?;
@@ -397,15 +406,24 @@ mod tests {
     #[test]
     fn sliding_windows_are_read_where_the_family_uses_them() {
         let cfg = |model_type: &str, extra: &str| {
-            let json = format!(r#"{{"model_type":"{model_type}","vocab_size":8,"hidden_size":8,"intermediate_size":8,"num_hidden_layers":1,"num_attention_heads":1,"sliding_window":4096{extra}}}"#);
-            Config::from_json(&json, "c").unwrap().sliding_window
+            let json = format!(r#"{{"model_type":"{model_type}","vocab_size":8,"hidden_size":8,"intermediate_size":8,"num_hidden_layers":4,"num_attention_heads":1,"sliding_window":4096{extra}}}"#);
+            let c = Config::from_json(&json, "c").unwrap();
+            (c.sliding_window, c.sliding_layers)
         };
-        // Mistral v0.1 and Gemma 2 always use theirs; Qwen2/Qwen3 only with use_sliding_window.
-        assert_eq!(cfg("mistral", ""), Some(4096));
-        assert_eq!(cfg("gemma2", ""), Some(4096));
-        assert_eq!(cfg("qwen2", ""), None);
-        assert_eq!(cfg("qwen3", r#","use_sliding_window":false"#), None);
-        assert_eq!(cfg("qwen2", r#","use_sliding_window":true"#), Some(4096));
+        // Mistral v0.1 and Phi-3 use theirs on every layer, Gemma 2 on even layers, Qwen2/Qwen3 only
+        // with use_sliding_window and from max_window_layers on (transformers' rules); layer_types
+        // when the config has it.
+        let (t, f) = (true, false);
+        assert_eq!(cfg("mistral", ""), (Some(4096), vec![t, t, t, t]));
+        assert_eq!(cfg("phi3", ""), (Some(4096), vec![t, t, t, t]));
+        assert_eq!(cfg("gemma2", ""), (Some(4096), vec![t, f, t, f]));
+        assert_eq!(cfg("qwen2", ""), (None, vec![]));
+        assert_eq!(cfg("qwen3", r#","use_sliding_window":false"#), (None, vec![]));
+        assert_eq!(cfg("qwen2", r#","use_sliding_window":true,"max_window_layers":3"#), (Some(4096), vec![f, f, f, t]));
+        let types = r#","layer_types":["full_attention","sliding_attention","sliding_attention","full_attention"]"#;
+        assert_eq!(cfg("gemma2", types), (Some(4096), vec![f, t, t, f]));
+        let e = Config::from_json(r#"{"model_type":"gemma2","vocab_size":8,"hidden_size":8,"intermediate_size":8,"num_hidden_layers":2,"num_attention_heads":1,"sliding_window":4,"layer_types":["full_attention"]}"#, "c").unwrap_err();
+        assert_eq!(e.to_string(), "c: layer_types has 1 entries for 2 layers");
     }
 
     #[test]

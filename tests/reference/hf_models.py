@@ -45,23 +45,26 @@ CASES = {
         rope_theta=500000.0, eos_token_id=VOCAB - 1, pad_token_id=PAD,
         rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                       "original_max_position_embeddings": 32}),
-    # Qwen2: q/k/v biases, tied embeddings, plain RoPE.
+    # Qwen2: q/k/v biases, tied embeddings, plain RoPE, a sliding window of 3 on layer 1 only
+    # (use_sliding_window, max_window_layers 1).
     "qwen2_tied": lambda: Qwen2Config(
         vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=1, max_position_embeddings=256, rms_norm_eps=1e-6, tie_word_embeddings=True,
-        rope_theta=10000.0, eos_token_id=VOCAB - 1, pad_token_id=PAD),
+        rope_theta=10000.0, eos_token_id=VOCAB - 1, pad_token_id=PAD, use_sliding_window=True, sliding_window=3,
+        max_window_layers=1),
     # Qwen3: per-head q/k RMSNorm, head_dim 32 (not hidden / heads = 16), GQA, untied.
     "qwen3_qknorm": lambda: Qwen3Config(
         vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, head_dim=32, max_position_embeddings=256, rms_norm_eps=1e-6,
         tie_word_embeddings=False, rope_theta=1000000.0, eos_token_id=VOCAB - 1, pad_token_id=PAD),
     # Gemma 2: (1 + w) norms, four per layer, GeGLU, scaled embeddings, query_pre_attn_scalar 24 (not
-    # head_dim 16), soft caps small enough to bite (attention 2.0, logits 3.0), tied embeddings.
+    # head_dim 16), soft caps small enough to bite (attention 2.0, logits 3.0), tied embeddings, a
+    # sliding window of 4 on the even layers (inputs are 7 tokens and 5 + 6 generated).
     # HF's eager attention (its SDPA path ignores the attention soft cap).
     "gemma2_softcap": lambda: Gemma2Config(
         vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, head_dim=16, max_position_embeddings=256, rms_norm_eps=1e-6,
-        query_pre_attn_scalar=24, attn_logit_softcapping=2.0, final_logit_softcapping=3.0, sliding_window=64,
+        query_pre_attn_scalar=24, attn_logit_softcapping=2.0, final_logit_softcapping=3.0, sliding_window=4,
         eos_token_id=VOCAB - 1, pad_token_id=PAD, bos_token_id=VOCAB - 2),
     # Phi-3 (fused qkv_proj and gate_up_proj) with LongRoPE: an original context of 2 positions, so
     # every test input uses the long factors (and the attention factor sqrt(1 + ln 32 / ln 2) from
@@ -73,13 +76,13 @@ CASES = {
                          "short_factor": [1.0, 1.5, 2.0, 4.0], "long_factor": [1.2, 3.0, 7.0, 20.0]},
         tie_word_embeddings=False, eos_token_id=VOCAB - 1, pad_token_id=PAD, bos_token_id=VOCAB - 2),
     # Phi-3 inside its original context (64): the short factors, full rotation, attention factor
-    # sqrt(1 + ln 4 / ln 64) from 256 / 64.
+    # sqrt(1 + ln 4 / ln 64) from 256 / 64; a sliding window of 5 on every layer.
     "phi3_short": lambda: Phi3Config(
         vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=4, max_position_embeddings=256, original_max_position_embeddings=64, rms_norm_eps=1e-5,
         rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0,
                          "short_factor": [1.0, 1.1, 1.3, 1.6, 2.0, 2.5, 3.0, 4.0], "long_factor": [2.0] * 8},
-        tie_word_embeddings=False, eos_token_id=VOCAB - 1, pad_token_id=PAD, bos_token_id=VOCAB - 2),
+        tie_word_embeddings=False, eos_token_id=VOCAB - 1, pad_token_id=PAD, bos_token_id=VOCAB - 2, sliding_window=5),
     "gpt2": lambda: GPT2Config(
         vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=128, eos_token_id=VOCAB - 1,
         bos_token_id=VOCAB - 1, pad_token_id=PAD),
@@ -92,7 +95,7 @@ CASES = {
     "gemma2_score": lambda: Gemma2Config(
         vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, head_dim=16, max_position_embeddings=256, query_pre_attn_scalar=24,
-        attn_logit_softcapping=2.0, final_logit_softcapping=3.0, sliding_window=64, num_labels=1,
+        attn_logit_softcapping=2.0, final_logit_softcapping=3.0, sliding_window=4, num_labels=1,
         eos_token_id=VOCAB - 1, pad_token_id=PAD, bos_token_id=VOCAB - 2),
     # Score model (Phi3ForSequenceClassification).
     "phi3_score": lambda: Phi3Config(
