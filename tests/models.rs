@@ -28,7 +28,7 @@ fn to_vec(t: &Tensor) -> Vec<i64> {
     v
 }
 
-const CAUSAL: [&str; 7] = ["llama_gqa_untied_rope3", "qwen2_tied", "qwen3_qknorm", "gemma2_softcap", "phi3_longrope", "phi3_short", "gpt2"];
+const CAUSAL: [&str; 8] = ["llama_gqa_untied_rope3", "qwen2_tied", "qwen3_qknorm", "gemma2_softcap", "gemma3_local", "phi3_longrope", "phi3_short", "gpt2"];
 
 #[test]
 fn logits_match_hf_transformers_within_1e_4() {
@@ -45,7 +45,7 @@ fn logits_match_hf_transformers_within_1e_4() {
     }
     // The sliding windows (Qwen2's 3 on layer 1, Gemma 2's 4 on layer 0, Phi-3's 5 on both) bite on
     // these 7-token inputs: attending in full gives other logits.
-    for case in ["qwen2_tied", "gemma2_softcap", "phi3_short"] {
+    for case in ["qwen2_tied", "gemma2_softcap", "gemma3_local", "phi3_short"] {
         let dir = root.join(case);
         let e = expected(&dir);
         let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
@@ -82,7 +82,7 @@ fn greedy_batched_decoding_with_left_padding_matches_hf_generate() {
 
 #[test]
 fn score_head_matches_hf_sequence_classification() {
-    for case in ["llama_score", "qwen3_score", "gemma2_score", "phi3_score"] {
+    for case in ["llama_score", "qwen3_score", "gemma2_score", "gemma3_score", "phi3_score"] {
         let dir = reference("hf_models.py").join(case);
         let e = expected(&dir);
         let m = CausalLM::load(dir.to_str().unwrap(), &cpu_f32()).unwrap();
@@ -118,7 +118,7 @@ fn chunked_padded_logprobs_equal_the_full_log_softmax() {
 #[test]
 fn saved_folder_reloads_to_identical_logits_and_loads_in_hf() {
     let root = reference("hf_models.py");
-    for case in ["llama_gqa_untied_rope3", "qwen3_qknorm", "gemma2_softcap", "phi3_longrope", "phi3_short", "gpt2"] {
+    for case in ["llama_gqa_untied_rope3", "qwen3_qknorm", "gemma2_softcap", "gemma3_local", "phi3_longrope", "phi3_short", "gpt2"] {
         let m = CausalLM::load(root.join(case).to_str().unwrap(), &cpu_f32()).unwrap();
         let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("saved-{case}"));
         m.save(&out).unwrap();

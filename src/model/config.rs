@@ -23,12 +23,12 @@ pub enum RopeScaling {
     LongRope { short_factor: Vec<f64>, long_factor: Vec<f64>, original_max_position_embeddings: usize, attention_factor: f64 },
 }
 
-/// What Gemma 2 adds to the Llama family's layers: `(1 + weight)` RMSNorms, a norm after
+/// What Gemma 2 and 3 add to the Llama family's layers: `(1 + weight)` RMSNorms, a norm after
 /// attention and around the MLP (four per layer), GeGLU (tanh GELU), embeddings scaled by
 /// `sqrt(hidden_size)`, attention scaled by `query_pre_attn_scalar^-1/2`, and tanh soft-capping of
-/// attention scores and of the final logits.
+/// attention scores and of the final logits (Gemma 2; Gemma 3 has none by default).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Gemma2 {
+pub struct Gemma {
     pub query_pre_attn_scalar: f64,
     pub attn_logit_softcapping: Option<f64>,
     pub final_logit_softcapping: Option<f64>,
@@ -96,6 +96,9 @@ pub struct Config {
     pub norm_eps: f64,
     pub rope_theta: f64,
     pub rope_scaling: Option<RopeScaling>,
+    /// The sliding-window layers' own RoPE base, unscaled (Gemma 3's `rope_local_base_freq`, or
+    /// `rope_parameters.sliding_attention`); None: every layer uses `rope_theta` and `rope_scaling`.
+    pub local_rope_theta: Option<f64>,
     /// How many leading dimensions of each head RoPE rotates (`head_dim` × `partial_rotary_factor`).
     pub rotary_dim: usize,
     /// Phi-3's fused projections: `qkv_proj` (q, k, v stacked) and `gate_up_proj` (gate, up).
@@ -109,8 +112,8 @@ pub struct Config {
     pub mlp_bias: bool,
     /// RMSNorm over each head's query and key before RoPE (Qwen3's `q_norm`, `k_norm`).
     pub qk_norm: bool,
-    /// Gemma 2's changes to the Llama family's layers, for `model_type` gemma2.
-    pub gemma2: Option<Gemma2>,
+    /// Gemma 2 and 3's changes to the Llama family's layers (`model_type` gemma2, gemma3_text).
+    pub gemma: Option<Gemma>,
     /// The local attention span of sliding-window layers (Mistral v0.1, Gemma 2, Phi-3, Qwen2/Qwen3
     /// with `use_sliding_window`): a query at position p sees keys at positions above p - window.
     pub sliding_window: Option<usize>,
@@ -150,6 +153,9 @@ struct Raw {
     sliding_window: Option<usize>,
     use_sliding_window: Option<bool>,
     max_window_layers: Option<usize>,
+    sliding_window_pattern: Option<usize>,
+    rope_local_base_freq: Option<f64>,
+    use_bidirectional_attention: Option<bool>,
     layer_types: Option<Vec<String>>,
     hidden_activation: Option<String>,
     max_position_embeddings: Option<usize>,
@@ -250,17 +256,37 @@ impl Config {
             ..Config::default()
         };
         let cfg = match model_type.as_str() {
-            "llama" | "qwen2" | "qwen3" | "mistral" | "gemma2" | "phi3" => {
+            "llama" | "qwen2" | "qwen3" | "mistral" | "gemma2" | "gemma3_text" | "phi3" => {
                 let hidden = need(raw.hidden_size, "hidden_size")?;
                 let heads = need(raw.num_attention_heads, "num_attention_heads")?;
                 let params = raw.rope_parameters.clone().unwrap_or(Value::Null);
-                let rope_theta = raw.rope_theta.or_else(|| params.get("rope_theta").and_then(Value::as_f64)).unwrap_or(10000.0);
+                let gemma3 = model_type == "gemma3_text";
+                let gemma = gemma3 || model_type == "gemma2";
+                // Gemma 3's parameters per layer type (transformers 5), else one set for every layer.
+                let (params, local) = match (params.get("full_attention").cloned(), params.get("sliding_attention").cloned()) {
+                    (Some(full), local) if gemma3 => (full, local),
+                    _ => (params, None),
+                };
+                let rope_theta = raw.rope_theta.or_else(|| params.get("rope_theta").and_then(Value::as_f64)).unwrap_or(if gemma3 { 1e6 } else { 10000.0 });
                 let max_positions = raw.max_position_embeddings.unwrap_or(2048);
-                let scaling = match (&raw.rope_scaling, &raw.rope_parameters) {
+                let scaling = match (&raw.rope_scaling, &params) {
                     (Some(v), _) if !v.is_null() => rope_scaling(v, file, max_positions, raw.original_max_position_embeddings)?,
-                    (_, Some(p)) => rope_scaling(p, file, max_positions, raw.original_max_position_embeddings)?,
+                    (_, p) if !p.is_null() => rope_scaling(p, file, max_positions, raw.original_max_position_embeddings)?,
                     _ => None,
                 };
+                let local_rope_theta = match &local {
+                    Some(l) => {
+                        if rope_scaling(l, file, max_positions, None)?.is_some() {
+                            bail!("{file}: rope_parameters.sliding_attention: only the default rope_type is supported for the sliding layers");
+                        }
+                        Some(l.get("rope_theta").and_then(Value::as_f64).unwrap_or(10000.0))
+                    }
+                    None if gemma3 => Some(raw.rope_local_base_freq.unwrap_or(10000.0)),
+                    None => None,
+                };
+                if raw.use_bidirectional_attention == Some(true) {
+                    bail!("{file}: use_bidirectional_attention (an embedding model) is not supported: host runs causal language models");
+                }
                 let head_dim = raw.head_dim.unwrap_or(if heads > 0 { hidden / heads } else { 0 });
                 let in_dicts = |k: &str| [&raw.rope_scaling, &raw.rope_parameters].into_iter().flatten().find_map(|d| d.get(k).and_then(Value::as_f64));
                 let partial = raw.partial_rotary_factor.or_else(|| in_dicts("partial_rotary_factor")).unwrap_or(1.0);
@@ -270,7 +296,8 @@ impl Config {
                 let phi3 = model_type == "phi3";
                 let layers = need(raw.num_hidden_layers, "num_hidden_layers")?;
                 // Qwen2/Qwen3 carry a window they use only when use_sliding_window says so.
-                let window = if model_type.starts_with("qwen") && raw.use_sliding_window != Some(true) { None } else { raw.sliding_window };
+                // Gemma 3's default window is 4096 (its config may leave it out).
+                let window = if model_type.starts_with("qwen") && raw.use_sliding_window != Some(true) { None } else { raw.sliding_window.or(gemma3.then_some(4096)) };
                 if window == Some(0) {
                     bail!("{file}: sliding_window must be positive");
                 }
@@ -287,6 +314,11 @@ impl Config {
                         }).collect::<Result<_>>()?
                     }
                     (Some(_), None) if model_type == "gemma2" => (0..layers).map(|i| i % 2 == 0).collect(),
+                    // Gemma 3: every `sliding_window_pattern`-th layer (6 by default) is global.
+                    (Some(_), None) if gemma3 => {
+                        let pattern = raw.sliding_window_pattern.unwrap_or(6).max(1);
+                        (0..layers).map(|i| (i + 1) % pattern != 0).collect()
+                    }
                     (Some(_), None) if model_type.starts_with("qwen") => (0..layers).map(|i| i >= raw.max_window_layers.unwrap_or(28)).collect(),
                     (Some(_), None) => vec![true; layers],
                 };
@@ -306,22 +338,23 @@ impl Config {
                     norm_eps: raw.rms_norm_eps.unwrap_or(1e-6),
                     rope_theta,
                     rope_scaling: scaling,
+                    local_rope_theta,
                     // As HF: int(head_dim * partial_rotary_factor).
                     rotary_dim: (head_dim as f64 * partial) as usize,
                     fused_projections: phi3,
                     max_position_embeddings: max_positions,
                     // Gemma's embeddings are always tied (its config leaves the flag out).
-                    tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(model_type == "gemma2"),
+                    tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(gemma),
                     qkv_bias: qwen || raw.attention_bias.unwrap_or(false),
                     o_bias: !qwen && raw.attention_bias.unwrap_or(false),
                     mlp_bias: raw.mlp_bias.unwrap_or(false),
-                    qk_norm: model_type == "qwen3",
-                    gemma2: if model_type == "gemma2" {
+                    qk_norm: model_type == "qwen3" || gemma3,
+                    gemma: if gemma {
                         match raw.hidden_activation.as_deref() {
                             None | Some("gelu_pytorch_tanh") => {}
-                            Some(other) => bail!("{file}: hidden_activation \"{other}\" is not supported for gemma2 (gelu_pytorch_tanh)"),
+                            Some(other) => bail!("{file}: hidden_activation \"{other}\" is not supported for {model_type} (gelu_pytorch_tanh)"),
                         }
-                        Some(Gemma2 {
+                        Some(Gemma {
                             query_pre_attn_scalar: raw.query_pre_attn_scalar.unwrap_or(256.0),
                             attn_logit_softcapping: raw.attn_logit_softcapping,
                             final_logit_softcapping: raw.final_logit_softcapping,
@@ -360,7 +393,7 @@ impl Config {
                     ..common
                 }
             }
-            other => bail!("{file}: model_type \"{other}\" is not supported (supported: llama, qwen2, qwen3, mistral, gemma2, phi3, gpt2)"),
+            other => bail!("{file}: model_type \"{other}\" is not supported (supported: llama, qwen2, qwen3, mistral, gemma2, gemma3_text, phi3, gpt2)"),
         };
         cfg.validate(file)?;
         Ok(cfg)
@@ -442,6 +475,7 @@ impl Config {
                     "qwen2" => ("Qwen2ForCausalLM", "qwen2"),
                     "qwen3" => ("Qwen3ForCausalLM", "qwen3"),
                     "gemma2" => ("Gemma2ForCausalLM", "gemma2"),
+                    "gemma3_text" => ("Gemma3ForCausalLM", "gemma3_text"),
                     "phi3" => ("Phi3ForCausalLM", "phi3"),
                     _ => ("LlamaForCausalLM", "llama"),
                 };
@@ -455,7 +489,7 @@ impl Config {
                     "tie_word_embeddings": c.tie_word_embeddings, "hidden_act": "silu",
                     "bos_token_id": c.bos_token_id, "eos_token_id": c.eos_token_ids.clone(), "pad_token_id": c.pad_token_id,
                 });
-                if let Some(g) = &c.gemma2 {
+                if let Some(g) = &c.gemma {
                     j["hidden_activation"] = Value::from("gelu_pytorch_tanh");
                     j["hidden_act"] = Value::from("gelu_pytorch_tanh");
                     // An integer in HF's config class (256 for Gemma 2 2B and 9B).
@@ -463,6 +497,9 @@ impl Config {
                     j["query_pre_attn_scalar"] = if q.fract() == 0.0 { Value::from(q as i64) } else { Value::from(q) };
                     j["attn_logit_softcapping"] = serde_json::json!(g.attn_logit_softcapping);
                     j["final_logit_softcapping"] = serde_json::json!(g.final_logit_softcapping);
+                }
+                if let Some(local) = c.local_rope_theta {
+                    j["rope_local_base_freq"] = Value::from(local);
                 }
                 if c.rotary_dim != c.head_dim {
                     j["partial_rotary_factor"] = Value::from(c.rotary_dim as f64 / c.head_dim as f64);
@@ -500,7 +537,7 @@ mod tests {
         let c = Config::from_json(r#"{"model_type":"llama","vocab_size":10,"hidden_size":8,"intermediate_size":16,"num_hidden_layers":1,"num_attention_heads":2,"num_key_value_heads":1,"rope_parameters":{"rope_theta":500000.0,"rope_type":"default"}}"#, "c.json").unwrap();
         assert_eq!((c.rope_theta, c.head_dim, c.num_kv_heads, c.qkv_bias), (500000.0, 4, 1, false));
         let e = Config::from_json(r#"{"model_type":"bert"}"#, "c.json").unwrap_err().to_string();
-        assert_eq!(e, "c.json: model_type \"bert\" is not supported (supported: llama, qwen2, qwen3, mistral, gemma2, phi3, gpt2)");
+        assert_eq!(e, "c.json: model_type \"bert\" is not supported (supported: llama, qwen2, qwen3, mistral, gemma2, gemma3_text, phi3, gpt2)");
         let e = Config::from_json(r#"{"model_type":"llama","vocab_size":10,"hidden_size":8,"intermediate_size":16,"num_hidden_layers":1,"num_attention_heads":3,"num_key_value_heads":2}"#, "c.json").unwrap_err().to_string();
         assert!(e.contains("must be a multiple of num_key_value_heads"), "{e}");
         let e = Config::from_json("{\"model_type\": \"llama\",\n \"vocab_size\": \"ten\"}", "c.json").unwrap_err().to_string();
@@ -540,5 +577,23 @@ mod tests {
         assert_eq!(e, "c.json: RoPE short_factor needs 2 positive frequency divisors (rotary dimension / 2); found 4 ([1.0, 1.0, 1.0, 1.0])");
         let e = Config::from_json(&json.replace("\"max_position_embeddings\"", "\"hidden_act\":\"gelu\",\"max_position_embeddings\""), "c.json").unwrap_err().to_string();
         assert_eq!(e, "c.json: hidden_act \"gelu\" is not supported for phi3 (silu)");
+    }
+
+    #[test]
+    fn gemma3_reads_the_hub_layout_and_the_per_layer_type_layout_alike() {
+        // google/gemma-3-1b-it's layout (transformers 4.5x): one theta, a local base and a pattern.
+        let base = r#""model_type":"gemma3_text","vocab_size":10,"hidden_size":16,"intermediate_size":16,"num_hidden_layers":6,"num_attention_heads":2,"num_key_value_heads":1,"head_dim":8,"query_pre_attn_scalar":8"#;
+        let old = Config::from_json(&format!(r#"{{{base},"rope_theta":1000000.0,"rope_local_base_freq":10000.0,"sliding_window":512,"sliding_window_pattern":3,"rope_scaling":{{"rope_type":"linear","factor":8.0}}}}"#), "c.json").unwrap();
+        assert_eq!((old.rope_theta, old.local_rope_theta, old.sliding_window), (1e6, Some(10000.0), Some(512)));
+        assert_eq!(old.rope_scaling, Some(RopeScaling::Linear { factor: 8.0 }));
+        assert_eq!(old.sliding_layers, vec![true, true, false, true, true, false]);
+        assert!(old.qk_norm && old.tie_word_embeddings && old.gemma.as_ref().is_some_and(|g| g.attn_logit_softcapping.is_none()));
+        // transformers 5's layout: the same model.
+        let new = format!(r#"{{{base},"sliding_window":512,"layer_types":["sliding_attention","sliding_attention","full_attention","sliding_attention","sliding_attention","full_attention"],"rope_parameters":{{"full_attention":{{"rope_type":"linear","factor":8.0,"rope_theta":1000000.0}},"sliding_attention":{{"rope_type":"default","rope_theta":10000.0}}}}}}"#);
+        assert_eq!(Config::from_json(&new, "c.json").unwrap(), old);
+        // What save writes reads back as the same configuration.
+        assert_eq!(Config::from_json(&old.to_hf_json().to_string(), "c.json").unwrap(), old);
+        let e = Config::from_json(&format!(r#"{{{base},"use_bidirectional_attention":true}}"#), "c.json").unwrap_err().to_string();
+        assert_eq!(e, "c.json: use_bidirectional_attention (an embedding model) is not supported: host runs causal language models");
     }
 }

@@ -80,7 +80,7 @@ impl Gpt2 {
     pub fn embed(&self, ids: &Tensor, positions: &Tensor, mask: Option<&Tensor>) -> Result<(Tensor, Shared)> {
         let x = Tensor::f_embedding(&self.wte, ids, -1, false, false)?.f_add(&Tensor::f_embedding(&self.wpe, positions, -1, false, false)?)?;
         let mask = mask.map(|m| super::layers::additive_mask(m, x.kind())).transpose()?;
-        Ok((x, Shared { rope: None, mask, window_mask: None }))
+        Ok((x, Shared { rope: None, local_rope: None, mask, window_mask: None }))
     }
 
     /// Block `l` on `x` `[B, T, H]` (its keys and values appended to `cache`).

@@ -195,10 +195,12 @@ pub fn positions_from_mask(mask: &Tensor) -> Result<Tensor> {
 }
 
 /// What every layer of one forward pass shares, computed once by the family's `embed`: RoPE's
-/// cos/sin tables (the Llama family), the additive attention mask (None: causal) and, where a
+/// cos/sin tables (the Llama family; the sliding layers' own where they differ), the additive attention mask (None: causal) and, where a
 /// sliding window reaches back less far than the longest position, the sliding layers' mask.
 pub struct Shared {
     pub rope: Option<(Tensor, Tensor)>,
+    /// The sliding layers' own cos/sin (Gemma 3's local RoPE base), when they differ.
+    pub local_rope: Option<(Tensor, Tensor)>,
     pub mask: Option<Tensor>,
     pub window_mask: Option<Tensor>,
 }

@@ -1,8 +1,8 @@
-//! The Llama family (Llama 2/3, Qwen2, Qwen3, Mistral, Gemma 2, Phi-3, SmolLM2, TinyLlama): RMSNorm,
+//! The Llama family (Llama 2/3, Qwen2, Qwen3, Mistral, Gemma 2 and 3, Phi-3, SmolLM2, TinyLlama): RMSNorm,
 //! rotary position embeddings with `rope_theta`, Llama-3 / linear / LongRoPE scaling and partial
 //! rotation, grouped-query attention, SwiGLU, optional q/k/v biases, optional per-head q/k RMSNorm
-//! (Qwen3), Gemma 2's four (1 + w) norms per layer, GeGLU, scaled embeddings and soft caps
-//! (`config::Gemma2`), Phi-3's fused `qkv_proj` and `gate_up_proj`, tied or untied LM head. Weight
+//! (Qwen3, Gemma 3), Gemma's four (1 + w) norms per layer, GeGLU, scaled embeddings and soft caps
+//! (`config::Gemma`), sliding-window layers with their own RoPE base (Gemma 3), Phi-3's fused `qkv_proj` and `gate_up_proj`, tied or untied LM head. Weight
 //! names equal HF keys.
 use super::config::{Config, RopeScaling};
 use super::layers::{KvCache, Linear, RmsNorm, Shared};
@@ -61,6 +61,8 @@ pub struct Llama {
     /// `lm_head.weight`, or the embedding matrix when tied.
     pub lm_head: Tensor,
     rope: Rope,
+    /// The sliding layers' own tables (Gemma 3's local base), when they differ.
+    local_rope: Option<Rope>,
     /// Gemma multiplies the embeddings by sqrt(hidden_size), rounded to the activation dtype.
     embed_scale: Option<f64>,
     /// The local attention span of sliding-window layers, and which layers those are.
@@ -245,7 +247,7 @@ macro_rules! walk {
         let bias = |b: bool| if b { Bias::Required } else { Bias::Optional };
         let lin = |out, inp, b: bool| LinearSpec { out, inp, bias: bias(b), conv1d: false };
         // Gemma's norms scale by 1 + weight: the identity is weight 0.
-        let norm_init = if cfg.gemma2.is_some() { Init::Zeros } else { Init::Ones };
+        let norm_init = if cfg.gemma.is_some() { Init::Zeros } else { Init::Ones };
         $v.tensor("model.embed_tokens.weight", & $($mu)? $m.embed_tokens, TensorSpec::new(&[vocab, h], Init::Normal))?;
         for (l, layer) in $m.layers.$iter().enumerate() {
             let p = format!("model.layers.{l}");
@@ -288,7 +290,7 @@ macro_rules! walk {
 impl Llama {
     /// The model with placeholder tensors, for a visitor to fill (`params::Load`, `params::Random`).
     pub fn skeleton(cfg: &Config, device: Device) -> Result<Self> {
-        let gemma = cfg.gemma2.as_ref();
+        let gemma = cfg.gemma.as_ref();
         let norm = || RmsNorm { weight: Tensor::new(), eps: cfg.norm_eps, plus_one: gemma.is_some() };
         let layers = (0..cfg.num_layers)
             .map(|_| DecoderLayer {
@@ -322,9 +324,10 @@ impl Llama {
             })
             .collect();
         let rope = Rope::new(cfg, device)?;
+        let local_rope = cfg.local_rope_theta.map(|theta| Rope::new(&Config { rope_theta: theta, rope_scaling: None, ..cfg.clone() }, device)).transpose()?;
         let embed_scale = gemma.map(|_| (cfg.hidden_size as f64).sqrt());
         let (sliding_window, sliding_layers) = (cfg.sliding_window, cfg.sliding_layers.clone());
-        Ok(Llama { embed_tokens: Tensor::new(), layers, norm: norm(), lm_head: Tensor::new(), rope, embed_scale, sliding_window, sliding_layers })
+        Ok(Llama { embed_tokens: Tensor::new(), layers, norm: norm(), lm_head: Tensor::new(), rope, local_rope, embed_scale, sliding_window, sliding_layers })
     }
 
     /// Builds the model from HF-named weights (`model.layers.N...`, `lm_head.weight`); the LM
@@ -359,16 +362,22 @@ impl Llama {
             }
         }
         let (cos, sin) = self.rope.tables(positions, kind)?;
+        let local_rope = self.local_rope.as_ref().map(|r| r.tables(positions, kind)).transpose()?;
         let mask = mask.map(|m| super::layers::additive_mask(m, kind)).transpose()?;
-        Ok((x, Shared { rope: Some((cos, sin)), mask, window_mask }))
+        Ok((x, Shared { rope: Some((cos, sin)), local_rope, mask, window_mask }))
     }
 
     /// Decoder layer `l` on `x` `[B, T, H]` (its keys and values appended to `cache`).
     pub fn layer(&self, l: usize, x: &Tensor, shared: &Shared, cache: Option<&mut KvCache>) -> Result<Tensor> {
         let layer = &self.layers[l];
-        let Some((cos, sin)) = &shared.rope else { anyhow::bail!("internal: the Llama family's layers need RoPE tables") };
+        let sliding = self.sliding_layers.get(l).copied().unwrap_or(false);
+        let rope = match &shared.local_rope {
+            Some(local) if sliding => Some(local),
+            _ => shared.rope.as_ref(),
+        };
+        let Some((cos, sin)) = rope else { anyhow::bail!("internal: the Llama family's layers need RoPE tables") };
         let mask = match &shared.window_mask {
-            Some(w) if self.sliding_layers[l] => Some(w),
+            Some(w) if sliding => Some(w),
             _ => shared.mask.as_ref(),
         };
         let a = layer.self_attn.forward(&layer.input_layernorm.forward(x)?, cos, sin, mask, cache.map(|c| (c, l)))?;

@@ -76,7 +76,7 @@ impl CausalLM {
     /// Gemma 2's soft cap of the final logits, `cap·tanh(logits/cap)`; the logits unchanged for
     /// every other model.
     pub(crate) fn soft_cap(&self, logits: Tensor) -> Result<Tensor> {
-        match self.cfg.gemma2.as_ref().and_then(|g| g.final_logit_softcapping) {
+        match self.cfg.gemma.as_ref().and_then(|g| g.final_logit_softcapping) {
             Some(cap) => Ok(logits.f_div_scalar(cap)?.f_tanh()?.f_mul_scalar(cap)?),
             None => Ok(logits),
         }

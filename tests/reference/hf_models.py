@@ -20,8 +20,8 @@ import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, models, pre_tokenizers, decoders
 import transformers
-from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, Gemma2Config, GPT2Config,
-                          LlamaConfig, Phi3Config, Qwen2Config, Qwen3Config)
+from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, Gemma2Config, Gemma3TextConfig,
+                          GPT2Config, LlamaConfig, Phi3Config, Qwen2Config, Qwen3Config)
 
 VOCAB = 300
 PAD = 256
@@ -66,6 +66,16 @@ CASES = {
         num_key_value_heads=2, head_dim=16, max_position_embeddings=256, rms_norm_eps=1e-6,
         query_pre_attn_scalar=24, attn_logit_softcapping=2.0, final_logit_softcapping=3.0, sliding_window=4,
         eos_token_id=VOCAB - 1, pad_token_id=PAD, bos_token_id=VOCAB - 2),
+    # Gemma 3 (text): Gemma's norms, GeGLU and scaled embeddings, (1 + w) q/k norms, no soft caps,
+    # global and sliding layers (pattern 2: layers 0 and 2 slide, window 3) with their own RoPE
+    # (global: theta 1e6, linear factor 2; sliding: theta 10000, unscaled), untied.
+    "gemma3_local": lambda: Gemma3TextConfig(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=256, rms_norm_eps=1e-6, query_pre_attn_scalar=24,
+        sliding_window=3, sliding_window_pattern=2, tie_word_embeddings=False,
+        rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1000000.0},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}},
+        eos_token_id=VOCAB - 1, pad_token_id=PAD, bos_token_id=VOCAB - 2),
     # Phi-3 (fused qkv_proj and gate_up_proj) with LongRoPE: an original context of 2 positions, so
     # every test input uses the long factors (and the attention factor sqrt(1 + ln 32 / ln 2) from
     # 64 / 2), and partial rotation (half of each 16-wide head, as Phi-4-mini rotates 3/4).
@@ -97,6 +107,11 @@ CASES = {
         num_key_value_heads=2, head_dim=16, max_position_embeddings=256, query_pre_attn_scalar=24,
         attn_logit_softcapping=2.0, final_logit_softcapping=3.0, sliding_window=4, num_labels=1,
         eos_token_id=VOCAB - 1, pad_token_id=PAD, bos_token_id=VOCAB - 2),
+    # Score model (Gemma3TextForSequenceClassification).
+    "gemma3_score": lambda: Gemma3TextConfig(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=256, query_pre_attn_scalar=24,
+        sliding_window=3, sliding_window_pattern=2, num_labels=1, eos_token_id=VOCAB - 1, pad_token_id=PAD),
     # Score model (Phi3ForSequenceClassification).
     "phi3_score": lambda: Phi3Config(
         vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
