@@ -556,15 +556,16 @@ fn a_saved_folder_works_in_transformers_as_the_original_checkpoint() {
 }
 
 #[test]
-fn chat_templates_of_five_families_render_as_transformers_renders_them() {
-    // Real templates (Qwen2.5, Llama 3.1, Gemma 2, Phi-3 from trl 1.16's wheel, see
-    // tests/fixtures/chat_templates/README.md; SmolLM2 from its GGUF), three conversations each,
+fn chat_templates_of_six_families_render_as_transformers_renders_them() {
+    // Real templates (Qwen2.5, Llama 3.1, Gemma 2, Phi-3 from trl 1.16's wheel, Mistral 7B
+    // Instruct from llama-cpp-python 0.3.16's source, see tests/fixtures/chat_templates/README.md;
+    // SmolLM2 from its GGUF), three conversations each,
     // against transformers' apply_chat_template (tests/reference/chat_templates.py).
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/chat_templates");
     let out = common::reference_with("chat_templates.py", &[&fixtures, &dualign::model::smollm2_path()]);
     let e: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("expected.json")).unwrap()).unwrap();
     let families = e["families"].as_object().unwrap();
-    assert_eq!(families.len(), 5);
+    assert_eq!(families.len(), 6);
     let mut errors = 0;
     for (family, f) in families {
         let t = dualign::model::chat::ChatTemplate::new(f["template"].as_str().unwrap()).unwrap();
@@ -572,7 +573,7 @@ fn chat_templates_of_five_families_render_as_transformers_renders_them() {
             let got = t.render(&e["conversations"][name], true, f["bos_token"].as_str(), f["eos_token"].as_str());
             match (want.as_str(), got) {
                 (Some(text), Ok(got)) => assert_eq!(got, text, "{family} / {name}"),
-                // The template's own raise_exception (Gemma refuses a system message): an error with its text.
+                // The template's own raise_exception (Gemma and Mistral refuse a system message): an error with its text.
                 (None, Err(e)) => {
                     let message = want["error"].as_str().unwrap();
                     assert!(format!("{e:#}").contains(message), "{family} / {name}: {e:#} should say {message:?}");
@@ -582,7 +583,7 @@ fn chat_templates_of_five_families_render_as_transformers_renders_them() {
             }
         }
     }
-    assert_eq!(errors, 1, "only Gemma's system conversation is refused");
+    assert_eq!(errors, 2, "only Gemma's and Mistral's system conversations are refused");
     // End to end: the default policy's own template, through its tokenizer.
     let m = CausalLM::load("builtin:smollm2-135m", &cpu_f32()).unwrap();
     for (name, want) in families["smollm2"]["renders"].as_object().unwrap() {

@@ -1,7 +1,8 @@
 """What transformers' `apply_chat_template` renders for real chat templates, for tests/models.rs.
 
 Usage: python chat_templates.py FIXTURES_DIR SMOLLM2_GGUF OUT_DIR
-Reads the templates in FIXTURES_DIR (tests/fixtures/chat_templates, from trl 1.16) and SmolLM2's
+Reads the templates in FIXTURES_DIR (tests/fixtures/chat_templates, from trl 1.16 and
+llama-cpp-python 0.3.16) and SmolLM2's
 from its GGUF; renders three conversations (single-turn, multi-turn, with a system message) with
 `add_generation_prompt=True` through a tokenizer that carries each family's special tokens; writes
 OUT_DIR/expected.json: {"conversations": {name: messages}, "families": {family: {"template",
@@ -28,6 +29,7 @@ FAMILIES = {
     "llama3_1": ("llama3_1.jinja", "<|begin_of_text|>", "<|eot_id|>"),
     "gemma2": ("gemma2.jinja", "<bos>", "<eos>"),
     "phi3": ("phi3.jinja", "<s>", "<|endoftext|>"),
+    "mistral": ("mistral.jinja", "<s>", "</s>"),
     "smollm2": (None, "<|im_start|>", "<|im_end|>"),
 }
 
