@@ -156,7 +156,7 @@ fn rewrap(p: &ScriptPairs, f: impl Fn(&str) -> anyhow::Result<String>) -> Script
 fn weights_of(weights: &Map) -> ScriptResult<BTreeMap<String, f64>> {
     let mut w = BTreeMap::new();
     for (k, v) in weights {
-        let x = v.as_float().or_else(|_| v.as_int().map(|i| i as f64)).map_err(|t| script_error(format!("relabel: weight `{k}` must be a number, found {t}")))?;
+        let x = super::options::as_number(v).ok_or_else(|| script_error(format!("relabel: weight `{k}` must be a number, found {}", v.type_name())))?;
         w.insert(k.to_string(), x);
     }
     Ok(w)
@@ -166,10 +166,7 @@ fn floats(values: &Array, what: &str, n: usize) -> ScriptResult<Vec<f64>> {
     if values.len() != n {
         return Err(script_error(format!("{what}: returned {} values for {n} responses", values.len())));
     }
-    values
-        .iter()
-        .map(|v| v.as_float().or_else(|_| v.as_int().map(|i| i as f64)).map_err(|t| script_error(format!("{what}: expected numbers, found {t}"))))
-        .collect()
+    super::options::numbers(values, what)
 }
 
 /// Attaches a score column from per-response values laid out as all response_0s then all

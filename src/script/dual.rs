@@ -1,7 +1,7 @@
 //! Script access to duality: `dual(...)` (the multipliers with their projected step and step
 //! rules) and `one_shot_dual(...)` (the closed-form dual solver).
 use super::api::{def, def_with_options, script_error, ScriptResult};
-use super::options::{noted, Decl, Ty};
+use super::options::{as_number, noted, numbers, Decl, Ty};
 use crate::dual::{oneshot::Problem, Dual, StepRule};
 use rhai::{Array, Dynamic, Engine, FnPtr, Map, NativeCallContext, INT};
 use std::cell::RefCell;
@@ -10,12 +10,6 @@ use std::rc::Rc;
 /// Dual variables shared by every handle (stdlib functions update the caller's `λ`).
 #[derive(Clone)]
 pub struct ScriptDual(pub Rc<RefCell<Dual>>);
-
-fn numbers(a: &Array, what: &str) -> ScriptResult<Vec<f64>> {
-    a.iter()
-        .map(|v| v.as_float().or_else(|_| v.as_int().map(|i| i as f64)).map_err(|t| script_error(format!("{what}: expected numbers, found {t}"))))
-        .collect()
-}
 
 fn array(v: &[f64]) -> Array {
     v.iter().map(|x| Dynamic::from_float(*x)).collect()
@@ -68,7 +62,7 @@ pub fn register(engine: &mut Engine) {
         let eta: Dynamic = rule.call_within_context(&ctx, (t, values, slack.clone()))?;
         let eta = match eta.clone().into_array() {
             Ok(a) => numbers(&a, "step rule result")?,
-            Err(_) => vec![eta.as_float().or_else(|_| eta.as_int().map(|i| i as f64)).map_err(|t| script_error(format!("step rule: expected a number or an array, found {t}")))?],
+            Err(_) => vec![as_number(&eta).ok_or_else(|| script_error(format!("step rule: expected a number or an array, found {}", eta.type_name())))?],
         };
         step(d, &slack, &eta)
     });

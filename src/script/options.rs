@@ -55,6 +55,17 @@ impl Ty {
     }
 }
 
+/// A script number as f64: a float, or an integer taken as that float (the one numeric coercion
+/// of script values); None for anything else.
+pub fn as_number(v: &Dynamic) -> Option<f64> {
+    v.as_float().ok().or_else(|| v.as_int().ok().map(|i| i as f64))
+}
+
+/// An array of script numbers as f64s; `what` names it in the error.
+pub fn numbers(a: &rhai::Array, what: &str) -> ScriptResult<Vec<f64>> {
+    a.iter().map(|v| as_number(v).ok_or_else(|| script_error(format!("{what}: expected numbers, found {}", v.type_name())))).collect()
+}
+
 /// An option's default: a value, or a description when it depends on the call (the run's seed,
 /// the model, "required").
 #[derive(Clone, Debug)]
@@ -169,7 +180,7 @@ impl Given<'_> {
     pub fn number(&self, key: &str) -> ScriptResult<f64> {
         let o = self.opt(key)?;
         match (self.map.get(key), &o.default) {
-            (Some(v), _) => Ok(v.as_float().unwrap_or_else(|_| v.as_int().unwrap_or_default() as f64)),
+            (Some(v), _) => Ok(as_number(v).unwrap_or_default()),
             (None, DefaultValue::Number(x)) => Ok(*x),
             (None, DefaultValue::Int(i)) => Ok(*i as f64),
             (None, _) => Err(self.missing(o)),
