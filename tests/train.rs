@@ -314,6 +314,41 @@ fn sft_lowers_the_loss() {
 }
 
 #[test]
+fn lora_on_a_bf16_model_keeps_f32_adapters_as_peft_does_and_trains() {
+    // PEFT's rule for a bf16 base: the adapters stay f32, the layer's input is cast to f32 for
+    // them and their update cast back. (Regression: the f32 adapter met the bf16 input and every
+    // LoRA step on a bf16 model failed with a dtype error.)
+    let bf16 = LoadOptions { kind: Kind::BFloat16, ..cpu() };
+    let lora = dualign::model::LoraConfig::default();
+    let mut m = CausalLM::load("builtin:tiny", &bf16).unwrap();
+    m.add_lora(lora.clone()).unwrap();
+    let mut f = CausalLM::load("builtin:tiny", &cpu()).unwrap();
+    f.add_lora(lora).unwrap();
+    // The same adapter values in both (B nonzero so the adapters matter).
+    tch::no_grad(|| {
+        for ((_, a), (_, b)) in m.trainable_parameters().unwrap().iter().zip(f.trainable_parameters().unwrap()) {
+            assert_eq!(a.kind(), Kind::Float, "adapters stay f32");
+            let mut a = a.shallow_clone();
+            a.copy_(&(Tensor::randn(a.size(), (Kind::Float, Device::Cpu)) * 0.1));
+            let mut b = b.shallow_clone();
+            b.copy_(&a);
+        }
+    });
+    let ids = Tensor::from_slice(&[5i64, 80, 99, 101, 7, 3]).unsqueeze(0);
+    let (lb, lf) = (m.logits(&ids).unwrap().to_kind(Kind::Float), f.logits(&ids).unwrap());
+    // bf16 keeps 8 bits of mantissa: the adapted logits agree with the f32 model's to bf16 precision.
+    let rel = (&lb - &lf).abs().max().double_value(&[]) / lf.abs().max().double_value(&[]);
+    assert!(rel < 0.05, "bf16 vs f32 adapted logits: relative difference {rel}");
+    // And the bf16 model trains through its adapters.
+    let data: Vec<(Vec<i64>, Vec<i64>)> = (0..8).map(|i| (m.tokenizer.encode(&format!("question {i}"), true).unwrap(), m.tokenizer.encode("the answer is forty-two", false).unwrap())).collect();
+    let mut opt = AdamW::new(m.trainable_parameters().unwrap()).unwrap();
+    let opts = sft::SftOptions { epochs: 4, batch_size: 4, seed: 0, loop_opts: LoopOptions { adamw: dualign::train::optim::AdamWConfig { lr: 1e-2, ..Default::default() }, ..Default::default() } };
+    let s = sft::train(&m, &mut opt, &data, &opts, &mut |_| Ok(()), &|| false).unwrap();
+    let (first, last) = (s["first_epoch_loss"].as_f64().unwrap(), s["loss"].as_f64().unwrap());
+    assert!(last < first, "{first} -> {last}");
+}
+
+#[test]
 fn mean_pooled_features_average_the_response_states_whatever_the_padding() {
     use dualign::model::config::Pooling;
     let m = CausalLM::load("builtin:tiny", &cpu()).unwrap();

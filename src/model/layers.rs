@@ -47,8 +47,12 @@ impl Linear {
         match &self.lora {
             Some(l) if l.state.enabled.get() => {
                 let h = if l.state.training.get() && l.dropout > 0.0 { x.f_dropout(l.dropout, true)? } else { x.shallow_clone() };
-                let delta = h.f_linear::<Tensor>(&l.a, None)?.f_linear::<Tensor>(&l.b, None)?;
-                Ok(y.f_add(&delta.f_mul_scalar(l.scale)?)?)
+                // As PEFT: the input cast to the adapter's dtype (f32 adapters on a bf16 or f16
+                // model), the update cast back to the layer's.
+                let h = if h.kind() != l.a.kind() { h.f_to_kind(l.a.kind())? } else { h };
+                let delta = h.f_linear::<Tensor>(&l.a, None)?.f_linear::<Tensor>(&l.b, None)?.f_mul_scalar(l.scale)?;
+                let delta = if delta.kind() != y.kind() { delta.f_to_kind(y.kind())? } else { delta };
+                Ok(y.f_add(&delta)?)
             }
             _ => Ok(y),
         }

@@ -167,6 +167,7 @@ fn register_session(engine: &mut Engine, session: SharedSession) {
     def(engine, "peak_memory_mib", &["float"], "Peak resident memory of this process so far in MiB (Linux VmHWM), or 0.0 where the OS does not report it.", || -> ScriptResult<f64> {
         Ok(crate::run::progress::peak_rss_mib().unwrap_or(0.0))
     });
+    def(engine, "reset_peak_memory", &["bool"], "Starts peak_memory_mib over from the memory in use now (Linux); false where the OS does not allow it.", crate::run::progress::reset_peak_rss);
     let s = session.clone();
     def(engine, "log", &["row: map", "()"], "Appends a row of numbers, strings or booleans to metrics.csv and metrics.jsonl.", move |row: Map| {
         let mut fields = serde_json::Map::new();
