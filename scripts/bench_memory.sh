@@ -10,6 +10,9 @@
 # tokens checks that it is linear in the length (no T² term: SDPA's fused causal kernels).
 # Usage: scripts/bench_memory.sh            (about 10 minutes on the 2-core CPU; needs ~8 GB)
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
+# Every allocation above 64 KiB its own mapping, returned to the OS when freed: the peak of the
+# resident memory then follows the live tensors instead of what malloc keeps for reuse.
+export MALLOC_MMAP_THRESHOLD_=65536 MALLOC_ARENA_MAX=2
 dualign_build
 dualign_env
 out="$(mktemp -d)"
@@ -52,5 +55,32 @@ for shape, tokens in (("llama2_7b", 256), ("llama2_7b", 512), ("tinyllama_1b", 5
         per[(shape, tokens, ckpt)] = a
         print(f"{shape:13s} {tokens:4d} tokens, checkpointing {ckpt:5s}: {a / 1024:7.1f} KiB per token per layer "
               f"(step's peak growth: 2 layers {growth(shape, 2, tokens, ckpt) / 2**20:7.0f} MiB, 4 layers {growth(shape, 4, tokens, ckpt) / 2**20:7.0f} MiB)")
-json.dump({f"{k[0]} {k[1]} {k[2]}": v for k, v in per.items()}, open(os.path.join(os.environ.get("BENCH_MEMORY_OUT", d), "per_token.json"), "w"), indent=1)
+# What fits on one 80 GB card (80e9 bytes; 4 GiB kept back for the CUDA context, cuBLAS
+# workspaces and the allocator's slack): weights in bf16; LoRA rank 8 on every projection with
+# f32 adapters (weights, gradients, flat gradient, AdamW's two moments: 20 bytes per adapter
+# parameter); full fine-tuning with bf16 weights and gradients, host's f32 flat gradient and f32
+# moments (16 bytes per parameter). Activations per token: layers × the measured per-layer size at
+# 512 tokens + the measured rest (LM head, loss, and with checkpointing one layer's recomputation).
+models = {"llama2_7b": ("Llama-2-7B", 32, 4096, 11008, 32, 32, 32000), "tinyllama_1b": ("TinyLlama-1.1B", 22, 2048, 5632, 32, 4, 32000)}
+budget = 80e9 - 4 * 2**30
+print()
+print("| model | training | checkpointing | activations per token | tokens per step | 512 | 1024 | 2048 | 4096 |")
+print("|---|---|---|---|---|---|---|---|---|")
+for shape, (name, layers, h, inter, heads, kv, vocab) in models.items():
+    hd = h // heads
+    layer = h * heads * hd + 2 * h * kv * hd + heads * hd * h + 3 * h * inter + 2 * h
+    params = 2 * vocab * h + layers * layer + h
+    adapters = layers * 8 * (2 * (h + heads * hd) + 2 * (h + kv * hd) + 2 * (h + inter) + (inter + h))
+    for training, state in (("LoRA r=8", 2 * params + 20 * adapters), ("full", 16 * params)):
+        for ckpt in ("false", "true"):
+            a = per[(shape, 512, ckpt)]
+            rest = (growth(shape, 2, 512, ckpt) - 2 * 512 * a) / 512
+            tok = layers * a + rest
+            room = budget - state
+            fit = int(room // tok) if room > 0 else 0
+            cells = " | ".join(str(fit // t) if fit else "—" for t in (512, 1024, 2048, 4096))
+            note = f"{fit:,}" if room > 0 else f"does not fit ({state / 1e9:.0f} GB of weights and optimizer state)"
+            print(f"| {name} ({params / 1e9:.2f}B) | {training} | {'yes' if ckpt == 'true' else 'no'} | {tok / 2**20:.2f} MiB | {note} | {cells} |")
+print()
+print("Cells: sequences of that many tokens per step (batch size); DPO needs two per pair (chosen and rejected).")
 PY
