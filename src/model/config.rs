@@ -23,17 +23,6 @@ pub enum RopeScaling {
     LongRope { short_factor: Vec<f64>, long_factor: Vec<f64>, original_max_position_embeddings: usize, attention_factor: f64 },
 }
 
-/// What Gemma 2 and 3 add to the Llama family's layers: `(1 + weight)` RMSNorms, a norm after
-/// attention and around the MLP (four per layer), GeGLU (tanh GELU), embeddings scaled by
-/// `sqrt(hidden_size)`, attention scaled by `query_pre_attn_scalar^-1/2`, and tanh soft-capping of
-/// attention scores and of the final logits (Gemma 2; Gemma 3 has none by default).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Gemma {
-    pub query_pre_attn_scalar: f64,
-    pub attn_logit_softcapping: Option<f64>,
-    pub final_logit_softcapping: Option<f64>,
-}
-
 /// Where a score head reads the final hidden states of `prompt ++ response`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Pooling {
@@ -113,7 +102,7 @@ pub struct Config {
     /// RMSNorm over each head's query and key before RoPE (Qwen3's `q_norm`, `k_norm`).
     pub qk_norm: bool,
     /// Gemma 2 and 3's changes to the Llama family's layers (`model_type` gemma2, gemma3_text).
-    pub gemma: Option<Gemma>,
+    pub gemma: Option<super::gemma::Gemma>,
     /// The local attention span of sliding-window layers (Mistral v0.1, Gemma 2, Phi-3, Qwen2/Qwen3
     /// with `use_sliding_window`): a query at position p sees keys at positions above p - window.
     pub sliding_window: Option<usize>,
@@ -130,52 +119,54 @@ pub struct Config {
     pub score_pooling: Pooling,
 }
 
-#[derive(Deserialize, Default)]
-struct Raw {
-    model_type: Option<String>,
-    vocab_size: Option<usize>,
-    hidden_size: Option<usize>,
-    intermediate_size: Option<usize>,
-    num_hidden_layers: Option<usize>,
-    num_attention_heads: Option<usize>,
-    num_key_value_heads: Option<usize>,
-    head_dim: Option<usize>,
-    rms_norm_eps: Option<f64>,
-    rope_theta: Option<f64>,
-    rope_scaling: Option<Value>,
-    rope_parameters: Option<Value>,
-    original_max_position_embeddings: Option<usize>,
-    partial_rotary_factor: Option<f64>,
-    hidden_act: Option<String>,
-    query_pre_attn_scalar: Option<f64>,
-    attn_logit_softcapping: Option<f64>,
-    final_logit_softcapping: Option<f64>,
-    sliding_window: Option<usize>,
-    use_sliding_window: Option<bool>,
-    max_window_layers: Option<usize>,
-    sliding_window_pattern: Option<usize>,
-    rope_local_base_freq: Option<f64>,
-    use_bidirectional_attention: Option<bool>,
-    layer_types: Option<Vec<String>>,
-    hidden_activation: Option<String>,
-    max_position_embeddings: Option<usize>,
-    tie_word_embeddings: Option<bool>,
-    attention_bias: Option<bool>,
-    mlp_bias: Option<bool>,
-    bos_token_id: Option<Value>,
-    eos_token_id: Option<Value>,
-    pad_token_id: Option<Value>,
-    num_labels: Option<usize>,
-    dualign_score_pooling: Option<String>,
-    id2label: Option<serde_json::Map<String, Value>>,
+/// `config.json` as written, every field optional; the family readers (`llama.rs`, `qwen.rs`,
+/// `gemma.rs`, `phi3.rs`, `gpt2.rs`) turn it into a `Config`.
+#[derive(Deserialize, Default, Clone)]
+pub(super) struct Raw {
+    pub(super) model_type: Option<String>,
+    pub(super) vocab_size: Option<usize>,
+    pub(super) hidden_size: Option<usize>,
+    pub(super) intermediate_size: Option<usize>,
+    pub(super) num_hidden_layers: Option<usize>,
+    pub(super) num_attention_heads: Option<usize>,
+    pub(super) num_key_value_heads: Option<usize>,
+    pub(super) head_dim: Option<usize>,
+    pub(super) rms_norm_eps: Option<f64>,
+    pub(super) rope_theta: Option<f64>,
+    pub(super) rope_scaling: Option<Value>,
+    pub(super) rope_parameters: Option<Value>,
+    pub(super) original_max_position_embeddings: Option<usize>,
+    pub(super) partial_rotary_factor: Option<f64>,
+    pub(super) hidden_act: Option<String>,
+    pub(super) query_pre_attn_scalar: Option<f64>,
+    pub(super) attn_logit_softcapping: Option<f64>,
+    pub(super) final_logit_softcapping: Option<f64>,
+    pub(super) sliding_window: Option<usize>,
+    pub(super) use_sliding_window: Option<bool>,
+    pub(super) max_window_layers: Option<usize>,
+    pub(super) sliding_window_pattern: Option<usize>,
+    pub(super) rope_local_base_freq: Option<f64>,
+    pub(super) use_bidirectional_attention: Option<bool>,
+    pub(super) layer_types: Option<Vec<String>>,
+    pub(super) hidden_activation: Option<String>,
+    pub(super) max_position_embeddings: Option<usize>,
+    pub(super) tie_word_embeddings: Option<bool>,
+    pub(super) attention_bias: Option<bool>,
+    pub(super) mlp_bias: Option<bool>,
+    pub(super) bos_token_id: Option<Value>,
+    pub(super) eos_token_id: Option<Value>,
+    pub(super) pad_token_id: Option<Value>,
+    pub(super) num_labels: Option<usize>,
+    pub(super) dualign_score_pooling: Option<String>,
+    pub(super) id2label: Option<serde_json::Map<String, Value>>,
     // GPT-2 names
-    n_positions: Option<usize>,
-    n_embd: Option<usize>,
-    n_layer: Option<usize>,
-    n_head: Option<usize>,
-    n_inner: Option<usize>,
-    layer_norm_epsilon: Option<f64>,
-    activation_function: Option<String>,
+    pub(super) n_positions: Option<usize>,
+    pub(super) n_embd: Option<usize>,
+    pub(super) n_layer: Option<usize>,
+    pub(super) n_head: Option<usize>,
+    pub(super) n_inner: Option<usize>,
+    pub(super) layer_norm_epsilon: Option<f64>,
+    pub(super) activation_function: Option<String>,
 }
 
 fn ids(v: &Option<Value>) -> Vec<i64> {
@@ -188,7 +179,7 @@ fn ids(v: &Option<Value>) -> Vec<i64> {
 
 /// `rope_scaling` / `rope_parameters` `v`; `max_positions` and `original` are the config's
 /// `max_position_embeddings` and top-level `original_max_position_embeddings` (Phi-3 keeps it there).
-fn rope_scaling(v: &Value, file: &str, max_positions: usize, original: Option<usize>) -> Result<Option<RopeScaling>> {
+pub(super) fn rope_scaling(v: &Value, file: &str, max_positions: usize, original: Option<usize>) -> Result<Option<RopeScaling>> {
     let kind = v.get("rope_type").or_else(|| v.get("type")).and_then(Value::as_str).unwrap_or("default");
     let num = |k: &str| v.get(k).and_then(Value::as_f64).with_context(|| format!("{file}: rope_scaling.{k} is missing or not a number"));
     Ok(match kind {
@@ -227,6 +218,84 @@ fn rope_scaling(v: &Value, file: &str, max_positions: usize, original: Option<us
     })
 }
 
+/// A required field, or an error naming it.
+pub(super) fn need(v: Option<usize>, file: &str, key: &str) -> Result<usize> {
+    v.with_context(|| format!("{file}: missing {key}"))
+}
+
+/// What every decoder of the Llama family reads the same way: sizes, RoPE (`rope_theta` and
+/// `rope_scaling`, or `rope_parameters`; partial rotation), biases, the sliding window and its
+/// layers (`layer_types`, else every layer; a family with another rule sets it with
+/// `window_layers`). A family's reader starts here and changes what it does differently.
+pub(super) fn decoder(raw: &Raw, file: &str, common: Config) -> Result<Config> {
+    let hidden = need(raw.hidden_size, file, "hidden_size")?;
+    let heads = need(raw.num_attention_heads, file, "num_attention_heads")?;
+    let params = raw.rope_parameters.clone().unwrap_or(Value::Null);
+    let max_positions = raw.max_position_embeddings.unwrap_or(2048);
+    let scaling = match (&raw.rope_scaling, &params) {
+        (Some(v), _) if !v.is_null() => rope_scaling(v, file, max_positions, raw.original_max_position_embeddings)?,
+        (_, p) if !p.is_null() => rope_scaling(p, file, max_positions, raw.original_max_position_embeddings)?,
+        _ => None,
+    };
+    let head_dim = raw.head_dim.unwrap_or(if heads > 0 { hidden / heads } else { 0 });
+    let in_dicts = |k: &str| [&raw.rope_scaling, &raw.rope_parameters].into_iter().flatten().find_map(|d| d.get(k).and_then(Value::as_f64));
+    let partial = raw.partial_rotary_factor.or_else(|| in_dicts("partial_rotary_factor")).unwrap_or(1.0);
+    if !(partial > 0.0 && partial <= 1.0) {
+        bail!("{file}: partial_rotary_factor {partial} must be in (0, 1]");
+    }
+    let layers = need(raw.num_hidden_layers, file, "num_hidden_layers")?;
+    if raw.sliding_window == Some(0) {
+        bail!("{file}: sliding_window must be positive");
+    }
+    let sliding_layers: Vec<bool> = match (&raw.sliding_window, &raw.layer_types) {
+        (None, _) => vec![],
+        (Some(_), Some(types)) => {
+            if types.len() != layers {
+                bail!("{file}: layer_types has {} entries for {layers} layers", types.len());
+            }
+            types
+                .iter()
+                .map(|t| match t.as_str() {
+                    "sliding_attention" => Ok(true),
+                    "full_attention" => Ok(false),
+                    other => bail!("{file}: layer_types entry \"{other}\" is not supported (sliding_attention, full_attention)"),
+                })
+                .collect::<Result<_>>()?
+        }
+        (Some(_), None) => vec![true; layers],
+    };
+    Ok(Config {
+        arch: Arch::Llama,
+        vocab_size: need(raw.vocab_size, file, "vocab_size")?,
+        hidden_size: hidden,
+        intermediate_size: need(raw.intermediate_size, file, "intermediate_size")?,
+        num_layers: layers,
+        num_heads: heads,
+        num_kv_heads: raw.num_key_value_heads.unwrap_or(heads),
+        head_dim,
+        norm_eps: raw.rms_norm_eps.unwrap_or(1e-6),
+        rope_theta: raw.rope_theta.or_else(|| params.get("rope_theta").and_then(Value::as_f64)).unwrap_or(10000.0),
+        rope_scaling: scaling,
+        // As HF: int(head_dim * partial_rotary_factor).
+        rotary_dim: (head_dim as f64 * partial) as usize,
+        max_position_embeddings: max_positions,
+        tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
+        qkv_bias: raw.attention_bias.unwrap_or(false),
+        o_bias: raw.attention_bias.unwrap_or(false),
+        mlp_bias: raw.mlp_bias.unwrap_or(false),
+        sliding_window: raw.sliding_window,
+        sliding_layers,
+        ..common
+    })
+}
+
+/// A family's rule for which layers slide, where the config has a window but no `layer_types`.
+pub(super) fn window_layers(cfg: &mut Config, raw: &Raw, sliding: impl Fn(usize) -> bool) {
+    if cfg.sliding_window.is_some() && raw.layer_types.is_none() {
+        cfg.sliding_layers = (0..cfg.num_layers).map(sliding).collect();
+    }
+}
+
 impl Config {
     /// Reads and validates `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
@@ -239,7 +308,6 @@ impl Config {
     pub fn from_json(text: &str, file: &str) -> Result<Self> {
         let raw: Raw = serde_json::from_str(text).map_err(|e| anyhow::anyhow!("{file}:{}:{}: {e}", e.line(), e.column()))?;
         let model_type = raw.model_type.clone().with_context(|| format!("{file}: missing model_type"))?;
-        let need = |v: Option<usize>, k: &str| v.with_context(|| format!("{file}: missing {k}"));
         let num_labels = raw.num_labels.or(raw.id2label.as_ref().map(|m| m.len())).unwrap_or(1);
         let score_pooling = match raw.dualign_score_pooling.as_deref() {
             Some(s) => Pooling::parse(s).with_context(|| format!("{file}: dualign_score_pooling"))?,
@@ -256,144 +324,12 @@ impl Config {
             ..Config::default()
         };
         let cfg = match model_type.as_str() {
-            "llama" | "qwen2" | "qwen3" | "mistral" | "gemma2" | "gemma3_text" | "phi3" => {
-                let hidden = need(raw.hidden_size, "hidden_size")?;
-                let heads = need(raw.num_attention_heads, "num_attention_heads")?;
-                let params = raw.rope_parameters.clone().unwrap_or(Value::Null);
-                let gemma3 = model_type == "gemma3_text";
-                let gemma = gemma3 || model_type == "gemma2";
-                // Gemma 3's parameters per layer type (transformers 5), else one set for every layer.
-                let (params, local) = match (params.get("full_attention").cloned(), params.get("sliding_attention").cloned()) {
-                    (Some(full), local) if gemma3 => (full, local),
-                    _ => (params, None),
-                };
-                let rope_theta = raw.rope_theta.or_else(|| params.get("rope_theta").and_then(Value::as_f64)).unwrap_or(if gemma3 { 1e6 } else { 10000.0 });
-                let max_positions = raw.max_position_embeddings.unwrap_or(2048);
-                let scaling = match (&raw.rope_scaling, &params) {
-                    (Some(v), _) if !v.is_null() => rope_scaling(v, file, max_positions, raw.original_max_position_embeddings)?,
-                    (_, p) if !p.is_null() => rope_scaling(p, file, max_positions, raw.original_max_position_embeddings)?,
-                    _ => None,
-                };
-                let local_rope_theta = match &local {
-                    Some(l) => {
-                        if rope_scaling(l, file, max_positions, None)?.is_some() {
-                            bail!("{file}: rope_parameters.sliding_attention: only the default rope_type is supported for the sliding layers");
-                        }
-                        Some(l.get("rope_theta").and_then(Value::as_f64).unwrap_or(10000.0))
-                    }
-                    None if gemma3 => Some(raw.rope_local_base_freq.unwrap_or(10000.0)),
-                    None => None,
-                };
-                if raw.use_bidirectional_attention == Some(true) {
-                    bail!("{file}: use_bidirectional_attention (an embedding model) is not supported: host runs causal language models");
-                }
-                let head_dim = raw.head_dim.unwrap_or(if heads > 0 { hidden / heads } else { 0 });
-                let in_dicts = |k: &str| [&raw.rope_scaling, &raw.rope_parameters].into_iter().flatten().find_map(|d| d.get(k).and_then(Value::as_f64));
-                let partial = raw.partial_rotary_factor.or_else(|| in_dicts("partial_rotary_factor")).unwrap_or(1.0);
-                if !(partial > 0.0 && partial <= 1.0) {
-                    bail!("{file}: partial_rotary_factor {partial} must be in (0, 1]");
-                }
-                let phi3 = model_type == "phi3";
-                let layers = need(raw.num_hidden_layers, "num_hidden_layers")?;
-                // Qwen2/Qwen3 carry a window they use only when use_sliding_window says so.
-                // Gemma 3's default window is 4096 (its config may leave it out).
-                let window = if model_type.starts_with("qwen") && raw.use_sliding_window != Some(true) { None } else { raw.sliding_window.or(gemma3.then_some(4096)) };
-                if window == Some(0) {
-                    bail!("{file}: sliding_window must be positive");
-                }
-                let sliding_layers: Vec<bool> = match (&window, &raw.layer_types) {
-                    (None, _) => vec![],
-                    (Some(_), Some(types)) => {
-                        if types.len() != layers {
-                            bail!("{file}: layer_types has {} entries for {layers} layers", types.len());
-                        }
-                        types.iter().map(|t| match t.as_str() {
-                            "sliding_attention" => Ok(true),
-                            "full_attention" => Ok(false),
-                            other => bail!("{file}: layer_types entry \"{other}\" is not supported (sliding_attention, full_attention)"),
-                        }).collect::<Result<_>>()?
-                    }
-                    (Some(_), None) if model_type == "gemma2" => (0..layers).map(|i| i % 2 == 0).collect(),
-                    // Gemma 3: every `sliding_window_pattern`-th layer (6 by default) is global.
-                    (Some(_), None) if gemma3 => {
-                        let pattern = raw.sliding_window_pattern.unwrap_or(6).max(1);
-                        (0..layers).map(|i| (i + 1) % pattern != 0).collect()
-                    }
-                    (Some(_), None) if model_type.starts_with("qwen") => (0..layers).map(|i| i >= raw.max_window_layers.unwrap_or(28)).collect(),
-                    (Some(_), None) => vec![true; layers],
-                };
-                if phi3 && !matches!(raw.hidden_act.as_deref(), None | Some("silu")) {
-                    bail!("{file}: hidden_act \"{}\" is not supported for phi3 (silu)", raw.hidden_act.as_deref().unwrap_or_default());
-                }
-                let qwen = model_type == "qwen2";
-                Config {
-                    arch: Arch::Llama,
-                    vocab_size: need(raw.vocab_size, "vocab_size")?,
-                    hidden_size: hidden,
-                    intermediate_size: need(raw.intermediate_size, "intermediate_size")?,
-                    num_layers: layers,
-                    num_heads: heads,
-                    num_kv_heads: raw.num_key_value_heads.unwrap_or(heads),
-                    head_dim,
-                    norm_eps: raw.rms_norm_eps.unwrap_or(1e-6),
-                    rope_theta,
-                    rope_scaling: scaling,
-                    local_rope_theta,
-                    // As HF: int(head_dim * partial_rotary_factor).
-                    rotary_dim: (head_dim as f64 * partial) as usize,
-                    fused_projections: phi3,
-                    max_position_embeddings: max_positions,
-                    // Gemma's embeddings are always tied (its config leaves the flag out).
-                    tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(gemma),
-                    qkv_bias: qwen || raw.attention_bias.unwrap_or(false),
-                    o_bias: !qwen && raw.attention_bias.unwrap_or(false),
-                    mlp_bias: raw.mlp_bias.unwrap_or(false),
-                    qk_norm: model_type == "qwen3" || gemma3,
-                    gemma: if gemma {
-                        match raw.hidden_activation.as_deref() {
-                            None | Some("gelu_pytorch_tanh") => {}
-                            Some(other) => bail!("{file}: hidden_activation \"{other}\" is not supported for {model_type} (gelu_pytorch_tanh)"),
-                        }
-                        Some(Gemma {
-                            query_pre_attn_scalar: raw.query_pre_attn_scalar.unwrap_or(256.0),
-                            attn_logit_softcapping: raw.attn_logit_softcapping,
-                            final_logit_softcapping: raw.final_logit_softcapping,
-                        })
-                    } else {
-                        None
-                    },
-                    sliding_window: window,
-                    sliding_layers,
-                    ..common
-                }
-            }
-            "gpt2" => {
-                let hidden = need(raw.n_embd, "n_embd")?;
-                let heads = need(raw.n_head, "n_head")?;
-                if let Some(act) = raw.activation_function.as_deref() {
-                    if act != "gelu_new" && act != "gelu_pytorch_tanh" && act != "gelu" {
-                        bail!("{file}: activation_function \"{act}\" is not supported (gelu_new, gelu_pytorch_tanh, gelu)");
-                    }
-                }
-                Config {
-                    arch: Arch::Gpt2,
-                    vocab_size: need(raw.vocab_size, "vocab_size")?,
-                    hidden_size: hidden,
-                    intermediate_size: raw.n_inner.unwrap_or(4 * hidden),
-                    num_layers: need(raw.n_layer, "n_layer")?,
-                    num_heads: heads,
-                    num_kv_heads: heads,
-                    head_dim: if heads > 0 { hidden / heads } else { 0 },
-                    norm_eps: raw.layer_norm_epsilon.unwrap_or(1e-5),
-                    max_position_embeddings: raw.n_positions.unwrap_or(1024),
-                    tie_word_embeddings: true,
-                    qkv_bias: true,
-                    o_bias: true,
-                    mlp_bias: true,
-                    ..common
-                }
-            }
-            other => bail!("{file}: model_type \"{other}\" is not supported (supported: llama, qwen2, qwen3, mistral, gemma2, gemma3_text, phi3, gpt2)"),
+            "llama" | "mistral" => super::llama::config(&raw, file, common)?,
+            "qwen2" | "qwen3" => super::qwen::config(&raw, file, common)?,
+            "gemma2" | "gemma3_text" => super::gemma::config(&raw, file, common)?,
+            "phi3" => super::phi3::config(&raw, file, common)?,
+            "gpt2" => super::gpt2::config(&raw, file, common)?,
+            other => bail!("{file}: model_type \"{other}\" is not supported (supported: llama, mistral, qwen2, qwen3, gemma2, gemma3_text, phi3, gpt2)"),
         };
         cfg.validate(file)?;
         Ok(cfg)
@@ -449,82 +385,49 @@ impl Config {
 
     fn to_hf_json_body(&self) -> Value {
         let c = self;
-        match c.arch {
-            Arch::Gpt2 => serde_json::json!({
-                "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": c.vocab_size,
-                "n_embd": c.hidden_size, "n_layer": c.num_layers, "n_head": c.num_heads, "n_inner": c.intermediate_size,
-                "n_positions": c.max_position_embeddings, "layer_norm_epsilon": c.norm_eps, "activation_function": "gelu_new",
-                "bos_token_id": c.bos_token_id, "eos_token_id": c.eos_token_ids.first(), "tie_word_embeddings": true,
-            }),
-            Arch::Llama => {
-                let scaling = match &c.rope_scaling {
-                    None => Value::Null,
-                    Some(RopeScaling::Linear { factor }) => serde_json::json!({"rope_type": "linear", "factor": factor}),
-                    Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings }) => serde_json::json!({
-                        "rope_type": "llama3", "factor": factor, "low_freq_factor": low_freq_factor,
-                        "high_freq_factor": high_freq_factor, "original_max_position_embeddings": original_max_position_embeddings,
-                    }),
-                    Some(RopeScaling::LongRope { short_factor, long_factor, original_max_position_embeddings, attention_factor }) => serde_json::json!({
-                        "rope_type": "longrope", "short_factor": short_factor, "long_factor": long_factor, "attention_factor": attention_factor,
-                        "original_max_position_embeddings": original_max_position_embeddings,
-                    }),
-                };
-                let qwen2 = c.model_type == "qwen2";
-                // Mistral's config is Llama's; Qwen2 has q/k/v biases without a flag; Qwen3 is Llama's with q/k norms.
-                let (class, model_type) = match c.model_type.as_str() {
-                    "qwen2" => ("Qwen2ForCausalLM", "qwen2"),
-                    "qwen3" => ("Qwen3ForCausalLM", "qwen3"),
-                    "gemma2" => ("Gemma2ForCausalLM", "gemma2"),
-                    "gemma3_text" => ("Gemma3ForCausalLM", "gemma3_text"),
-                    "phi3" => ("Phi3ForCausalLM", "phi3"),
-                    _ => ("LlamaForCausalLM", "llama"),
-                };
-                let mut j = serde_json::json!({
-                    "architectures": [class],
-                    "model_type": model_type, "vocab_size": c.vocab_size,
-                    "hidden_size": c.hidden_size, "intermediate_size": c.intermediate_size,
-                    "num_hidden_layers": c.num_layers, "num_attention_heads": c.num_heads,
-                    "num_key_value_heads": c.num_kv_heads, "head_dim": c.head_dim, "rms_norm_eps": c.norm_eps,
-                    "rope_theta": c.rope_theta, "rope_scaling": scaling, "max_position_embeddings": c.max_position_embeddings,
-                    "tie_word_embeddings": c.tie_word_embeddings, "hidden_act": "silu",
-                    "bos_token_id": c.bos_token_id, "eos_token_id": c.eos_token_ids.clone(), "pad_token_id": c.pad_token_id,
-                });
-                if let Some(g) = &c.gemma {
-                    j["hidden_activation"] = Value::from("gelu_pytorch_tanh");
-                    j["hidden_act"] = Value::from("gelu_pytorch_tanh");
-                    // An integer in HF's config class (256 for Gemma 2 2B and 9B).
-                    let q = g.query_pre_attn_scalar;
-                    j["query_pre_attn_scalar"] = if q.fract() == 0.0 { Value::from(q as i64) } else { Value::from(q) };
-                    j["attn_logit_softcapping"] = serde_json::json!(g.attn_logit_softcapping);
-                    j["final_logit_softcapping"] = serde_json::json!(g.final_logit_softcapping);
-                }
-                if let Some(local) = c.local_rope_theta {
-                    j["rope_local_base_freq"] = Value::from(local);
-                }
-                if c.rotary_dim != c.head_dim {
-                    j["partial_rotary_factor"] = Value::from(c.rotary_dim as f64 / c.head_dim as f64);
-                }
-                if let (true, Some(RopeScaling::LongRope { original_max_position_embeddings, .. })) = (c.fused_projections, &c.rope_scaling) {
-                    // Phi-3 reads its original context from the config itself.
-                    j["original_max_position_embeddings"] = Value::from(*original_max_position_embeddings);
-                }
-                if c.sliding_window.is_some() {
-                    j["sliding_window"] = serde_json::json!(c.sliding_window);
-                    if c.model_type != "mistral" {
-                        let types: Vec<&str> = c.sliding_layers.iter().map(|&s| if s { "sliding_attention" } else { "full_attention" }).collect();
-                        j["layer_types"] = serde_json::json!(types);
-                    }
-                    if model_type.starts_with("qwen") {
-                        j["use_sliding_window"] = Value::Bool(true);
-                    }
-                }
-                if !qwen2 {
-                    j["attention_bias"] = Value::Bool(c.qkv_bias);
-                    j["mlp_bias"] = Value::Bool(c.mlp_bias);
-                }
-                j
-            }
+        if c.arch == Arch::Gpt2 {
+            return super::gpt2::hf_json(c);
         }
+        let scaling = match &c.rope_scaling {
+            None => Value::Null,
+            Some(RopeScaling::Linear { factor }) => serde_json::json!({"rope_type": "linear", "factor": factor}),
+            Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings }) => serde_json::json!({
+                "rope_type": "llama3", "factor": factor, "low_freq_factor": low_freq_factor,
+                "high_freq_factor": high_freq_factor, "original_max_position_embeddings": original_max_position_embeddings,
+            }),
+            Some(RopeScaling::LongRope { short_factor, long_factor, original_max_position_embeddings, attention_factor }) => serde_json::json!({
+                "rope_type": "longrope", "short_factor": short_factor, "long_factor": long_factor, "attention_factor": attention_factor,
+                "original_max_position_embeddings": original_max_position_embeddings,
+            }),
+        };
+        // What `decoder` reads, written back; then each family's own keys and class.
+        let mut j = serde_json::json!({
+            "vocab_size": c.vocab_size,
+            "hidden_size": c.hidden_size, "intermediate_size": c.intermediate_size,
+            "num_hidden_layers": c.num_layers, "num_attention_heads": c.num_heads,
+            "num_key_value_heads": c.num_kv_heads, "head_dim": c.head_dim, "rms_norm_eps": c.norm_eps,
+            "rope_theta": c.rope_theta, "rope_scaling": scaling, "max_position_embeddings": c.max_position_embeddings,
+            "tie_word_embeddings": c.tie_word_embeddings, "hidden_act": "silu",
+            "attention_bias": c.qkv_bias, "mlp_bias": c.mlp_bias,
+            "bos_token_id": c.bos_token_id, "eos_token_id": c.eos_token_ids.clone(), "pad_token_id": c.pad_token_id,
+        });
+        if c.rotary_dim != c.head_dim {
+            j["partial_rotary_factor"] = Value::from(c.rotary_dim as f64 / c.head_dim as f64);
+        }
+        if c.sliding_window.is_some() {
+            j["sliding_window"] = serde_json::json!(c.sliding_window);
+            let types: Vec<&str> = c.sliding_layers.iter().map(|&s| if s { "sliding_attention" } else { "full_attention" }).collect();
+            j["layer_types"] = serde_json::json!(types);
+        }
+        let (class, model_type) = match c.model_type.as_str() {
+            "qwen2" | "qwen3" => super::qwen::hf_json(c, &mut j),
+            "gemma2" | "gemma3_text" => super::gemma::hf_json(c, &mut j),
+            "phi3" => super::phi3::hf_json(c, &mut j),
+            _ => super::llama::hf_json(c, &mut j),
+        };
+        j["architectures"] = serde_json::json!([class]);
+        j["model_type"] = Value::from(model_type);
+        j
     }
 }
 
@@ -537,7 +440,7 @@ mod tests {
         let c = Config::from_json(r#"{"model_type":"llama","vocab_size":10,"hidden_size":8,"intermediate_size":16,"num_hidden_layers":1,"num_attention_heads":2,"num_key_value_heads":1,"rope_parameters":{"rope_theta":500000.0,"rope_type":"default"}}"#, "c.json").unwrap();
         assert_eq!((c.rope_theta, c.head_dim, c.num_kv_heads, c.qkv_bias), (500000.0, 4, 1, false));
         let e = Config::from_json(r#"{"model_type":"bert"}"#, "c.json").unwrap_err().to_string();
-        assert_eq!(e, "c.json: model_type \"bert\" is not supported (supported: llama, qwen2, qwen3, mistral, gemma2, gemma3_text, phi3, gpt2)");
+        assert_eq!(e, "c.json: model_type \"bert\" is not supported (supported: llama, mistral, qwen2, qwen3, gemma2, gemma3_text, phi3, gpt2)");
         let e = Config::from_json(r#"{"model_type":"llama","vocab_size":10,"hidden_size":8,"intermediate_size":16,"num_hidden_layers":1,"num_attention_heads":3,"num_key_value_heads":2}"#, "c.json").unwrap_err().to_string();
         assert!(e.contains("must be a multiple of num_key_value_heads"), "{e}");
         let e = Config::from_json("{\"model_type\": \"llama\",\n \"vocab_size\": \"ten\"}", "c.json").unwrap_err().to_string();

@@ -1,7 +1,9 @@
 //! GPT-2: learned absolute positions, pre-LayerNorm blocks, fused q/k/v projection, GELU (tanh
 //! approximation, HF's `gelu_new`), tied LM head. HF stores its projections as `Conv1D` with
 //! weights `[in, out]`; they are transposed at load and back at save.
-use super::config::Config;
+use super::config::{need, Arch, Config, Raw};
+use anyhow::bail;
+use serde_json::Value;
 use super::layers::{KvCache, LayerNorm, Linear, Shared};
 use super::params::{placeholder_linear, Bias, Init, Load, LinearSpec, TensorSpec, Visit, VisitMut};
 use super::weights::Weights;
@@ -118,4 +120,43 @@ impl Gpt2 {
     pub fn visit_mut<'a>(&'a mut self, cfg: &Config, v: &mut impl VisitMut<'a>) -> Result<()> {
         walk!(self, cfg, v, iter_mut, mut)
     }
+}
+
+/// GPT-2's `config.json` (its own names: `n_embd`, `n_layer`, ...): learned positions, fused
+/// biased projections, tied embeddings.
+pub(super) fn config(raw: &Raw, file: &str, common: Config) -> Result<Config> {
+    let hidden = need(raw.n_embd, file, "n_embd")?;
+    let heads = need(raw.n_head, file, "n_head")?;
+    if let Some(act) = raw.activation_function.as_deref() {
+        if act != "gelu_new" && act != "gelu_pytorch_tanh" && act != "gelu" {
+            bail!("{file}: activation_function \"{act}\" is not supported (gelu_new, gelu_pytorch_tanh, gelu)");
+        }
+    }
+    Ok(Config {
+        arch: Arch::Gpt2,
+        vocab_size: need(raw.vocab_size, file, "vocab_size")?,
+        hidden_size: hidden,
+        intermediate_size: raw.n_inner.unwrap_or(4 * hidden),
+        num_layers: need(raw.n_layer, file, "n_layer")?,
+        num_heads: heads,
+        num_kv_heads: heads,
+        head_dim: if heads > 0 { hidden / heads } else { 0 },
+        norm_eps: raw.layer_norm_epsilon.unwrap_or(1e-5),
+        max_position_embeddings: raw.n_positions.unwrap_or(1024),
+        tie_word_embeddings: true,
+        qkv_bias: true,
+        o_bias: true,
+        mlp_bias: true,
+        ..common
+    })
+}
+
+/// The `config.json` `save` writes for GPT-2.
+pub(super) fn hf_json(c: &Config) -> Value {
+    serde_json::json!({
+        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": c.vocab_size,
+        "n_embd": c.hidden_size, "n_layer": c.num_layers, "n_head": c.num_heads, "n_inner": c.intermediate_size,
+        "n_positions": c.max_position_embeddings, "layer_norm_epsilon": c.norm_eps, "activation_function": "gelu_new",
+        "bos_token_id": c.bos_token_id, "eos_token_id": c.eos_token_ids.first(), "tie_word_embeddings": true,
+    })
 }

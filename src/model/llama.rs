@@ -4,7 +4,8 @@
 //! (Qwen3, Gemma 3), Gemma's four (1 + w) norms per layer, GeGLU, scaled embeddings and soft caps
 //! (`config::Gemma`), sliding-window layers with their own RoPE base (Gemma 3), Phi-3's fused `qkv_proj` and `gate_up_proj`, tied or untied LM head. Weight
 //! names equal HF keys.
-use super::config::{Config, RopeScaling};
+use super::config::{Config, Raw, RopeScaling};
+use serde_json::Value;
 use super::layers::{KvCache, Linear, RmsNorm, Shared};
 use super::params::{placeholder_linear, Bias, Init, Load, LinearSpec, TensorSpec, Visit, VisitMut};
 use super::weights::Weights;
@@ -191,35 +192,11 @@ impl Attention {
         let gqa = self.kv_heads != self.heads;
         let y = match self.softcap {
             None => Tensor::f_scaled_dot_product_attention(&q, &k, &v, mask, 0.0, mask.is_none(), self.scale, gqa)?,
-            Some(cap) => softcapped_attention(&q, &k, &v, mask, self.scale.unwrap_or(1.0 / (self.head_dim as f64).sqrt()), cap)?,
+            Some(cap) => super::gemma::softcapped_attention(&q, &k, &v, mask, self.scale.unwrap_or(1.0 / (self.head_dim as f64).sqrt()), cap)?,
         };
         let y = y.f_transpose(1, 2)?.f_reshape([b, t, self.heads * self.head_dim])?;
         self.o_proj.forward(&y)
     }
-}
-
-/// Attention with Gemma 2's soft cap as HF's eager path computes it: scores `q·kᵀ·scale`,
-/// `cap·tanh(scores/cap)`, the additive `mask` (causal when None), softmax in f32, then `·v`.
-fn softcapped_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scale: f64, cap: f64) -> Result<Tensor> {
-    let (heads, kv_heads) = (q.size()[1], k.size()[1]);
-    let (k, v) = if heads != kv_heads {
-        let r = heads / kv_heads;
-        (k.f_repeat_interleave_self_int(r, Some(1), None)?, v.f_repeat_interleave_self_int(r, Some(1), None)?)
-    } else {
-        (k.shallow_clone(), v.shallow_clone())
-    };
-    let scores = q.f_matmul(&k.f_transpose(-2, -1)?)?.f_mul_scalar(scale)?;
-    let scores = scores.f_div_scalar(cap)?.f_tanh()?.f_mul_scalar(cap)?;
-    let scores = match mask {
-        Some(m) => scores.f_add(m)?,
-        None => {
-            let (t, s) = (scores.size()[2], scores.size()[3]);
-            let causal = Tensor::f_ones([t, s], (Kind::Bool, q.device()))?.f_tril(s - t)?;
-            scores.f_masked_fill(&causal.f_logical_not()?, f64::NEG_INFINITY)?
-        }
-    };
-    let p = scores.f_softmax(-1, Kind::Float)?.f_to_kind(q.kind())?;
-    Ok(p.f_matmul(&v)?)
 }
 
 impl Mlp {
@@ -406,6 +383,24 @@ impl Llama {
     pub fn visit_mut<'a>(&'a mut self, cfg: &Config, tied: bool, v: &mut impl VisitMut<'a>) -> Result<()> {
         walk!(self, cfg, tied, v, iter_mut, mut)
     }
+}
+
+/// Llama's `config.json` (and Mistral's, the same fields with a sliding window on every layer):
+/// the family's common reading, unchanged.
+pub(super) fn config(raw: &Raw, file: &str, common: super::config::Config) -> Result<Config> {
+    super::config::decoder(raw, file, common)
+}
+
+/// Llama's and Mistral's class in a saved `config.json` (Mistral's window applies to every layer,
+/// which its config says without `layer_types`).
+pub(super) fn hf_json(c: &Config, j: &mut Value) -> (&'static str, &'static str) {
+    if c.model_type == "mistral" {
+        if let Some(m) = j.as_object_mut() {
+            m.remove("layer_types");
+        }
+        return ("MistralForCausalLM", "mistral");
+    }
+    ("LlamaForCausalLM", "llama")
 }
 
 #[cfg(test)]

@@ -1,11 +1,14 @@
 //! Causal language models and score models on libtorch. This file holds the model type and
-//! dispatches to the families (one file each: `llama.rs`, `gpt2.rs`); each concern has its own
+//! dispatches to the architectures (`llama.rs`: the decoder of the Llama family, which Qwen,
+//! Gemma, Phi-3 and Mistral share; `gpt2.rs`); each family's own file (`llama.rs`, `qwen.rs`,
+//! `gemma.rs`, `phi3.rs`, `gpt2.rs`) reads and writes its `config.json`; each concern has its own
 //! file: `load.rs` (sources, GGUF mapping, built-ins), `logprobs.rs` (log-probs, scores,
 //! features), `lora.rs` (adapters), `params.rs` (each family's parameters walked by visitors:
 //! loading, listing, LoRA targets, random initialisation), `save.rs` (parameters out, HF folders), `sampler.rs`
 //! (generation).
 pub mod chat;
 pub mod config;
+pub mod gemma;
 pub mod gguf;
 pub mod gpt2;
 pub mod layers;
@@ -14,6 +17,8 @@ mod load;
 mod logprobs;
 mod lora;
 pub mod params;
+pub mod phi3;
+pub mod qwen;
 pub mod sampler;
 mod save;
 pub mod tokenizer;
