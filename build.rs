@@ -1,7 +1,9 @@
 //! Link-time settings the `torch-sys` build script cannot pass on to our binaries:
 //! an rpath to libtorch (so `host` runs without LD_LIBRARY_PATH) and `torch_cuda` linked with
 //! `--no-as-needed` (so CUDA kernels register even though no symbol of it is referenced).
-//! Also records the libtorch version for `host --version`.
+//! Also records the libtorch version for `host --version`, and compiles `csrc/c10d_shim.cpp` (the C
+//! ABI over torch's c10d process groups that `src/dist.rs` calls) against the wheel's headers; if
+//! that fails, the build goes on without it and `host` reports distributed runs as unavailable.
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -40,6 +42,12 @@ fn main() {
         return;
     };
     println!("cargo:rustc-env=DUALIGN_LIBTORCH_VERSION={version}");
+    println!("cargo:rustc-check-cfg=cfg(dualign_c10d)");
+    println!("cargo:rerun-if-changed=csrc");
+    match compile_c10d_shim(&lib) {
+        Ok(()) => println!("cargo:rustc-cfg=dualign_c10d"),
+        Err(e) => println!("cargo:warning=distributed runs unavailable: the c10d shim did not compile: {e}"),
+    }
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
     if lib.join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
@@ -47,4 +55,32 @@ fn main() {
         println!("cargo:rustc-link-arg=-ltorch_cuda");
         println!("cargo:rustc-link-arg=-Wl,--as-needed");
     }
+}
+
+/// Builds csrc/c10d_shim.cpp with the flags the torch wheel was built with (C++17, the new
+/// libstdc++ ABI, Gloo on) and links it after libtorch_cpu, which holds c10d.
+fn compile_c10d_shim(lib: &std::path::Path) -> Result<(), String> {
+    let include = lib.parent().ok_or("no torch folder above lib")?.join("include");
+    if !include.join("torch/csrc/distributed/c10d/ProcessGroupGloo.hpp").exists() {
+        return Err(format!("{} has no c10d headers", include.display()));
+    }
+    cc::Build::new()
+        .cpp(true)
+        .std("c++17")
+        .opt_level(1)
+        .define("_GLIBCXX_USE_CXX11_ABI", "1")
+        .define("USE_C10D_GLOO", None)
+        .define("GLOG_USE_GLOG_EXPORT", None)
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .include("csrc/gloo_include")
+        .flag_if_supported("-Wno-unused-parameter")
+        .warnings(false)
+        .file("csrc/c10d_shim.cpp")
+        .try_compile("dualign_c10d")
+        .map_err(|e| e.to_string())?;
+    println!("cargo:rustc-link-search=native={}", lib.display());
+    println!("cargo:rustc-link-lib=dylib=torch_cpu");
+    println!("cargo:rustc-link-lib=dylib=c10");
+    Ok(())
 }

@@ -4,6 +4,7 @@
 //! libtorch through `tch`; `run` owns the run directory every `host run` writes to.
 pub mod data;
 pub mod device;
+pub mod dist;
 pub mod dual;
 pub mod exact;
 pub mod interrupt;
@@ -22,5 +23,7 @@ pub fn versions() -> serde_json::Value {
         "rhai": "1.27",
         "cuda_available": tch::Cuda::is_available(),
         "cuda_devices": if tch::Cuda::is_available() { tch::Cuda::device_count() } else { 0 },
+        // Process-group backends compiled in (src/dist.rs): Gloo for CPU tensors; NCCL not yet.
+        "distributed": if dist::available() { vec!["gloo"] } else { vec![] },
     })
 }

@@ -13,13 +13,17 @@ use std::rc::Rc;
 fn long_version() -> &'static str {
     let v = dualign::versions();
     let text = format!(
-        "{} (libtorch {}, CUDA available: {}{})",
+        "{} (libtorch {}, CUDA available: {}{}, distributed: {})",
         env!("CARGO_PKG_VERSION"),
         v["libtorch"].as_str().unwrap_or("unknown"),
         if v["cuda_available"].as_bool() == Some(true) { "yes" } else { "no" },
         match v["cuda_devices"].as_i64() {
             Some(n) if n > 0 => format!(", {n} device(s)"),
             _ => String::new(),
+        },
+        match v["distributed"].as_array().map(|a| a.iter().filter_map(|b| b.as_str()).collect::<Vec<_>>().join(", ")) {
+            Some(b) if !b.is_empty() => format!("{b} (NCCL unavailable)"),
+            _ => "unavailable".to_string(),
         }
     );
     Box::leak(text.into_boxed_str())

@@ -1,0 +1,200 @@
+//! More than one process, on torch's own c10d (the process groups PyTorch DDP runs on): the launch
+//! as torchrun or Slurm describe it in the environment (`Launch`), and a Gloo process group over a
+//! TCP store with the collectives host needs (`Group`: sum all-reduce, broadcast, barrier), through
+//! the C ABI of `csrc/c10d_shim.cpp`. Every collective has a timeout, so a dead peer is an error,
+//! never a hang.
+use anyhow::{bail, Context, Result};
+use std::time::Duration;
+use tch::Tensor;
+
+/// How this process was launched, from the environment: torchrun's `RANK`, `WORLD_SIZE`,
+/// `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT` (and `TORCHELASTIC_USE_AGENT_STORE`: torchrun's agent
+/// hosts the store, every rank connects to it), else Slurm's `SLURM_PROCID`, `SLURM_NTASKS`,
+/// `SLURM_LOCALID` with `MASTER_ADDR`/`MASTER_PORT`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Launch {
+    pub rank: usize,
+    pub world: usize,
+    pub local_rank: usize,
+    pub master_addr: String,
+    pub master_port: u16,
+    /// The store is hosted elsewhere (torchrun's agent): rank 0 connects as a client too.
+    pub agent_store: bool,
+}
+
+impl Launch {
+    /// The launch the environment describes: None for a plain single process (no `WORLD_SIZE`
+    /// and no `SLURM_NTASKS`, or a world of one).
+    pub fn from_env() -> Result<Option<Launch>> {
+        Self::from_vars(&|k| std::env::var(k).ok())
+    }
+
+    /// As `from_env`, reading variables through `var`.
+    pub fn from_vars(var: &dyn Fn(&str) -> Option<String>) -> Result<Option<Launch>> {
+        let num = |k: &str| -> Result<Option<usize>> {
+            var(k).map(|v| v.trim().parse::<usize>().with_context(|| format!("environment variable {k}={v:?} is not a non-negative integer"))).transpose()
+        };
+        let (rank, world, local) = match (num("WORLD_SIZE")?, num("SLURM_NTASKS")?) {
+            (Some(w), _) => (num("RANK")?.context("WORLD_SIZE is set but RANK is not")?, w, num("LOCAL_RANK")?.unwrap_or(0)),
+            (None, Some(w)) => (num("SLURM_PROCID")?.context("SLURM_NTASKS is set but SLURM_PROCID is not")?, w, num("SLURM_LOCALID")?.unwrap_or(0)),
+            (None, None) => return Ok(None),
+        };
+        if world <= 1 {
+            return Ok(None);
+        }
+        if rank >= world {
+            bail!("rank {rank} is not below the world size {world}");
+        }
+        let master_addr = var("MASTER_ADDR").unwrap_or_else(|| "127.0.0.1".into());
+        let port = var("MASTER_PORT").context("a distributed launch needs MASTER_PORT (torchrun sets it; with Slurm, export it)")?;
+        let master_port = port.trim().parse::<u16>().with_context(|| format!("MASTER_PORT={port:?} is not a port number"))?;
+        let agent_store = var("TORCHELASTIC_USE_AGENT_STORE").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        Ok(Some(Launch { rank, world, local_rank: local, master_addr, master_port, agent_store }))
+    }
+}
+
+/// Whether this build has the c10d shim (it is compiled against the wheel's headers by build.rs).
+pub fn available() -> bool {
+    cfg!(dualign_c10d)
+}
+
+#[cfg(dualign_c10d)]
+mod ffi {
+    use std::ffi::{c_char, c_int, c_long, c_void};
+    extern "C" {
+        pub fn dualign_c10d_new(host: *const c_char, port: c_int, rank: c_int, world: c_int, is_server: c_int, timeout_ms: c_long, out: *mut *mut c_void, err: *mut *mut c_char) -> c_int;
+        pub fn dualign_c10d_free(group: *mut c_void);
+        pub fn dualign_c10d_free_error(err: *mut c_char);
+        pub fn dualign_c10d_all_reduce_sum(group: *mut c_void, t: *mut c_void, err: *mut *mut c_char) -> c_int;
+        pub fn dualign_c10d_broadcast(group: *mut c_void, t: *mut c_void, root: c_int, err: *mut *mut c_char) -> c_int;
+        pub fn dualign_c10d_barrier(group: *mut c_void, err: *mut *mut c_char) -> c_int;
+    }
+}
+
+/// A Gloo process group of `world` ranks (CPU tensors).
+pub struct Group {
+    #[cfg(dualign_c10d)]
+    ptr: *mut std::ffi::c_void,
+    pub rank: usize,
+    pub world: usize,
+}
+
+#[cfg(dualign_c10d)]
+fn check(what: &str, rc: std::ffi::c_int, err: *mut std::ffi::c_char) -> Result<()> {
+    if rc == 0 {
+        return Ok(());
+    }
+    let message = if err.is_null() {
+        "unknown error".to_string()
+    } else {
+        // SAFETY: the shim wrote a NUL-terminated strdup'ed message; it is freed right after.
+        let m = unsafe { std::ffi::CStr::from_ptr(err) }.to_string_lossy().into_owned();
+        unsafe { ffi::dualign_c10d_free_error(err) };
+        m
+    };
+    bail!("{what}: {}", crate::util::first_line(&message))
+}
+
+impl Group {
+    /// Joins the group `launch` describes; rank 0 hosts the store unless torchrun's agent does.
+    /// `timeout` bounds the rendezvous and every later collective.
+    pub fn connect(launch: &Launch, timeout: Duration) -> Result<Group> {
+        #[cfg(dualign_c10d)]
+        {
+            let host = std::ffi::CString::new(launch.master_addr.clone()).context("MASTER_ADDR holds a NUL byte")?;
+            let server = launch.rank == 0 && !launch.agent_store;
+            let mut ptr = std::ptr::null_mut();
+            let mut err = std::ptr::null_mut();
+            // SAFETY: plain values and out-pointers; the shim catches every C++ exception.
+            let rc = unsafe { ffi::dualign_c10d_new(host.as_ptr(), launch.master_port as _, launch.rank as _, launch.world as _, server as _, timeout.as_millis() as _, &mut ptr, &mut err) };
+            check(&format!("rank {} of {}: joining the process group at {}:{}", launch.rank, launch.world, launch.master_addr, launch.master_port), rc, err)?;
+            Ok(Group { ptr, rank: launch.rank, world: launch.world })
+        }
+        #[cfg(not(dualign_c10d))]
+        {
+            let _ = timeout;
+            bail!("rank {} of {}: this build of host has no distributed support (the c10d shim did not compile; see the build's warnings)", launch.rank, launch.world)
+        }
+    }
+
+    /// Sums `t` over the ranks, in place (every rank ends with the same sum).
+    pub fn all_reduce_sum(&self, t: &mut Tensor) -> Result<()> {
+        #[cfg(dualign_c10d)]
+        {
+            let mut err = std::ptr::null_mut();
+            // SAFETY: `t` is a live tensor; c10d works on it in place and waits before returning.
+            let rc = unsafe { ffi::dualign_c10d_all_reduce_sum(self.ptr, t.as_mut_ptr() as *mut std::ffi::c_void, &mut err) };
+            return check(&format!("rank {}: all-reduce", self.rank), rc, err);
+        }
+        #[cfg(not(dualign_c10d))]
+        {
+            let _ = t;
+            bail!("no distributed support in this build")
+        }
+    }
+
+    /// Copies rank `root`'s `t` into `t` on every rank.
+    pub fn broadcast(&self, t: &mut Tensor, root: usize) -> Result<()> {
+        #[cfg(dualign_c10d)]
+        {
+            let mut err = std::ptr::null_mut();
+            // SAFETY: as in all_reduce_sum.
+            let rc = unsafe { ffi::dualign_c10d_broadcast(self.ptr, t.as_mut_ptr() as *mut std::ffi::c_void, root as _, &mut err) };
+            return check(&format!("rank {}: broadcast from rank {root}", self.rank), rc, err);
+        }
+        #[cfg(not(dualign_c10d))]
+        {
+            let _ = (t, root);
+            bail!("no distributed support in this build")
+        }
+    }
+
+    /// Returns once every rank has called it.
+    pub fn barrier(&self) -> Result<()> {
+        #[cfg(dualign_c10d)]
+        {
+            let mut err = std::ptr::null_mut();
+            // SAFETY: the group is live.
+            let rc = unsafe { ffi::dualign_c10d_barrier(self.ptr, &mut err) };
+            return check(&format!("rank {}: barrier", self.rank), rc, err);
+        }
+        #[cfg(not(dualign_c10d))]
+        bail!("no distributed support in this build")
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        #[cfg(dualign_c10d)]
+        // SAFETY: created by dualign_c10d_new, dropped once.
+        unsafe {
+            ffi::dualign_c10d_free(self.ptr)
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn launches_are_read_from_torchrun_and_slurm_variables() {
+        fn vars<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+            move |k: &str| pairs.iter().find(|p| p.0 == k).map(|p| p.1.to_string())
+        }
+        assert_eq!(Launch::from_vars(&vars(&[])).unwrap(), None, "a plain process");
+        assert_eq!(Launch::from_vars(&vars(&[("WORLD_SIZE", "1"), ("RANK", "0")])).unwrap(), None, "a world of one");
+        let torchrun = [("WORLD_SIZE", "4"), ("RANK", "3"), ("LOCAL_RANK", "1"), ("MASTER_ADDR", "node0"), ("MASTER_PORT", "29500"), ("TORCHELASTIC_USE_AGENT_STORE", "True")];
+        let l = Launch::from_vars(&vars(&torchrun)).unwrap().unwrap();
+        assert_eq!(l, Launch { rank: 3, world: 4, local_rank: 1, master_addr: "node0".into(), master_port: 29500, agent_store: true });
+        let slurm = [("SLURM_NTASKS", "2"), ("SLURM_PROCID", "1"), ("SLURM_LOCALID", "0"), ("MASTER_PORT", "1234")];
+        let l = Launch::from_vars(&vars(&slurm)).unwrap().unwrap();
+        assert_eq!((l.rank, l.world, l.master_addr.as_str(), l.agent_store), (1, 2, "127.0.0.1", false));
+        let e = Launch::from_vars(&vars(&[("WORLD_SIZE", "2"), ("RANK", "2"), ("MASTER_PORT", "1")])).unwrap_err().to_string();
+        assert_eq!(e, "rank 2 is not below the world size 2");
+        let e = Launch::from_vars(&vars(&[("WORLD_SIZE", "2"), ("RANK", "0")])).unwrap_err().to_string();
+        assert!(e.starts_with("a distributed launch needs MASTER_PORT"), "{e}");
+        let e = Launch::from_vars(&vars(&[("WORLD_SIZE", "two")])).unwrap_err().to_string();
+        assert_eq!(e, "environment variable WORLD_SIZE=\"two\" is not a non-negative integer");
+    }
+}
