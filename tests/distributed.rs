@@ -1,7 +1,7 @@
 //! Two ranks on torch's c10d (Gloo, CPU tensors), each a child process of this test binary started
 //! the way torchrun starts ranks (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT in the environment).
 use dualign::dist::{Group, Launch};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 use tch::Tensor;
 
@@ -23,6 +23,8 @@ fn ranks(name: &str, world: usize, role: &str) -> Vec<Output> {
                 .env("RANK", rank.to_string())
                 .env("MASTER_ADDR", "127.0.0.1")
                 .env("MASTER_PORT", &port)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
                 .spawn()
                 .unwrap()
         })
@@ -56,7 +58,7 @@ fn two_ranks_sum_broadcast_and_meet_at_a_barrier() {
         return;
     }
     for (rank, o) in ranks("two_ranks_sum_broadcast_and_meet_at_a_barrier", 2, "collectives").iter().enumerate() {
-        assert!(o.status.success(), "rank {rank} failed");
+        assert!(o.status.success(), "rank {rank} failed:\n{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     }
 }
 
@@ -81,6 +83,9 @@ fn a_rank_that_dies_makes_the_other_fail_within_the_timeout_not_hang() {
     }
     let outs = ranks("a_rank_that_dies_makes_the_other_fail_within_the_timeout_not_hang", 2, "die");
     for (rank, o) in outs.iter().enumerate() {
-        assert!(o.status.success(), "rank {rank} failed");
+        assert!(o.status.success(), "rank {rank} failed:\n{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     }
+    // Rank 0 saw the error, and soon (its line says how soon).
+    let said = String::from_utf8_lossy(&outs[0].stdout);
+    assert!(said.contains("ERROR after "), "{said}");
 }
