@@ -163,6 +163,12 @@ impl Group {
     }
 }
 
+impl std::fmt::Debug for Group {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "Group {{ rank: {}, world: {} }}", self.rank, self.world)
+    }
+}
+
 impl Drop for Group {
     fn drop(&mut self) {
         #[cfg(dualign_c10d)]

@@ -51,6 +51,8 @@ fn loop_options(o: &Given, what: &str, total_steps_hint: usize) -> ScriptResult<
         max_nonfinite: o.count("max_nonfinite")?.max(1),
         log_every: o.count("log_every")?.max(1),
         checkpoint: o.flag("checkpoint")?,
+        // Scripts train in one process until runs can be launched on several (issue 16).
+        dist: None,
     })
 }
 

@@ -294,10 +294,16 @@ pub fn train(
         let mut step_tokens = 0usize;
         let mut step_flops = 0.0;
         let mut step_start = Instant::now();
+        let dist = opts.loop_opts.dist.clone();
         for (k, micro) in rx.iter().enumerate() {
             if stop() {
                 bail!("interrupted");
             }
+            // A step ends after `accum` micro-batches, or early at the end of the epoch.
+            let ends_step = (k + 1) % accum == 0 || k + 1 == n_micro;
+            // Data-parallel: micro-batch k is rank k mod world's; the others still take the step.
+            let mine = dist.as_ref().is_none_or(|g| k % g.world == g.rank);
+            if mine {
             let rows = micro.ids.len();
             let prompts: Vec<&[i64]> = micro.prompts.iter().chain(micro.prompts.iter()).map(Vec::as_slice).collect();
             let responses: Vec<&[i64]> = micro.chosen.iter().chain(micro.rejected.iter()).map(Vec::as_slice).collect();
@@ -336,8 +342,17 @@ pub fn train(
             step_totals += Totals { rows: rows as f64, loss: sums[0], chosen: sums[1], rejected: sums[2], correct: sums[3] };
             step_tokens += micro.tokens;
             step_flops += flop_count.training(micro.tokens, micro.scored);
-            // A step ends after `accum` micro-batches, or early at the end of the epoch.
-            if lp.ready() || k + 1 == n_micro {
+            }
+            if ends_step {
+                if let Some(g) = &dist {
+                    // Every rank logs the step's statistics over all ranks' micro-batches.
+                    let t = &step_totals;
+                    let mut sums = Tensor::from_slice(&[t.rows, t.loss, t.chosen, t.rejected, t.correct, step_tokens as f64, step_flops]);
+                    g.all_reduce_sum(&mut sums)?;
+                    let v = Vec::<f64>::try_from(sums)?;
+                    step_totals = Totals { rows: v[0], loss: v[1], chosen: v[2], rejected: v[3], correct: v[4] };
+                    (step_tokens, step_flops) = (v[5] as usize, v[6]);
+                }
                 let t_opt = Instant::now();
                 let report = lp.step()?;
                 time.2 += t_opt.elapsed().as_secs_f64();

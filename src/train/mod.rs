@@ -26,11 +26,15 @@ pub struct LoopOptions {
     /// Activation checkpointing: keep each decoder layer's input and recompute the layer in the
     /// backward pass (`CausalLM::sequence_logprobs_checkpointed`).
     pub checkpoint: bool,
+    /// Data-parallel training over this process group: each rank back-propagates its share of a
+    /// step's micro-batches, and `Loop::step` sums the gradients over the ranks (one flat buffer,
+    /// before clipping) and agrees on skipping a non-finite step. None: one process.
+    pub dist: Option<std::rc::Rc<crate::dist::Group>>,
 }
 
 impl Default for LoopOptions {
     fn default() -> Self {
-        LoopOptions { adamw: AdamWConfig::default(), schedule: Schedule::Constant, warmup_steps: 0, grad_accum: 1, max_grad_norm: 1.0, max_nonfinite: 3, log_every: 1, checkpoint: false }
+        LoopOptions { adamw: AdamWConfig::default(), schedule: Schedule::Constant, warmup_steps: 0, grad_accum: 1, max_grad_norm: 1.0, max_nonfinite: 3, log_every: 1, checkpoint: false, dist: None }
     }
 }
 
@@ -90,6 +94,13 @@ impl<'a> Loop<'a> {
     /// epoch with a partial accumulation). Non-finite gradients skip the step.
     pub fn step(&mut self) -> Result<StepReport> {
         let step_index = self.opt.steps + self.skipped.len();
+        if let Some(g) = self.opts.dist.clone() {
+            // Every rank takes part, with or without micro-batches of its own this step.
+            let mut bad = tch::Tensor::from_slice(&[if self.finite { 0f32 } else { 1.0 }]);
+            g.all_reduce_sum(&mut bad)?;
+            self.finite = bad.f_double_value(&[0])? == 0.0;
+            self.opt.all_reduce_gradients(&g)?;
+        }
         let lr = self.opts.adamw.lr * self.opts.schedule.factor(step_index, self.opts.warmup_steps, self.total_steps);
         let norm = if self.opts.max_grad_norm > 0.0 { self.opt.clip_grad_norm(self.opts.max_grad_norm)? } else { self.opt.grad_norm()? };
         let applied = self.finite && norm.is_finite();

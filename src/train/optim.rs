@@ -174,6 +174,23 @@ impl AdamW {
         Ok(self.flat_grad.as_ref().map(Tensor::shallow_clone))
     }
 
+    /// Sums the gradients over the ranks of `group` as one flat f32 buffer (a parameter this rank
+    /// gave no gradient counts as zeros), which `clip_grad_norm` and `step` then use.
+    pub fn all_reduce_gradients(&mut self, group: &crate::dist::Group) -> Result<()> {
+        let mut parts = Vec::with_capacity(self.slots.len());
+        for s in &self.slots {
+            let g = s.param.f_grad()?;
+            parts.push(if g.defined() { g.f_reshape([-1])?.f_to_kind(Kind::Float)? } else { Tensor::f_zeros([s.param.numel() as i64], (Kind::Float, s.param.device()))? });
+        }
+        if parts.is_empty() {
+            return Ok(());
+        }
+        let mut flat = Tensor::f_cat(&parts, 0)?;
+        group.all_reduce_sum(&mut flat)?;
+        self.flat_grad = Some(flat);
+        Ok(())
+    }
+
     /// The global L2 norm of all gradients (0 for parameters without one), in f32 on the
     /// parameters' device, read back once (one device sync per step).
     pub fn grad_norm(&mut self) -> Result<f64> {

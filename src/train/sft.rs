@@ -29,6 +29,9 @@ pub fn train(model: &CausalLM, opt: &mut super::optim::AdamW, data: &[(Vec<i64>,
     if data.is_empty() {
         bail!("sft: no examples");
     }
+    if opts.loop_opts.dist.is_some() {
+        bail!("sft: data-parallel training is not implemented yet (dpo is)");
+    }
     let lengths: Vec<usize> = data.iter().map(|(p, r)| p.len() + r.len()).collect();
     let bopts = BatchOptions { batch_size: opts.batch_size, token_budget: None, rows_per_item: 1, group_by_length: true, seed: Some(opts.seed) };
     let accum = opts.loop_opts.grad_accum.max(1);
