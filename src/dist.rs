@@ -163,6 +163,22 @@ impl Group {
     }
 }
 
+impl Group {
+    /// Makes every rank's `params` rank 0's, tensor by tensor in name order (the same order on
+    /// every rank whatever order the caller listed them in; a size mismatch is Gloo's error).
+    pub fn broadcast_parameters(&self, params: &[(String, Tensor)]) -> Result<()> {
+        let mut sorted: Vec<&(String, Tensor)> = params.iter().collect();
+        sorted.sort_by(|a, b| a.0.cmp(&b.0));
+        tch::no_grad(|| -> Result<()> {
+            for (name, t) in sorted {
+                let mut t = t.shallow_clone();
+                self.broadcast(&mut t, 0).with_context(|| format!("parameter {name}"))?;
+            }
+            Ok(())
+        })
+    }
+}
+
 impl std::fmt::Debug for Group {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         write!(f, "Group {{ rank: {}, world: {} }}", self.rank, self.world)

@@ -92,17 +92,27 @@ fn a_rank_that_dies_makes_the_other_fail_within_the_timeout_not_hang() {
 
 /// DPO on the tiny model over 16 shipped pairs (micro-batches of 2, 3 per step: the ranks' shares
 /// are uneven), with the ranks of `group` or alone; returns the logged losses and the weights.
+/// With a group, each rank draws its own initial weights (seed = rank) and takes rank 0's by
+/// broadcast before copying the reference.
 fn tiny_dpo(group: Option<std::rc::Rc<Group>>) -> (Vec<f64>, Vec<(String, Tensor)>) {
     use dualign::data::{batch::tokenize, load_preferences, LoadOptions as DataOptions};
     use dualign::model::{CausalLM, LoadOptions};
     use dualign::train::dpo::{self, DpoOptions, Reference};
     use dualign::train::{optim::AdamW, LoopOptions};
     use std::sync::Arc;
-    let cpu = LoadOptions { device: tch::Device::Cpu, kind: tch::Kind::Float, seed: 0 };
+    let cpu = LoadOptions { device: tch::Device::Cpu, kind: tch::Kind::Float, seed: group.as_ref().map_or(0, |g| g.rank as i64) };
     let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/data/safety_prefs.jsonl");
     let (pairs, _) = load_preferences(&data, &DataOptions::default()).unwrap();
     let pairs = &pairs[..16];
     let mut policy = CausalLM::load("builtin:tiny", &cpu).unwrap();
+    if let Some(g) = &group {
+        // Listed in another order on each rank: the broadcast sorts by name.
+        let mut params = policy.trainable_parameters().unwrap();
+        if g.rank == 1 {
+            params.reverse();
+        }
+        g.broadcast_parameters(&params).unwrap();
+    }
     let frozen = policy.deep_copy().unwrap();
     let tokenized = Arc::new(tokenize(pairs, &policy.tokenizer, 64, 96).unwrap());
     let chosen = Arc::new(pairs.iter().map(|p| p.labels["better"]).collect::<Vec<_>>());

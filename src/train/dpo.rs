@@ -257,6 +257,10 @@ pub fn train(
     let flop_count = FlopCount::of(policy)?;
     let peak = matmul_peak(policy.device, policy.kind)?;
     let mut flops_total = 0.0;
+    if let Some(g) = &opts.loop_opts.dist {
+        // Every rank starts from rank 0's weights.
+        g.broadcast_parameters(&opt.parameters())?;
+    }
     let mut lp = Loop::new(opt, opts.loop_opts.clone(), total);
     let beta = opts.beta;
     let start = Instant::now();

@@ -174,6 +174,11 @@ impl AdamW {
         Ok(self.flat_grad.as_ref().map(Tensor::shallow_clone))
     }
 
+    /// The parameters this optimizer updates, by name (handles on the same tensors).
+    pub fn parameters(&self) -> Vec<(String, Tensor)> {
+        self.slots.iter().map(|s| (s.name.clone(), s.param.shallow_clone())).collect()
+    }
+
     /// Sums the gradients over the ranks of `group` as one flat f32 buffer (a parameter this rank
     /// gave no gradient counts as zeros), which `clip_grad_norm` and `step` then use.
     pub fn all_reduce_gradients(&mut self, group: &crate::dist::Group) -> Result<()> {
