@@ -44,7 +44,9 @@ fn main() {
     println!("cargo:rustc-env=DUALIGN_LIBTORCH_VERSION={version}");
     println!("cargo:rustc-check-cfg=cfg(dualign_c10d)");
     println!("cargo:rerun-if-changed=csrc");
-    match compile_c10d_shim(&lib) {
+    println!("cargo:rerun-if-env-changed=DUALIGN_NO_C10D");
+    let shim = if std::env::var_os("DUALIGN_NO_C10D").is_some() { Err("DUALIGN_NO_C10D is set".to_string()) } else { compile_c10d_shim(&lib) };
+    match shim {
         Ok(()) => println!("cargo:rustc-cfg=dualign_c10d"),
         Err(e) => println!("cargo:warning=distributed runs unavailable: the c10d shim did not compile: {e}"),
     }

@@ -71,15 +71,36 @@ mod ffi {
     }
 }
 
+/// Without the shim: the same functions, each failing (`Group::connect` says why first, so no
+/// group exists for the others to be called on).
+#[cfg(not(dualign_c10d))]
+#[allow(clippy::missing_safety_doc)]
+mod ffi {
+    use std::ffi::{c_char, c_int, c_long, c_void};
+    pub unsafe fn dualign_c10d_new(_: *const c_char, _: c_int, _: c_int, _: c_int, _: c_int, _: c_long, _: *mut *mut c_void, _: *mut *mut c_char) -> c_int {
+        -1
+    }
+    pub unsafe fn dualign_c10d_free(_: *mut c_void) {}
+    pub unsafe fn dualign_c10d_free_error(_: *mut c_char) {}
+    pub unsafe fn dualign_c10d_all_reduce_sum(_: *mut c_void, _: *mut c_void, _: *mut *mut c_char) -> c_int {
+        -1
+    }
+    pub unsafe fn dualign_c10d_broadcast(_: *mut c_void, _: *mut c_void, _: c_int, _: *mut *mut c_char) -> c_int {
+        -1
+    }
+    pub unsafe fn dualign_c10d_barrier(_: *mut c_void, _: *mut *mut c_char) -> c_int {
+        -1
+    }
+}
+
 /// A Gloo process group of `world` ranks (CPU tensors).
 pub struct Group {
-    #[cfg(dualign_c10d)]
     ptr: *mut std::ffi::c_void,
     pub rank: usize,
     pub world: usize,
 }
 
-#[cfg(dualign_c10d)]
+/// Turns a shim return code and its message into a Result.
 fn check(what: &str, rc: std::ffi::c_int, err: *mut std::ffi::c_char) -> Result<()> {
     if rc == 0 {
         return Ok(());
@@ -99,71 +120,43 @@ impl Group {
     /// Joins the group `launch` describes; rank 0 hosts the store unless torchrun's agent does.
     /// `timeout` bounds the rendezvous and every later collective.
     pub fn connect(launch: &Launch, timeout: Duration) -> Result<Group> {
-        #[cfg(dualign_c10d)]
-        {
-            let host = std::ffi::CString::new(launch.master_addr.clone()).context("MASTER_ADDR holds a NUL byte")?;
-            let server = launch.rank == 0 && !launch.agent_store;
-            let mut ptr = std::ptr::null_mut();
-            let mut err = std::ptr::null_mut();
-            // SAFETY: plain values and out-pointers; the shim catches every C++ exception.
-            let rc = unsafe { ffi::dualign_c10d_new(host.as_ptr(), launch.master_port as _, launch.rank as _, launch.world as _, server as _, timeout.as_millis() as _, &mut ptr, &mut err) };
-            check(&format!("rank {} of {}: joining the process group at {}:{}", launch.rank, launch.world, launch.master_addr, launch.master_port), rc, err)?;
-            Ok(Group { ptr, rank: launch.rank, world: launch.world })
+        let what = format!("rank {} of {}: joining the process group at {}:{}", launch.rank, launch.world, launch.master_addr, launch.master_port);
+        if !available() {
+            bail!("{what}: this build of host has no distributed support (the c10d shim did not compile; see the build's warnings)");
         }
-        #[cfg(not(dualign_c10d))]
-        {
-            let _ = timeout;
-            bail!("rank {} of {}: this build of host has no distributed support (the c10d shim did not compile; see the build's warnings)", launch.rank, launch.world)
-        }
+        let host = std::ffi::CString::new(launch.master_addr.clone()).context("MASTER_ADDR holds a NUL byte")?;
+        let server = launch.rank == 0 && !launch.agent_store;
+        let mut ptr = std::ptr::null_mut();
+        let mut err = std::ptr::null_mut();
+        // SAFETY: plain values and out-pointers; the shim catches every C++ exception.
+        let rc = unsafe { ffi::dualign_c10d_new(host.as_ptr(), launch.master_port as _, launch.rank as _, launch.world as _, server as _, timeout.as_millis() as _, &mut ptr, &mut err) };
+        check(&what, rc, err)?;
+        Ok(Group { ptr, rank: launch.rank, world: launch.world })
     }
 
     /// Sums `t` over the ranks, in place (every rank ends with the same sum).
     pub fn all_reduce_sum(&self, t: &mut Tensor) -> Result<()> {
-        #[cfg(dualign_c10d)]
-        {
-            let mut err = std::ptr::null_mut();
-            // SAFETY: `t` is a live tensor; c10d works on it in place and waits before returning.
-            let rc = unsafe { ffi::dualign_c10d_all_reduce_sum(self.ptr, t.as_mut_ptr() as *mut std::ffi::c_void, &mut err) };
-            return check(&format!("rank {}: all-reduce", self.rank), rc, err);
-        }
-        #[cfg(not(dualign_c10d))]
-        {
-            let _ = t;
-            bail!("no distributed support in this build")
-        }
+        let mut err = std::ptr::null_mut();
+        // SAFETY: `t` is a live tensor; c10d works on it in place and waits before returning.
+        let rc = unsafe { ffi::dualign_c10d_all_reduce_sum(self.ptr, t.as_mut_ptr() as *mut std::ffi::c_void, &mut err) };
+        check(&format!("rank {}: all-reduce", self.rank), rc, err)
     }
 
     /// Copies rank `root`'s `t` into `t` on every rank.
     pub fn broadcast(&self, t: &mut Tensor, root: usize) -> Result<()> {
-        #[cfg(dualign_c10d)]
-        {
-            let mut err = std::ptr::null_mut();
-            // SAFETY: as in all_reduce_sum.
-            let rc = unsafe { ffi::dualign_c10d_broadcast(self.ptr, t.as_mut_ptr() as *mut std::ffi::c_void, root as _, &mut err) };
-            return check(&format!("rank {}: broadcast from rank {root}", self.rank), rc, err);
-        }
-        #[cfg(not(dualign_c10d))]
-        {
-            let _ = (t, root);
-            bail!("no distributed support in this build")
-        }
+        let mut err = std::ptr::null_mut();
+        // SAFETY: as in all_reduce_sum.
+        let rc = unsafe { ffi::dualign_c10d_broadcast(self.ptr, t.as_mut_ptr() as *mut std::ffi::c_void, root as _, &mut err) };
+        check(&format!("rank {}: broadcast from rank {root}", self.rank), rc, err)
     }
 
     /// Returns once every rank has called it.
     pub fn barrier(&self) -> Result<()> {
-        #[cfg(dualign_c10d)]
-        {
-            let mut err = std::ptr::null_mut();
-            // SAFETY: the group is live.
-            let rc = unsafe { ffi::dualign_c10d_barrier(self.ptr, &mut err) };
-            return check(&format!("rank {}: barrier", self.rank), rc, err);
-        }
-        #[cfg(not(dualign_c10d))]
-        bail!("no distributed support in this build")
+        let mut err = std::ptr::null_mut();
+        // SAFETY: the group is live.
+        let rc = unsafe { ffi::dualign_c10d_barrier(self.ptr, &mut err) };
+        check(&format!("rank {}: barrier", self.rank), rc, err)
     }
-}
-
-impl Group {
     /// Makes every rank's `params` rank 0's, tensor by tensor in name order (the same order on
     /// every rank whatever order the caller listed them in; a size mismatch is Gloo's error).
     pub fn broadcast_parameters(&self, params: &[(String, Tensor)]) -> Result<()> {
@@ -187,11 +180,8 @@ impl std::fmt::Debug for Group {
 
 impl Drop for Group {
     fn drop(&mut self) {
-        #[cfg(dualign_c10d)]
         // SAFETY: created by dualign_c10d_new, dropped once.
-        unsafe {
-            ffi::dualign_c10d_free(self.ptr)
-        };
+        unsafe { ffi::dualign_c10d_free(self.ptr) };
     }
 }
 

@@ -11,7 +11,7 @@ fn free_port() -> u16 {
 }
 
 /// Runs test `name` of this binary as ranks 0..world in child processes, with `role` telling the
-/// child what to do; returns each rank's output.
+/// child what to do; checks that every rank succeeded and returns each rank's output.
 fn ranks(name: &str, world: usize, role: &str) -> Vec<Output> {
     let port = free_port().to_string();
     let children: Vec<_> = (0..world)
@@ -29,7 +29,11 @@ fn ranks(name: &str, world: usize, role: &str) -> Vec<Output> {
                 .unwrap()
         })
         .collect();
-    children.into_iter().map(|c| c.wait_with_output().unwrap()).collect()
+    let outs: Vec<Output> = children.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+    for (rank, o) in outs.iter().enumerate() {
+        assert!(o.status.success(), "rank {rank} failed:\n{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    }
+    outs
 }
 
 fn values(t: &Tensor) -> Vec<f32> {
@@ -57,9 +61,7 @@ fn two_ranks_sum_broadcast_and_meet_at_a_barrier() {
         g.barrier().unwrap();
         return;
     }
-    for (rank, o) in ranks("two_ranks_sum_broadcast_and_meet_at_a_barrier", 2, "collectives").iter().enumerate() {
-        assert!(o.status.success(), "rank {rank} failed:\n{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-    }
+    ranks("two_ranks_sum_broadcast_and_meet_at_a_barrier", 2, "collectives");
 }
 
 #[test]
@@ -82,9 +84,6 @@ fn a_rank_that_dies_makes_the_other_fail_within_the_timeout_not_hang() {
         return;
     }
     let outs = ranks("a_rank_that_dies_makes_the_other_fail_within_the_timeout_not_hang", 2, "die");
-    for (rank, o) in outs.iter().enumerate() {
-        assert!(o.status.success(), "rank {rank} failed:\n{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-    }
     // Rank 0 saw the error, and soon (its line says how soon).
     let said = String::from_utf8_lossy(&outs[0].stdout);
     assert!(said.contains("ERROR after "), "{said}");
@@ -155,9 +154,7 @@ fn data_parallel_dpo_on_two_ranks_ends_where_one_process_does() {
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out).unwrap();
     std::env::set_var("DUALIGN_DIST_OUT", &out);
-    for (rank, o) in ranks("data_parallel_dpo_on_two_ranks_ends_where_one_process_does", 2, "dpo").iter().enumerate() {
-        assert!(o.status.success(), "rank {rank} failed:\n{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-    }
+    ranks("data_parallel_dpo_on_two_ranks_ends_where_one_process_does", 2, "dpo");
     let (losses, weights) = tiny_dpo(None);
     assert_eq!(losses.len(), 6, "16 pairs in 8 micro-batches of 2, 3 per step: 3 steps per epoch, 2 epochs");
     let read = |rank: usize| -> (Vec<f64>, Vec<(String, Tensor)>) {

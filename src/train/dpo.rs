@@ -308,44 +308,44 @@ pub fn train(
             // Data-parallel: micro-batch k is rank k mod world's; the others still take the step.
             let mine = dist.as_ref().is_none_or(|g| k % g.world == g.rank);
             if mine {
-            let rows = micro.ids.len();
-            let prompts: Vec<&[i64]> = micro.prompts.iter().chain(micro.prompts.iter()).map(Vec::as_slice).collect();
-            let responses: Vec<&[i64]> = micro.chosen.iter().chain(micro.rejected.iter()).map(Vec::as_slice).collect();
-            let t_fwd = Instant::now();
-            let (logps, checkpoints) = super::train_logprobs(policy, &prompts, &responses, opts.loop_opts.checkpoint)?;
-            let pc = logps.f_narrow(0, 0, rows as i64)?;
-            let pr = logps.f_narrow(0, rows as i64, rows as i64)?;
-            let (rc, rr) = match (&micro.ref_chosen, &micro.ref_rejected, &reference) {
-                (Some(c), Some(r), _) => (Tensor::f_from_slice(c)?.f_to_device(policy.device)?, Tensor::f_from_slice(r)?.f_to_device(policy.device)?),
-                (_, _, Reference::Online(f)) => {
-                    let plain: Vec<&[i64]> = micro.prompts.iter().map(Vec::as_slice).collect();
-                    let c: Vec<&[i64]> = micro.chosen.iter().map(Vec::as_slice).collect();
-                    let r: Vec<&[i64]> = micro.rejected.iter().map(Vec::as_slice).collect();
-                    let both_p: Vec<&[i64]> = plain.iter().chain(plain.iter()).copied().collect();
-                    let both_r: Vec<&[i64]> = c.iter().chain(r.iter()).copied().collect();
-                    let lr = tch::no_grad(|| f(&both_p, &both_r))?.f_to_kind(Kind::Float)?;
-                    (lr.f_narrow(0, 0, rows as i64)?, lr.f_narrow(0, rows as i64, rows as i64)?)
-                }
-                _ => bail!("dpo: no reference log-probs"),
-            };
-            let smoothing = micro.smoothing.as_ref().map(|s| Tensor::f_from_slice(s)?.f_to_device(policy.device)).transpose()?;
-            let losses = losses(&pc, &pr, &rc, &rr, smoothing.as_ref(), opts)?;
-            let denom = step_rows[k / accum] as f64;
-            let loss = losses.f_sum(Kind::Float)?.f_div_scalar(denom)?;
-            let what = micro.ids.iter().map(|&i| origins.get(i).cloned().unwrap_or_else(|| format!("pair {i}"))).collect::<Vec<_>>().join(", ");
-            let rew_c = pc.f_sub(&rc)?.f_detach()?.f_mul_scalar(beta)?;
-            let rew_r = pr.f_sub(&rr)?.f_detach()?.f_mul_scalar(beta)?;
-            // The loss and the batch's statistics in one tensor, read back with the one device
-            // synchronisation of this micro-batch (the finiteness check reads the loss from it).
-            let sums = Tensor::f_stack(&[losses.f_detach()?.f_sum(Kind::Float)?, rew_c.f_sum(Kind::Float)?, rew_r.f_sum(Kind::Float)?, rew_c.f_gt_tensor(&rew_r)?.f_sum(Kind::Float)?], 0)?;
-            let sums = Vec::<f64>::try_from(sums.f_to_kind(Kind::Double)?)?;
-            let t_bwd = Instant::now();
-            time.0 += (t_bwd - t_fwd).as_secs_f64();
-            lp.backward(&loss, checkpoints, sums[0] / denom, format!("batch {} (pairs {what})", k + 1))?;
-            time.1 += t_bwd.elapsed().as_secs_f64();
-            step_totals += Totals { rows: rows as f64, loss: sums[0], chosen: sums[1], rejected: sums[2], correct: sums[3] };
-            step_tokens += micro.tokens;
-            step_flops += flop_count.training(micro.tokens, micro.scored);
+                let rows = micro.ids.len();
+                let prompts: Vec<&[i64]> = micro.prompts.iter().chain(micro.prompts.iter()).map(Vec::as_slice).collect();
+                let responses: Vec<&[i64]> = micro.chosen.iter().chain(micro.rejected.iter()).map(Vec::as_slice).collect();
+                let t_fwd = Instant::now();
+                let (logps, checkpoints) = super::train_logprobs(policy, &prompts, &responses, opts.loop_opts.checkpoint)?;
+                let pc = logps.f_narrow(0, 0, rows as i64)?;
+                let pr = logps.f_narrow(0, rows as i64, rows as i64)?;
+                let (rc, rr) = match (&micro.ref_chosen, &micro.ref_rejected, &reference) {
+                    (Some(c), Some(r), _) => (Tensor::f_from_slice(c)?.f_to_device(policy.device)?, Tensor::f_from_slice(r)?.f_to_device(policy.device)?),
+                    (_, _, Reference::Online(f)) => {
+                        let plain: Vec<&[i64]> = micro.prompts.iter().map(Vec::as_slice).collect();
+                        let c: Vec<&[i64]> = micro.chosen.iter().map(Vec::as_slice).collect();
+                        let r: Vec<&[i64]> = micro.rejected.iter().map(Vec::as_slice).collect();
+                        let both_p: Vec<&[i64]> = plain.iter().chain(plain.iter()).copied().collect();
+                        let both_r: Vec<&[i64]> = c.iter().chain(r.iter()).copied().collect();
+                        let lr = tch::no_grad(|| f(&both_p, &both_r))?.f_to_kind(Kind::Float)?;
+                        (lr.f_narrow(0, 0, rows as i64)?, lr.f_narrow(0, rows as i64, rows as i64)?)
+                    }
+                    _ => bail!("dpo: no reference log-probs"),
+                };
+                let smoothing = micro.smoothing.as_ref().map(|s| Tensor::f_from_slice(s)?.f_to_device(policy.device)).transpose()?;
+                let losses = losses(&pc, &pr, &rc, &rr, smoothing.as_ref(), opts)?;
+                let denom = step_rows[k / accum] as f64;
+                let loss = losses.f_sum(Kind::Float)?.f_div_scalar(denom)?;
+                let what = micro.ids.iter().map(|&i| origins.get(i).cloned().unwrap_or_else(|| format!("pair {i}"))).collect::<Vec<_>>().join(", ");
+                let rew_c = pc.f_sub(&rc)?.f_detach()?.f_mul_scalar(beta)?;
+                let rew_r = pr.f_sub(&rr)?.f_detach()?.f_mul_scalar(beta)?;
+                // The loss and the batch's statistics in one tensor, read back with the one device
+                // synchronisation of this micro-batch (the finiteness check reads the loss from it).
+                let sums = Tensor::f_stack(&[losses.f_detach()?.f_sum(Kind::Float)?, rew_c.f_sum(Kind::Float)?, rew_r.f_sum(Kind::Float)?, rew_c.f_gt_tensor(&rew_r)?.f_sum(Kind::Float)?], 0)?;
+                let sums = Vec::<f64>::try_from(sums.f_to_kind(Kind::Double)?)?;
+                let t_bwd = Instant::now();
+                time.0 += (t_bwd - t_fwd).as_secs_f64();
+                lp.backward(&loss, checkpoints, sums[0] / denom, format!("batch {} (pairs {what})", k + 1))?;
+                time.1 += t_bwd.elapsed().as_secs_f64();
+                step_totals += Totals { rows: rows as f64, loss: sums[0], chosen: sums[1], rejected: sums[2], correct: sums[3] };
+                step_tokens += micro.tokens;
+                step_flops += flop_count.training(micro.tokens, micro.scored);
             }
             if ends_step {
                 if let Some(g) = &dist {
