@@ -53,6 +53,21 @@ impl Launch {
     }
 }
 
+/// The contiguous block of `n` items rank `rank` of `world` takes (sizes differ by one at most).
+pub fn share(n: usize, rank: usize, world: usize) -> std::ops::Range<usize> {
+    n * rank / world..n * (rank + 1) / world
+}
+
+/// Work on `n` items dealt out over the ranks: `f` computes the rows of a range of items (a
+/// tensor whose dimension 0 is the range's length), each rank its `share`, and every rank gets
+/// all `n` rows in item order. Without a group, or with fewer items than ranks, `f(0..n)`.
+pub fn sharded(group: Option<&Group>, n: usize, f: impl FnOnce(std::ops::Range<usize>) -> Result<Tensor>) -> Result<Tensor> {
+    match group {
+        Some(g) if n >= g.world => g.all_gather(&f(share(n, g.rank, g.world))?),
+        _ => f(0..n),
+    }
+}
+
 /// Whether this build has the c10d shim (it is compiled against the wheel's headers by build.rs).
 pub fn available() -> bool {
     cfg!(dualign_c10d)
@@ -157,6 +172,41 @@ impl Group {
         let rc = unsafe { ffi::dualign_c10d_barrier(self.ptr, &mut err) };
         check(&format!("rank {}: barrier", self.rank), rc, err)
     }
+    /// Every rank's `t` concatenated along dimension 0 in rank order, on every rank. The sizes
+    /// along dimension 0 may differ between ranks (the other dimensions and the kind may not).
+    /// Built on the sum all-reduce: each rank's rows go into its own block of a zero buffer, so
+    /// the sum is the concatenation exactly (adding zeros changes no value, integers included).
+    pub fn all_gather(&self, t: &Tensor) -> Result<Tensor> {
+        let size = t.size();
+        let rows = *size.first().context("all_gather needs a tensor with at least one dimension")?;
+        let mut counts = Tensor::zeros([self.world as i64], (tch::Kind::Int64, tch::Device::Cpu));
+        let _ = counts.f_narrow(0, self.rank as i64, 1)?.f_fill_(rows)?;
+        self.all_reduce_sum(&mut counts)?;
+        let counts = Vec::<i64>::try_from(&counts)?;
+        let most = counts.iter().copied().max().unwrap_or(0);
+        let mut shape = vec![self.world as i64, most];
+        shape.extend_from_slice(&size[1..]);
+        let mut buffer = Tensor::f_zeros(shape.as_slice(), (t.kind(), t.device()))?;
+        if rows > 0 {
+            buffer.f_select(0, self.rank as i64)?.f_narrow(0, 0, rows)?.f_copy_(t)?;
+        }
+        self.all_reduce_sum(&mut buffer)?;
+        let parts: Vec<Tensor> = counts.iter().enumerate().map(|(r, &n)| buffer.f_select(0, r as i64)?.f_narrow(0, 0, n)).collect::<std::result::Result<_, _>>()?;
+        Ok(Tensor::f_cat(&parts, 0)?)
+    }
+
+    /// Rank 0's `bytes` on every rank (the others' are ignored).
+    pub fn broadcast_bytes(&self, bytes: &[u8]) -> Result<Vec<u8>> {
+        let mut len = Tensor::from_slice(&[bytes.len() as i64]);
+        self.broadcast(&mut len, 0)?;
+        let n = len.int64_value(&[0]) as usize;
+        let mut data = if self.rank == 0 { Tensor::from_slice(bytes) } else { Tensor::zeros([n as i64], (tch::Kind::Uint8, tch::Device::Cpu)) };
+        if n > 0 {
+            self.broadcast(&mut data, 0)?;
+        }
+        Ok(Vec::<u8>::try_from(&data)?)
+    }
+
     /// Makes every rank's `params` rank 0's, tensor by tensor in name order (the same order on
     /// every rank whatever order the caller listed them in; a size mismatch is Gloo's error).
     pub fn broadcast_parameters(&self, params: &[(String, Tensor)]) -> Result<()> {

@@ -3,7 +3,7 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use dualign::script::{self, errors::ScriptError, Session};
-use dualign::{device, interrupt, run};
+use dualign::{device, dist, interrupt, run};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -63,6 +63,14 @@ enum Command {
         /// no limit. Work done inside host functions (training, sampling) counts as one call.
         #[arg(long, default_value_t = script::DEFAULT_MAX_OPERATIONS, value_name = "N")]
         max_operations: u64,
+        /// Start N ranks of this run on this machine (a store on localhost, a free port), as
+        /// `torchrun --standalone --nproc-per-node=N` would; rank 0 writes the run directory.
+        #[arg(long, value_name = "N")]
+        nproc: Option<usize>,
+        /// How long a rank of a distributed run waits for the others at a collective (joining
+        /// included) before failing, e.g. 30m or 90s.
+        #[arg(long, default_value = "30m", value_name = "DURATION")]
+        dist_timeout: humantime::Duration,
     },
     /// Parse a script and every module it imports, without running anything.
     Check {
@@ -85,6 +93,8 @@ enum Command {
 /// How a command ended, mapped to the exit code.
 enum Failure {
     Usage(String),
+    /// A rank started by `--nproc` failed: the message and its exit code.
+    Rank(String, u8),
     /// Nothing to do (exit 0 with a message).
     Done(String),
     Script(ScriptError),
@@ -123,7 +133,7 @@ fn check_script_file(script: &Path) -> Result<(), Failure> {
 }
 
 /// What `host --resume DIR` needs from the run's `config.json`.
-fn resume_settings(dir: &Path) -> Result<(PathBuf, Vec<String>, i64, String), Failure> {
+fn resume_settings(dir: &Path) -> Result<(PathBuf, Vec<String>, i64, String, usize), Failure> {
     let path = dir.join("config.json");
     let text = std::fs::read_to_string(&path).map_err(|e| Failure::Usage(format!("{}: cannot read ({e}); --resume takes a run directory", path.display())))?;
     let config: serde_json::Value = serde_json::from_str(&text).map_err(|e| Failure::Usage(format!("{}: not valid JSON: {e}", path.display())))?;
@@ -131,29 +141,158 @@ fn resume_settings(dir: &Path) -> Result<(PathBuf, Vec<String>, i64, String), Fa
     let sets = config.get("overrides").and_then(|v| v.as_object()).map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect()).unwrap_or_default();
     let seed = config.get("seed").and_then(|v| v.as_i64()).unwrap_or(0);
     let device = config.get("device").and_then(|v| v.as_str()).unwrap_or("auto").to_string();
+    let world = config.get("world_size").and_then(|v| v.as_u64()).unwrap_or(1) as usize;
     if config.get("status").and_then(|v| v.as_str()) == Some("ok") {
         return Err(Failure::Done(format!("{}: this run finished (status ok); nothing to resume", dir.display())));
     }
-    Ok((PathBuf::from(script), sets, seed, device))
+    Ok((PathBuf::from(script), sets, seed, device, world))
 }
 
-fn cmd_run(script_path: Option<PathBuf>, resume: Option<PathBuf>, sets: Vec<String>, out: Option<PathBuf>, device_name: String, seed: i64, max_operations: u64) -> Result<(), Failure> {
-    let (script_path, sets, seed, device_name) = match &resume {
-        Some(dir) => {
-            let (script, sets, seed, recorded) = resume_settings(dir)?;
-            (script, sets, seed, if device_name == "auto" { recorded } else { device_name })
+/// `host run --nproc N`: starts ranks 0..N of the same command (without `--nproc`) as child
+/// processes with torchrun's variables and a free port on localhost, waits for them, and when one
+/// fails gives the others 10 s to stop on their own (their next collective fails) before ending
+/// them. Rank 0 keeps the terminal; the others write `rank-N.log` in the run directory.
+fn launch_local(n: usize) -> Result<(), Failure> {
+    if std::env::var_os("WORLD_SIZE").is_some() || std::env::var_os("SLURM_NTASKS").is_some() {
+        return Err(Failure::Usage("--nproc: this process is already a rank of a distributed launch (WORLD_SIZE or SLURM_NTASKS is set)".into()));
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| anyhow::anyhow!("--nproc: no free port on localhost: {e}"))?.port();
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
+    let mut raw = std::env::args_os().skip(1);
+    while let Some(a) = raw.next() {
+        match a.to_str() {
+            Some("--nproc") => {
+                raw.next();
+            }
+            Some(s) if s.starts_with("--nproc=") => {}
+            _ => args.push(a),
         }
-        None => (script_path.unwrap_or_default(), sets, seed, device_name),
+    }
+    let exe = std::env::current_exe().context("--nproc: cannot find this program's path")?;
+    interrupt::install(); // Ctrl-C reaches every rank; this process waits for them to stop.
+    // As torchrun: the cores are shared out, not oversubscribed (unless OMP_NUM_THREADS is set).
+    let threads = std::env::var("OMP_NUM_THREADS").unwrap_or_else(|_| (std::thread::available_parallelism().map_or(1, |c| c.get()) / n).max(1).to_string());
+    let mut children = Vec::new();
+    for rank in 0..n {
+        let child = std::process::Command::new(&exe)
+            .args(&args)
+            .env("OMP_NUM_THREADS", &threads)
+            .env("WORLD_SIZE", n.to_string())
+            .env("RANK", rank.to_string())
+            .env("LOCAL_RANK", rank.to_string())
+            .env("LOCAL_WORLD_SIZE", n.to_string())
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", port.to_string())
+            .env_remove("TORCHELASTIC_USE_AGENT_STORE")
+            .spawn()
+            .with_context(|| format!("--nproc: cannot start rank {rank}"))?;
+        children.push(Some(child));
+    }
+    let mut failure: Option<(usize, std::process::ExitStatus, std::time::Instant)> = None;
+    let mut codes = vec![None; n];
+    while codes.iter().any(Option::is_none) {
+        for (rank, slot) in children.iter_mut().enumerate() {
+            let Some(child) = slot else { continue };
+            if let Ok(Some(status)) = child.try_wait() {
+                codes[rank] = Some(status);
+                *slot = None;
+                if !status.success() && failure.is_none() {
+                    failure = Some((rank, status, std::time::Instant::now()));
+                }
+            }
+        }
+        if let Some((_, _, at)) = &failure {
+            if at.elapsed() > std::time::Duration::from_secs(10) {
+                for child in children.iter_mut().flatten() {
+                    let _ = child.kill();
+                }
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    match failure {
+        None => Ok(()),
+        Some((rank, status, _)) => {
+            use std::os::unix::process::ExitStatusExt;
+            let how = match (status.code(), status.signal()) {
+                (Some(c), _) => format!("exited with code {c}"),
+                (None, Some(sig)) => format!("was killed by signal {sig}"),
+                _ => "failed".into(),
+            };
+            let code = status.code().map_or(1, |c| c.clamp(1, 255) as u8);
+            let log = if rank == 0 { String::new() } else { format!(" (its output: rank-{rank}.log in the run directory)") };
+            Err(Failure::Rank(format!("rank {rank} of {n} {how}{log}"), code))
+        }
+    }
+}
+
+/// The process group of a distributed launch (torchrun, Slurm or `--nproc`), or None for one
+/// process.
+fn join_group(timeout: std::time::Duration) -> Result<Option<Rc<dist::Group>>, Failure> {
+    let launch = dist::Launch::from_env().map_err(|e| Failure::Usage(format!("{e:#}")))?;
+    let Some(launch) = launch else { return Ok(None) };
+    Ok(Some(Rc::new(dist::Group::connect(&launch, timeout)?)))
+}
+
+/// Sends this rank's standard output and error to `file` (ranks other than 0), keeping the
+/// terminal's error stream for the one line `main` prints when the rank fails.
+fn redirect_output(file: &Path) -> Result<()> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    extern "C" {
+        fn dup(fd: i32) -> i32;
+        fn dup2(from: i32, to: i32) -> i32;
+    }
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(file).with_context(|| format!("cannot write {}", file.display()))?;
+    // SAFETY: plain descriptor calls on descriptors this process owns.
+    unsafe {
+        let saved = dup(2);
+        if saved >= 0 {
+            let _ = TERMINAL.set(std::fs::File::from_raw_fd(saved));
+        }
+        if dup2(log.as_raw_fd(), 1) < 0 || dup2(log.as_raw_fd(), 2) < 0 {
+            anyhow::bail!("cannot redirect output to {}", file.display());
+        }
+    }
+    Ok(())
+}
+
+/// The terminal's error stream of a rank whose output goes to `rank-N.log`, and the rank.
+static TERMINAL: std::sync::OnceLock<std::fs::File> = std::sync::OnceLock::new();
+static RANK: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+
+#[allow(clippy::too_many_arguments)]
+fn cmd_run(script_path: Option<PathBuf>, resume: Option<PathBuf>, sets: Vec<String>, out: Option<PathBuf>, device_name: String, seed: i64, max_operations: u64, timeout: std::time::Duration) -> Result<(), Failure> {
+    let (script_path, sets, seed, device_name, recorded_world) = match &resume {
+        Some(dir) => {
+            let (script, sets, seed, recorded, world) = resume_settings(dir)?;
+            (script, sets, seed, if device_name == "auto" { recorded } else { device_name }, world)
+        }
+        None => (script_path.unwrap_or_default(), sets, seed, device_name, 1),
     };
     check_script_file(&script_path)?;
     let overrides = parse_sets(&sets)?;
-    let dev = device::parse(&device_name).map_err(|e| Failure::Usage(e.to_string()))?;
+    let group = join_group(timeout)?;
+    let (rank, world) = group.as_ref().map_or((0, 1), |g| (g.rank, g.world));
+    if resume.is_some() && recorded_world != world {
+        return Err(Failure::Usage(format!(
+            "this run had {recorded_world} process{}; resume it with the same number ({}), not {world}",
+            if recorded_world == 1 { "" } else { "es" },
+            if recorded_world == 1 { "a plain `host run --resume DIR`".to_string() } else { format!("`host run --nproc {recorded_world} --resume DIR`, or torchrun with --nproc-per-node={recorded_world}") }
+        )));
+    }
+    let _ = RANK.set(rank);
+    let mut dev = device::parse(&device_name).map_err(|e| Failure::Usage(e.to_string()))?;
+    if let (Some(_), tch::Device::Cuda(_)) = (&group, dev) {
+        // Each rank on its own card (torchrun's LOCAL_RANK), round robin when there are fewer.
+        let local: usize = std::env::var("LOCAL_RANK").ok().and_then(|v| v.parse().ok()).or_else(|| std::env::var("SLURM_LOCALID").ok().and_then(|v| v.parse().ok())).unwrap_or(0);
+        dev = tch::Device::Cuda(local % tch::Cuda::device_count().max(1) as usize);
+    }
     device::set(dev);
     tch::manual_seed(seed);
     interrupt::install();
 
     let script_dir = script_path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let session = Rc::new(RefCell::new(Session { overrides: overrides.clone(), seed, script_dir, ..Default::default() }));
+    let session = Rc::new(RefCell::new(Session { overrides: overrides.clone(), seed, script_dir, dist: group.clone(), ..Default::default() }));
     let mut engine = script::engine(&script_path, session.clone());
     engine.set_max_operations(max_operations);
     let ast = script::compile(&engine, &script_path).map_err(Failure::Script)?;
@@ -162,15 +301,29 @@ fn cmd_run(script_path: Option<PathBuf>, resume: Option<PathBuf>, sets: Vec<Stri
         return Err(Failure::Usage(msg));
     }
 
+    // Rank 0 opens (or creates) the run directory first; the others then read the same one.
+    let dir = match &resume {
+        Some(dir) => dir.clone(),
+        None => out.unwrap_or_else(|| run::default_dir(&script_path, std::time::SystemTime::now())),
+    };
+    let dir = match &group {
+        Some(g) => PathBuf::from(String::from_utf8_lossy(&g.broadcast_bytes(dir.display().to_string().as_bytes())?).into_owned()),
+        None => dir,
+    };
+    let main = rank == 0;
+    if !main {
+        group.as_ref().map_or(Ok(()), |g| g.barrier())?;
+    }
     let (run_dir, journal) = match &resume {
         Some(dir) => {
-            let journal = run::journal::Journal::open(dir, seed, true)?;
-            let run_dir = run::RunDir::resume(dir, journal.rows_after_last())?;
-            eprintln!("resuming {} ({} finished calls to replay)", dir.display(), journal.len());
+            let journal = run::journal::Journal::open(dir, seed, true, main)?;
+            let run_dir = run::RunDir::resume(dir, journal.rows_after_last(), main)?;
+            if main {
+                eprintln!("resuming {} ({} finished calls to replay)", dir.display(), journal.len());
+            }
             (run_dir, journal)
         }
         None => {
-            let dir = out.unwrap_or_else(|| run::default_dir(&script_path, std::time::SystemTime::now()));
             let header = serde_json::json!({
                 "script": script_path.display().to_string(),
                 "script_path": std::fs::canonicalize(&script_path).unwrap_or_else(|_| script_path.clone()).display().to_string(),
@@ -180,15 +333,27 @@ fn cmd_run(script_path: Option<PathBuf>, resume: Option<PathBuf>, sets: Vec<Stri
                 "device": device::name(dev),
                 "versions": dualign::versions(),
                 "overrides": overrides,
+                "world_size": world,
                 "config": {},
             });
             let serde_json::Value::Object(header) = header else { unreachable!("json! of an object literal") };
-            let run_dir = run::RunDir::create(&dir, header)?;
-            let journal = run::journal::Journal::open(&dir, seed, false)?;
-            eprintln!("run directory: {}", dir.display());
-            (run_dir, journal)
+            if !main {
+                (run::RunDir::follow(&dir, header), run::journal::Journal::open(&dir, seed, false, false)?)
+            } else {
+                let run_dir = run::RunDir::create(&dir, header)?;
+                let journal = run::journal::Journal::open(&dir, seed, false, true)?;
+                eprintln!("run directory: {}{}", dir.display(), if world > 1 { format!(" ({world} ranks; ranks 1.. write rank-N.log there)") } else { String::new() });
+                (run_dir, journal)
+            }
         }
     };
+    if let Some(g) = &group {
+        if main {
+            g.barrier()?;
+        } else {
+            redirect_output(&dir.join(format!("rank-{rank}.log")))?;
+        }
+    }
     {
         let mut s = session.borrow_mut();
         s.run = Some(run_dir);
@@ -260,6 +425,16 @@ fn cmd_api(json: bool, definitions: Option<PathBuf>) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Prints an error: to standard error, and for a rank whose output goes to `rank-N.log` to the
+/// terminal too, prefixed with the rank.
+fn say(text: &str) {
+    use std::io::Write;
+    eprint!("{text}");
+    if let (Some(mut terminal), Some(rank)) = (TERMINAL.get(), RANK.get()) {
+        let _ = write!(terminal, "rank {rank}: {text}");
+    }
+}
+
 fn main() -> ExitCode {
     // A panic is a bug in host, never the user's fault: one line saying so, no backtrace.
     std::panic::set_hook(Box::new(|info| {
@@ -277,7 +452,9 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Run { script, resume, set, out, device, seed, max_operations } => cmd_run(script, resume, set, out, device, seed, max_operations),
+        Command::Run { nproc: Some(0), .. } => Err(Failure::Usage("--nproc 0: a run needs at least one process".into())),
+        Command::Run { nproc: Some(n), .. } if n > 1 => launch_local(n),
+        Command::Run { script, resume, set, out, device, seed, max_operations, dist_timeout, .. } => cmd_run(script, resume, set, out, device, seed, max_operations, dist_timeout.into()),
         Command::Check { script, set } => cmd_check(script, set),
         Command::Api { json, definitions } => cmd_api(json, definitions),
     };
@@ -288,15 +465,19 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(Failure::Usage(msg)) => {
-            eprintln!("error: {msg}");
+            say(&format!("error: {msg}\n"));
             ExitCode::from(2)
         }
+        Err(Failure::Rank(msg, code)) => {
+            say(&format!("error: {msg}\n"));
+            ExitCode::from(code)
+        }
         Err(Failure::Script(e)) => {
-            eprint!("error: {e}");
+            say(&format!("error: {e}"));
             ExitCode::from(if e.interrupted { 130 } else { 1 })
         }
         Err(Failure::Other(e)) => {
-            eprintln!("error: {e:#}");
+            say(&format!("error: {e:#}\n"));
             ExitCode::from(1)
         }
     }

@@ -58,6 +58,18 @@ fn two_ranks_sum_broadcast_and_meet_at_a_barrier() {
         let mut b = Tensor::from_slice(&[r * 7.0, -r]);
         g.broadcast(&mut b, 1).unwrap();
         assert_eq!(values(&b), vec![7.0, -1.0], "rank {}", g.rank);
+        // All-gather of uneven shares: rank 0 has rows [1, 2], rank 1 has [3, 4] and [5, 6]:
+        // every rank gets the three rows in rank order (int64 and f64 alike, values exact).
+        let mine = if g.rank == 0 { Tensor::from_slice(&[1i64, 2]).view([1, 2]) } else { Tensor::from_slice(&[3i64, 4, 5, 6]).view([2, 2]) };
+        let all = g.all_gather(&mine).unwrap();
+        assert_eq!(all.size(), vec![3, 2]);
+        assert_eq!(Vec::<i64>::try_from(all.view([-1])).unwrap(), vec![1, 2, 3, 4, 5, 6], "rank {}", g.rank);
+        let mine = Tensor::from_slice(&vec![0.1f64 + r as f64; g.rank * 3]);
+        let all = Vec::<f64>::try_from(g.all_gather(&mine).unwrap()).unwrap();
+        assert_eq!(all, vec![1.1, 1.1, 1.1], "rank 0 gives no rows, rank 1 three");
+        // Rank 0's bytes reach every rank, whatever the others hold.
+        let text = g.broadcast_bytes(if g.rank == 0 { b"runs/x-1" } else { b"ignored, longer" }).unwrap();
+        assert_eq!(text, b"runs/x-1");
         g.barrier().unwrap();
         return;
     }

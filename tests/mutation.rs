@@ -460,7 +460,7 @@ fn preference_files() {
 /// marker, the tensors).
 fn journal_seed(run: &Path) -> (Vec<u8>, Vec<u8>) {
     {
-        let mut j = Journal::open(run, 7, false).unwrap();
+        let mut j = Journal::open(run, 7, false, true).unwrap();
         let Start::Live(i) = j.begin("dpo", "k1").unwrap() else { panic!("a new journal replays nothing") };
         let t = Tensor::f_ones([2, 3], (Kind::Float, Device::Cpu)).unwrap();
         j.commit(i, "dpo", "k1", serde_json::json!({"loss": 0.5, "steps": [1, 2]}), 3, &[("w".into(), t)]).unwrap();
@@ -477,7 +477,7 @@ fn journal_entries() {
             // Opening a journal removes what it cannot use: restore both files' other half.
             let other = if file.ends_with(".json") { ("00000.safetensors", &tensors) } else { ("00000.json", &entry) };
             std::fs::write(run.join("journal").join(other.0), other.1).unwrap();
-            if let Ok(mut j) = Journal::open(&run, 7, true) {
+            if let Ok(mut j) = Journal::open(&run, 7, true, true) {
                 let _ = j.begin("dpo", "k1");
             }
         });

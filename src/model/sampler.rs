@@ -18,6 +18,7 @@ use super::CausalLM;
 use crate::run::progress::Progress;
 use anyhow::{bail, Result};
 use std::collections::HashMap;
+use std::ops::Range;
 use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor};
 
@@ -199,20 +200,30 @@ impl CausalLM {
     /// sequence stops at any EOS id or after `max_new_tokens` (exactly `length` tokens in a closed
     /// response space).
     pub fn generate(&self, prompts: &[Vec<i64>], opts: &SampleOptions, stop: &dyn Fn() -> bool) -> Result<Vec<Vec<i64>>> {
+        self.generate_range(prompts, opts, 0..prompts.len() * opts.n.max(1), stop)
+    }
+
+    /// As `generate`, for the sequences `range` of the `prompts.len() × n` (sequence `p·n + j` is
+    /// prompt p's j-th sample) only: the same tokens those sequences get from `generate`, since
+    /// every draw depends on the seed and the sequence's index alone. A distributed run deals the
+    /// sequences out in ranges this way.
+    pub fn generate_range(&self, prompts: &[Vec<i64>], opts: &SampleOptions, range: Range<usize>, stop: &dyn Fn() -> bool) -> Result<Vec<Vec<i64>>> {
         if let Some(i) = prompts.iter().position(|p| p.is_empty()) {
             bail!("generate: prompt {i} has no tokens");
         }
         let n = opts.n.max(1);
-        let total = prompts.len() * n;
-        if total == 0 {
-            return Ok(Vec::new());
+        if range.end > prompts.len() * n {
+            bail!("generate: sequences {range:?} of {}", prompts.len() * n);
         }
         let seed = match opts.seed {
             Some(s) => s as u64,
             // Unseeded: a stream drawn from torch's generator, which the script's `seed()` sets.
             None => Tensor::f_randint(i64::MAX, [1], (Kind::Int64, Device::Cpu))?.int64_value(&[0]) as u64,
         };
-        tch::no_grad(|| Decoder::new(self, prompts, opts, n, seed)?.run(stop))
+        if range.is_empty() {
+            return Ok(Vec::new());
+        }
+        tch::no_grad(|| Decoder::new(self, prompts, opts, n, seed, range)?.run(stop))
     }
 }
 
@@ -223,6 +234,8 @@ struct Decoder<'a> {
     opts: &'a SampleOptions,
     n: usize,
     seed: u64,
+    /// The sequences this call samples (`out[i]` is sequence `range.start + i`).
+    range: Range<usize>,
     max_new: usize,
     cache: KvCache,
     /// Hidden state `[S, H]` whose LM-head row gives each slot's next-token distribution.
@@ -245,8 +258,8 @@ struct Decoder<'a> {
 }
 
 impl<'a> Decoder<'a> {
-    fn new(m: &'a CausalLM, prompts: &'a [Vec<i64>], opts: &'a SampleOptions, n: usize, seed: u64) -> Result<Self> {
-        let total = prompts.len() * n;
+    fn new(m: &'a CausalLM, prompts: &'a [Vec<i64>], opts: &'a SampleOptions, n: usize, seed: u64, range: Range<usize>) -> Result<Self> {
+        let total = range.len();
         let max_new = m.space.as_ref().map_or(opts.max_new_tokens, |s| s.length).max(1);
         let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
         let slots = if opts.slots == 0 { default_slots(&m.cfg, longest + max_new, m.kind, m.device) } else { opts.slots }.min(total);
@@ -263,6 +276,8 @@ impl<'a> Decoder<'a> {
             opts,
             n,
             seed,
+            next: range.start,
+            range,
             max_new,
             cache,
             last_h,
@@ -270,7 +285,6 @@ impl<'a> Decoder<'a> {
             head_t: m.response_head()?.f_tr()?,
             allowed,
             out: vec![Vec::new(); total],
-            next: 0,
             groups: Vec::new(),
             prompt_rows: HashMap::new(),
             finished: 0,
@@ -299,7 +313,7 @@ impl<'a> Decoder<'a> {
                     slot.drawn += 1;
                     let eos = self.m.tokenizer.eos_ids.contains(&tok);
                     if !eos {
-                        self.out[slot.seq].push(tok);
+                        self.out[slot.seq - self.range.start].push(tok);
                         self.tokens += 1;
                     }
                     if eos || slot.drawn >= self.max_new {
@@ -316,7 +330,7 @@ impl<'a> Decoder<'a> {
             if feed.is_empty() {
                 break;
             }
-            if self.next == self.prompts.len() * self.n && feed.len() * 8 <= self.slots.len() * 7 && self.slots.len() > 1 {
+            if self.next == self.range.end && feed.len() * 8 <= self.slots.len() * 7 && self.slots.len() > 1 {
                 feed = self.compact(feed)?;
             }
             fresh = self.step(&feed)?;
@@ -380,8 +394,7 @@ impl<'a> Decoder<'a> {
     /// each one's prompt keys and values into its cache row and its prompt's last hidden state
     /// into `last_h`. Returns the slots started.
     fn start_sequences(&mut self, free: &[usize]) -> Result<Vec<usize>> {
-        let total = self.prompts.len() * self.n;
-        let count = free.len().min(total - self.next);
+        let count = free.len().min(self.range.end - self.next);
         if count == 0 {
             return Ok(Vec::new());
         }
@@ -428,7 +441,8 @@ impl<'a> Decoder<'a> {
     fn prefill_from(&mut self, first: usize, want: usize) -> Result<()> {
         let mut end = first + 1;
         let mut longest = self.prompts[first].len();
-        while end < self.prompts.len() && end - first < want && longest.max(self.prompts[end].len()) * (end - first + 1) <= PREFILL_TOKENS {
+        let last = (self.range.end - 1) / self.n; // the last prompt with a sequence in range
+        while end <= last && end - first < want && longest.max(self.prompts[end].len()) * (end - first + 1) <= PREFILL_TOKENS {
             longest = longest.max(self.prompts[end].len());
             end += 1;
         }
@@ -451,7 +465,9 @@ impl<'a> Decoder<'a> {
         for (row, p) in (first..end).enumerate() {
             self.prompt_rows.insert(p, (id, row as i64));
         }
-        self.groups.push(Some(PromptGroup { keys: cache.keys, values: cache.values, last, len: l, unstarted: (end - first) * self.n }));
+        // The group's sequences in range: all n of each prompt but maybe the first and the last.
+        let unstarted = (first * self.n).max(self.range.start)..(end * self.n).min(self.range.end);
+        self.groups.push(Some(PromptGroup { keys: cache.keys, values: cache.values, last, len: l, unstarted: unstarted.len() }));
         Ok(())
     }
 

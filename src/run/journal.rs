@@ -33,6 +33,9 @@ pub struct Journal {
     done: Vec<Entry>,
     next: usize,
     seed: i64,
+    /// Whether this process writes the journal (rank 0 of a distributed run; the other ranks
+    /// replay the same entries and commit nothing).
+    write: bool,
 }
 
 /// What `begin` found for a call.
@@ -53,10 +56,13 @@ fn mix(seed: i64, index: usize, phase: u64) -> i64 {
 impl Journal {
     /// The journal of the run at `run_dir`: empty for a new run; for a resumed run, the
     /// consecutive committed entries (anything after the first missing or unreadable one is
-    /// removed, as a call that did not finish).
-    pub fn open(run_dir: &Path, seed: i64, resume: bool) -> Result<Journal> {
+    /// removed, as a call that did not finish). With `write` false (ranks other than 0, after rank
+    /// 0 has opened it) the entries are read and no file is touched.
+    pub fn open(run_dir: &Path, seed: i64, resume: bool, write: bool) -> Result<Journal> {
         let dir = run_dir.join("journal");
-        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        if write {
+            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        }
         let mut done = Vec::new();
         if resume {
             loop {
@@ -69,6 +75,9 @@ impl Journal {
                 done.push(entry);
             }
         }
+        if !write {
+            return Ok(Journal { dir, done, next: 0, seed, write });
+        }
         // Files of calls that did not commit (or of an earlier run in this folder).
         for f in std::fs::read_dir(&dir)? {
             let p = f?.path();
@@ -77,7 +86,7 @@ impl Journal {
                 let _ = std::fs::remove_file(&p);
             }
         }
-        Ok(Journal { dir, done, next: 0, seed })
+        Ok(Journal { dir, done, next: 0, seed, write })
     }
 
     /// Committed entries (a resumed run replays these).
@@ -119,6 +128,10 @@ impl Journal {
 
     /// Records a finished call: tensors first, then the entry (the commit marker).
     pub fn commit(&mut self, index: usize, kind: &str, key: &str, output: Value, rows_after: usize, tensors: &[(String, Tensor)]) -> Result<()> {
+        if !self.write {
+            tch::manual_seed(mix(self.seed, index, 1));
+            return Ok(());
+        }
         if !tensors.is_empty() {
             let path = self.dir.join(format!("{index:05}.safetensors"));
             let cpu: Vec<(String, Tensor)> = tensors.iter().map(|(n, t)| Ok((n.clone(), t.f_detach()?.f_to_device(tch::Device::Cpu)?.f_contiguous()?))).collect::<Result<_>>()?;

@@ -74,7 +74,9 @@ pub struct RunDir {
     config: Map<String, Value>,
     columns: Vec<String>,
     rows: Vec<Map<String, Value>>,
-    jsonl: File,
+    /// `metrics.jsonl`, open for appending; None on a rank other than 0 of a distributed run,
+    /// which keeps its rows in memory (for `report`) and writes no file of the run directory.
+    jsonl: Option<File>,
     started: std::time::Instant,
     /// Rows a resumed run already has: the first `replayed` calls of `log` write nothing.
     replayed: usize,
@@ -99,7 +101,7 @@ impl RunDir {
             config: header,
             columns: Vec::new(),
             rows: Vec::new(),
-            jsonl,
+            jsonl: Some(jsonl),
             started: std::time::Instant::now(),
             replayed: 0,
             cursor: 0,
@@ -108,10 +110,22 @@ impl RunDir {
         Ok(run)
     }
 
+    /// The run directory at `path` as a rank other than 0 of a distributed run sees it: the same
+    /// path and the rows it logs, kept in memory; it writes nothing (rank 0 writes the folder).
+    pub fn follow(path: &Path, header: Map<String, Value>) -> Self {
+        RunDir { path: path.to_path_buf(), config: header, columns: Vec::new(), rows: Vec::new(), jsonl: None, started: std::time::Instant::now(), replayed: 0, cursor: 0 }
+    }
+
+    /// Whether this process writes the run directory (false on ranks other than 0).
+    pub fn writes(&self) -> bool {
+        self.jsonl.is_some()
+    }
+
     /// Reopens the run at `path` to resume it: keeps its `config.json` and its first `rows`
     /// metrics rows (those written up to its last journaled call), which the replayed part of
-    /// the script will not write again.
-    pub fn resume(path: &Path, rows: usize) -> Result<Self> {
+    /// the script will not write again. With `write` false (ranks other than 0) the same state
+    /// is read and nothing is written.
+    pub fn resume(path: &Path, rows: usize, write: bool) -> Result<Self> {
         let config_path = path.join("config.json");
         let text = std::fs::read_to_string(&config_path).with_context(|| format!("{}: cannot read; is this a run directory?", config_path.display()))?;
         let Value::Object(config) = serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", config_path.display()))? else {
@@ -129,6 +143,12 @@ impl RunDir {
         }
         if kept.len() < rows {
             anyhow::bail!("{}: {} rows, but the journal says {rows} were written", jsonl_path.display(), kept.len());
+        }
+        if !write {
+            let mut run = RunDir::follow(path, config);
+            run.rows = kept;
+            run.replayed = rows;
+            return Ok(run);
         }
         let mut text = String::new();
         let mut columns: Vec<String> = Vec::new();
@@ -154,7 +174,7 @@ impl RunDir {
         write_atomic(&path.join("metrics.csv"), &w.into_inner()?)?;
         let jsonl = OpenOptions::new().append(true).open(&jsonl_path)?;
         let resumed = config.get("resumed").and_then(Value::as_u64).unwrap_or(0) + 1;
-        let mut run = RunDir { path: path.to_path_buf(), config, columns, rows: kept, jsonl, started: std::time::Instant::now(), replayed: rows, cursor: 0 };
+        let mut run = RunDir { path: path.to_path_buf(), config, columns, rows: kept, jsonl: Some(jsonl), started: std::time::Instant::now(), replayed: rows, cursor: 0 };
         run.set("resumed", resumed.into())?;
         run.set("status", "running".into())?;
         Ok(run)
@@ -178,6 +198,9 @@ impl RunDir {
     /// Sets one top-level field of `config.json` and rewrites it.
     pub fn set(&mut self, key: &str, value: Value) -> Result<()> {
         self.config.insert(key.to_string(), value);
+        if !self.writes() {
+            return Ok(());
+        }
         write_atomic(&self.path.join("config.json"), serde_json::to_string_pretty(&self.config)?.as_bytes())
     }
 
@@ -198,15 +221,19 @@ impl RunDir {
         if self.cursor <= self.replayed {
             return Ok(());
         }
-        writeln!(self.jsonl, "{}", Value::Object(row.clone()))
-            .and_then(|()| self.jsonl.flush())
-            .with_context(|| format!("cannot append to {}", self.path.join("metrics.jsonl").display()))?;
         let before = self.columns.len();
         for k in row.keys() {
             if !self.columns.contains(k) {
                 self.columns.push(k.clone());
             }
         }
+        let Some(jsonl) = self.jsonl.as_mut() else {
+            self.rows.push(row);
+            return Ok(());
+        };
+        writeln!(jsonl, "{}", Value::Object(row.clone()))
+            .and_then(|()| jsonl.flush())
+            .with_context(|| format!("cannot append to {}", self.path.join("metrics.jsonl").display()))?;
         self.rows.push(row);
         let csv_path = self.path.join("metrics.csv");
         if self.columns.len() != before {

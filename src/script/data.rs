@@ -221,7 +221,7 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
         }
         Ok(out)
     });
-    let s = session;
+    let s = session.clone();
     def(engine, "load_prompts", &["path: string", "array"], "Prompts from a text file (one per line) or the `prompt` field of JSONL, JSON or CSV records.", move |path: &str| -> ScriptResult<Array> {
         let prompts = data::load_prompts(&data_path(&s, path)).map_err(|e| script_error(format!("{e:#}")))?;
         Ok(prompts.into_iter().map(Dynamic::from).collect())
@@ -267,11 +267,13 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
         let chosen = p.pairs.iter().map(|x| label_of(x, label)).collect::<ScriptResult<Vec<_>>>()?;
         Ok(ScriptPairs { chosen: Rc::new(chosen), confidence: None, label: label.to_string(), ..p.clone() })
     });
-    def(engine, "score_with", &["p: Pairs", "name: string", "scorer: Model", "Pairs"], "Attaches score column `name` (one value per response) from a score model; cached until the column is asked of other weights.", |p: &mut ScriptPairs, name: &str, scorer: ScriptModel| -> ScriptResult<ScriptPairs> {
+    let s = session;
+    def(engine, "score_with", &["p: Pairs", "name: string", "scorer: Model", "Pairs"], "Attaches score column `name` (one value per response) from a score model; cached until the column is asked of other weights.", move |p: &mut ScriptPairs, name: &str, scorer: ScriptModel| -> ScriptResult<ScriptPairs> {
         let source = scorer.weights_id();
         if missing(p, name, source) {
             let (prompts, responses) = both(p);
-            let values = super::model::score(&scorer, &prompts, &responses)?;
+            let dist = s.borrow().dist.clone();
+            let values = super::model::score(&scorer, dist.as_deref(), &prompts, &responses)?;
             attach(p, name, source, &floats(&values, "score_with", 2 * p.pairs.len())?);
         }
         Ok(p.clone())

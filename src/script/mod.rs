@@ -39,6 +39,21 @@ pub struct Session {
     pub script_dir: PathBuf,
     /// The resume journal of the run directory.
     pub journal: Option<Journal>,
+    /// The process group of a distributed run (torchrun, Slurm, `host run --nproc`); None for
+    /// one process.
+    pub dist: Option<Rc<crate::dist::Group>>,
+}
+
+impl Session {
+    /// This process's rank and the world size ((0, 1) for one process).
+    pub fn rank_world(&self) -> (usize, usize) {
+        self.dist.as_ref().map_or((0, 1), |g| (g.rank, g.world))
+    }
+
+    /// Whether this process writes the run's outputs (rank 0, or the only process).
+    pub fn is_main(&self) -> bool {
+        self.rank_world().0 == 0
+    }
 }
 
 /// Runs an expensive call through the resume journal (run/journal.rs). `live` computes the
@@ -191,6 +206,9 @@ fn register_session(engine: &mut Engine, session: SharedSession) {
     let s = session.clone();
     def(engine, "write_jsonl", &["path: string", "rows: array", "()"], "Writes maps as JSON lines to a file inside the run directory (samples, scores, tables).", move |path: &str, rows: rhai::Array| -> ScriptResult<()> {
         let file = model::output_path(&s, path)?;
+        if !s.borrow().is_main() {
+            return Ok(()); // rank 0 writes the run directory
+        }
         let mut text = String::new();
         for (i, r) in rows.iter().enumerate() {
             let json = config::to_json(r).map_err(|e| script_error(format!("write_jsonl: row {i}: {e}")))?;
@@ -242,7 +260,9 @@ fn register_session(engine: &mut Engine, session: SharedSession) {
                 };
                 let svg = crate::run::report::svg(&plot, run.rows()).map_err(|e| script_error(format!("{e:#}")))?;
                 let file = format!("{}.svg", plot.name);
-                crate::run::write_atomic(&run.path.join(&file), svg.as_bytes()).map_err(|e| script_error(format!("report: {e:#}")))?;
+                if run.writes() {
+                    crate::run::write_atomic(&run.path.join(&file), svg.as_bytes()).map_err(|e| script_error(format!("report: {e:#}")))?;
+                }
                 md.push_str(&format!("## {}
 
 ![{}]({file})
@@ -250,12 +270,26 @@ fn register_session(engine: &mut Engine, session: SharedSession) {
 ", plot.title, plot.title));
             }
             let path = run.path.join("report.md");
+            if !run.writes() {
+                return Ok(path.display().to_string());
+            }
             crate::run::write_atomic(&path, md.as_bytes()).map_err(|e| script_error(format!("report: {e:#}")))?;
             Ok(path.display().to_string())
         });
     let s = session.clone();
     def(engine, "seed", &["int"], "The run's random seed (--seed).", move || s.borrow().seed as INT);
     def(engine, "device", &["string"], "The device tensors and models use: cpu or cuda:N (--device).", || device::name(device::current()));
+    let s = session.clone();
+    def(engine, "rank", &["int"], "This process's rank in a distributed run (torchrun, Slurm, `host run --nproc`); 0 for one process.", move || s.borrow().rank_world().0 as INT);
+    let s = session.clone();
+    def(engine, "world_size", &["int"], "The number of processes of a distributed run; 1 for one process.", move || s.borrow().rank_world().1 as INT);
+    let s = session.clone();
+    def(engine, "is_main", &["bool"], "Whether this process is rank 0, the one that writes the run directory (true for one process).", move || s.borrow().is_main());
+    let s = session.clone();
+    def(engine, "barrier", &["()"], "Waits until every rank of a distributed run has reached this call (nothing to wait for with one process).", move || -> ScriptResult<()> {
+        let g = s.borrow().dist.clone();
+        g.map_or(Ok(()), |g| g.barrier()).map_err(|e| script_error(format!("barrier: {e:#}")))
+    });
     let s = session;
     def(engine, "run_dir", &["string"], "The run directory of this run (empty when there is none, as under `host check`).", move || {
         s.borrow().run.as_ref().map(|r| r.path.display().to_string()).unwrap_or_default()

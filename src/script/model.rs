@@ -5,6 +5,7 @@ use super::options::{count, flag, int, noted, number, text, Decl, Given, Ty};
 use super::SharedSession;
 use crate::model::config::Pooling;
 use crate::model::{CausalLM, Decoding, LoadOptions, LoraConfig, SampleOptions};
+use crate::dist::Group;
 use crate::{device, interrupt};
 use rhai::{Array, Dynamic, Engine, Map};
 use std::cell::RefCell;
@@ -212,27 +213,61 @@ fn each_batch(p: &[Vec<i64>], r: &[Vec<i64>], mut f: impl FnMut(&[usize], &[&[i6
     Ok(())
 }
 
-/// `f` over the batches of `each_batch`, one value per sequence, in the input order.
-fn batched(p: &[Vec<i64>], r: &[Vec<i64>], f: impl Fn(&[&[i64]], &[&[i64]]) -> anyhow::Result<tch::Tensor>) -> ScriptResult<Array> {
-    let mut out = vec![Dynamic::UNIT; p.len()];
-    each_batch(p, r, |batch, ps, rs| {
-        let (_, values) = super::tensor::values(&f(ps, rs).map_err(err)?)?;
-        for (&i, v) in batch.iter().zip(values) {
-            out[i] = Dynamic::from_float(v);
+/// `f` over the batches of `each_batch`, one value per sequence, in the input order; in a
+/// distributed run each rank computes its share of the sequences and every rank gets them all.
+fn batched(dist: Option<&Group>, p: &[Vec<i64>], r: &[Vec<i64>], f: impl Fn(&[&[i64]], &[&[i64]]) -> anyhow::Result<tch::Tensor>) -> ScriptResult<Array> {
+    let mut failed = None;
+    let all = crate::dist::sharded(dist, p.len(), |range| {
+        let (p, r) = (&p[range.clone()], &r[range]);
+        let mut out = vec![0f64; p.len()];
+        let done = each_batch(p, r, |batch, ps, rs| {
+            let (_, values) = super::tensor::values(&f(ps, rs).map_err(err)?)?;
+            for (&i, v) in batch.iter().zip(values) {
+                out[i] = v;
+            }
+            Ok(())
+        });
+        if let Err(e) = done {
+            failed = Some(e);
+            anyhow::bail!("stopped");
         }
-        Ok(())
-    })?;
-    Ok(out)
+        Ok(tch::Tensor::from_slice(&out))
+    });
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let all = Vec::<f64>::try_from(all.map_err(err)?).map_err(|e| err(e.into()))?;
+    Ok(all.into_iter().map(Dynamic::from_float).collect())
+}
+
+/// Every (prompt, sample) sequence of `generate`: in a distributed run each rank samples its
+/// share of the sequences (`generate_range`: the same tokens as one process would draw) and
+/// every rank gets them all, in order.
+fn generate_all(m: &CausalLM, dist: Option<&Group>, ids: &[Vec<i64>], o: &SampleOptions) -> anyhow::Result<Vec<Vec<i64>>> {
+    let total = ids.len() * o.n.max(1);
+    let Some(g) = dist.filter(|g| total >= g.world) else { return m.generate(ids, o, &interrupt::requested) };
+    let mine = m.generate_range(ids, o, crate::dist::share(total, g.rank, g.world), &interrupt::requested)?;
+    let lengths = tch::Tensor::from_slice(&mine.iter().map(|t| t.len() as i64).collect::<Vec<_>>());
+    let lengths = Vec::<i64>::try_from(g.all_gather(&lengths)?)?;
+    let tokens = Vec::<i64>::try_from(g.all_gather(&tch::Tensor::from_slice(&mine.concat()))?)?;
+    let mut at = 0;
+    Ok(lengths
+        .iter()
+        .map(|&l| {
+            at += l as usize;
+            tokens[at - l as usize..at].to_vec()
+        })
+        .collect())
 }
 
 /// The score head's output for each (prompt, response). A score model with a feature store runs
 /// the body only on sequences no score model of the same body has seen.
-pub fn score(m: &ScriptModel, prompts: &Array, responses: &Array) -> ScriptResult<Array> {
+pub fn score(m: &ScriptModel, dist: Option<&Group>, prompts: &Array, responses: &Array) -> ScriptResult<Array> {
     let memo = m.features.borrow().clone();
     m.with(|cm| {
         let (p, r) = encode_pairs(cm, prompts, responses)?;
         let Some(memo) = memo else {
-            return batched(&p, &r, |ps, rs| cm.scores(ps, rs));
+            return batched(dist, &p, &r, |ps, rs| cm.scores(ps, rs));
         };
         let Some((_, head)) = &cm.score_head else {
             return Err(script_error(format!("{}: this model has no score head", cm.source)));
@@ -242,13 +277,35 @@ pub fn score(m: &ScriptModel, prompts: &Array, responses: &Array) -> ScriptResul
         let mut seen = HashSet::new();
         let todo: Vec<usize> = (0..keys.len()).filter(|&i| !memo.borrow().contains_key(&keys[i]) && seen.insert(keys[i])).collect();
         let (tp, tr): (Vec<Vec<i64>>, Vec<Vec<i64>>) = todo.iter().map(|&i| (p[i].clone(), r[i].clone())).unzip();
-        each_batch(&tp, &tr, |batch, ps, rs| {
-            let f = cm.features(ps, rs, pool).and_then(|f| Ok(f.f_to_kind(tch::Kind::Float)?)).map_err(err)?;
-            for (j, &i) in batch.iter().map(|&k| &todo[k]).enumerate() {
-                memo.borrow_mut().insert(keys[i], f.f_get(j as i64).map_err(super::api::torch_error)?);
+        // Each rank reads its share of the new sequences; every rank keeps all their features.
+        let mut failed = None;
+        let features = crate::dist::sharded(dist, todo.len(), |range| {
+            let (tp, tr) = (&tp[range.clone()], &tr[range.clone()]);
+            let mut rows: Vec<Option<tch::Tensor>> = (0..tp.len()).map(|_| None).collect();
+            let done = each_batch(tp, tr, |batch, ps, rs| {
+                let f = cm.features(ps, rs, pool).and_then(|f| Ok(f.f_to_kind(tch::Kind::Float)?)).map_err(err)?;
+                for (j, &k) in batch.iter().enumerate() {
+                    rows[k] = Some(f.f_get(j as i64).map_err(super::api::torch_error)?);
+                }
+                Ok(())
+            });
+            if let Err(e) = done {
+                failed = Some(e);
+                anyhow::bail!("stopped");
             }
-            Ok(())
-        })?;
+            let rows: Vec<tch::Tensor> = rows.into_iter().flatten().collect();
+            if rows.is_empty() {
+                return Ok(tch::Tensor::f_zeros([0, cm.cfg.hidden_size as i64], (tch::Kind::Float, cm.device))?);
+            }
+            Ok(tch::Tensor::f_stack(&rows, 0)?)
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        let features = features.map_err(err)?;
+        for (j, &i) in todo.iter().enumerate() {
+            memo.borrow_mut().insert(keys[i], features.f_get(j as i64).map_err(super::api::torch_error)?);
+        }
         let memo = memo.borrow();
         let mut out = Array::new();
         for chunk in keys.chunks(4096) {
@@ -334,13 +391,19 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
         }
         m.with(|m| m.tokenizer.render_chat(&json, true)).map_err(err)
     });
-    def(engine, "logprobs", &["m: Model", "prompts: array", "responses: array", "array"], "Summed log-probability of each response given its prompt (prompt tokens not scored).", |m: &mut ScriptModel, prompts: Array, responses: Array| -> ScriptResult<Array> {
+    let s = session.clone();
+    def(engine, "logprobs", &["m: Model", "prompts: array", "responses: array", "array"], "Summed log-probability of each response given its prompt (prompt tokens not scored).", move |m: &mut ScriptModel, prompts: Array, responses: Array| -> ScriptResult<Array> {
+        let dist = s.borrow().dist.clone();
         m.with(|m| {
             let (p, r) = encode_pairs(m, &prompts, &responses)?;
-            batched(&p, &r, |ps, rs| m.sequence_logprobs(ps, rs, 256))
+            batched(dist.as_deref(), &p, &r, |ps, rs| m.sequence_logprobs(ps, rs, 256))
         })
     });
-    def(engine, "score", &["s: Model", "prompts: array", "responses: array", "array"], "The score head's output for each prompt and response, read at the last token.", |m: &mut ScriptModel, prompts: Array, responses: Array| score(m, &prompts, &responses));
+    let s = session.clone();
+    def(engine, "score", &["s: Model", "prompts: array", "responses: array", "array"], "The score head's output for each prompt and response, read at the last token.", move |m: &mut ScriptModel, prompts: Array, responses: Array| {
+        let dist = s.borrow().dist.clone();
+        score(m, dist.as_deref(), &prompts, &responses)
+    });
     let s = session.clone();
     def_with_options(engine, "generate", &["m: Model", "prompts: array", "opts: map", "array"], "Samples responses by continuous batching (docs/sampling.md): n per prompt, prompt by prompt.", &[generate_decl()], move |m: &mut ScriptModel, prompts: Array, opts: Map| -> ScriptResult<Array> {
         let decl = generate_decl();
@@ -357,10 +420,11 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
             let texts = out.as_array().ok_or_else(|| script_error("resume: a generate entry is not an array"))?;
             Ok(texts.iter().map(|t| Dynamic::from(t.as_str().unwrap_or_default().to_string())).collect())
         };
+        let dist = s.borrow().dist.clone();
         super::journaled(&s, "generate", &key, replay, || {
             m.with(|m| {
                 let ids: Vec<Vec<i64>> = strings(&prompts, "prompts")?.iter().map(|s| m.tokenizer.encode(s, true)).collect::<anyhow::Result<_>>().map_err(err)?;
-                let out = m.generate(&ids, &o, &interrupt::requested).map_err(|e| {
+                let out = generate_all(m, dist.as_deref(), &ids, &o).map_err(|e| {
                     if interrupt::requested() {
                         interrupt::terminated()
                     } else {
@@ -376,12 +440,18 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
     let s = session.clone();
     def(engine, "save", &["m: Model", "dir: string", "()"], "Writes the model as an HF folder (config.json, model.safetensors, tokenizer.json; LoRA merged) inside the run directory.", move |m: &mut ScriptModel, dir: &str| -> ScriptResult<()> {
         let path = output_path(&s, dir)?;
+        if !s.borrow().is_main() {
+            return Ok(()); // rank 0 writes the run directory
+        }
         m.with(|m| m.save(&path)).map_err(err)
     });
     let s = session.clone();
     def(engine, "checkpoint", &["m: Model", "name: string", "string"], "Saves the model under checkpoints/NAME in the run directory (the LoRA adapter alone when it has one), atomically; returns the folder.", move |m: &mut ScriptModel, name: &str| -> ScriptResult<String> {
         let dir = output_path(&s, &format!("checkpoints/{name}"))?;
         let tmp = output_path(&s, &format!("checkpoints/.{name}.tmp"))?;
+        if !s.borrow().is_main() {
+            return Ok(dir.display().to_string()); // rank 0 writes the run directory
+        }
         let _ = std::fs::remove_dir_all(&tmp);
         let lora = m.model.borrow().lora.is_some();
         let saved = if lora && !m.base_only { m.model.borrow_mut().save_adapter(&tmp) } else { m.with(|m| m.save(&tmp)) };
@@ -399,6 +469,9 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
         let decl = save_decl();
         let merge = decl.read(&opts)?.flag("merge")?;
         let path = output_path(&s, dir)?;
+        if !s.borrow().is_main() {
+            return Ok(()); // rank 0 writes the run directory
+        }
         if merge || m.base_only {
             m.with(|m| m.save(&path)).map_err(err)
         } else {

@@ -37,7 +37,7 @@ fn loop_decl(d: &LoopOptions) -> Vec<Opt> {
     ]
 }
 
-fn loop_options(o: &Given, what: &str, total_steps_hint: usize) -> ScriptResult<LoopOptions> {
+fn loop_options(o: &Given, what: &str, total_steps_hint: usize, session: &SharedSession) -> ScriptResult<LoopOptions> {
     let warmup = match o.get("warmup_ratio") {
         Some(_) => (o.number("warmup_ratio")? * total_steps_hint as f64).round() as usize,
         None => o.count("warmup_steps")?,
@@ -51,8 +51,7 @@ fn loop_options(o: &Given, what: &str, total_steps_hint: usize) -> ScriptResult<
         max_nonfinite: o.count("max_nonfinite")?.max(1),
         log_every: o.count("log_every")?.max(1),
         checkpoint: o.flag("checkpoint")?,
-        // Scripts train in one process until runs can be launched on several (issue 16).
-        dist: None,
+        dist: session.borrow().dist.clone(),
     })
 }
 
@@ -213,7 +212,7 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
                 return Err(script_error("dpo: beta must be positive"));
             }
             let steps_hint = dopts.epochs * pairs.pairs.len().div_ceil(dopts.batch_size);
-            dopts.loop_opts = loop_options(&o, "dpo", steps_hint)?;
+            dopts.loop_opts = loop_options(&o, "dpo", steps_hint, &s)?;
             let keep = o.flag("keep_optimizer")?;
             let key = journal::key(&[&pairs_digest(&pairs), &format!("{opts:?}")]);
             super::journaled(&s, "dpo", &key, |out, tensors| restore(&policy, keep, out, &tensors), || {
@@ -223,7 +222,8 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
             };
             let eval = |p: &[&[i64]], r: &[&[i64]]| reference.with(|m: &CausalLM| m.sequence_logprobs(p, r, 512));
             let (table, hit) = if dopts.cache_dir.is_some() {
-                let (t, hit) = reference.with(|m| dpo::cached_reference(m, &eval, &tokenized, &dopts, &interrupt::requested)).map_err(err)?;
+                let dist = s.borrow().dist.clone();
+                let (t, hit) = reference.with(|m| dpo::cached_reference(m, &eval, &tokenized, &dopts, dist.as_deref(), &interrupt::requested)).map_err(err)?;
                 (Some(Arc::new(t)), hit)
             } else {
                 (None, false)
@@ -267,7 +267,7 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
             };
             let epochs = o.count("epochs")?.max(1);
             let batch_size = o.count("batch_size")?.max(1);
-            let sopts = SftOptions { epochs, batch_size, seed: o.int_or("seed", s.borrow().seed)? as u64, loop_opts: loop_options(&o, "sft", epochs * data.len().div_ceil(batch_size))? };
+            let sopts = SftOptions { epochs, batch_size, seed: o.int_or("seed", s.borrow().seed)? as u64, loop_opts: loop_options(&o, "sft", epochs * data.len().div_ceil(batch_size), &s)? };
             let keep = o.flag("keep_optimizer")?;
             let key = journal::key(&[&format!("{prompts:?}"), &format!("{responses:?}"), &format!("{opts:?}")]);
             super::journaled(&s, "sft", &key, |out, tensors| restore(&model, keep, out, &tensors), || {
@@ -312,6 +312,7 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
                 *scorer.features.borrow_mut() = Some(model.feature_store());
                 Ok(scorer)
             };
+            let dist = s.borrow().dist.clone();
             super::journaled(&s, "train_scorer", &key, replay, || {
                 let (head, summary, mut scorer) = model
                     .with(|m| -> anyhow::Result<_> {
@@ -335,8 +336,11 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
                                         f.f_to_device(m.device)?
                                     }
                                     None => {
-                                        let f = scorer::features(m, &tokenized, pool, &interrupt::requested)?;
-                                        cache::store_features(&dir, &disk_key, &f)?;
+                                        // A distributed run: each rank reads its share of the pairs.
+                                        let f = crate::dist::sharded(dist.as_deref(), tokenized.len(), |range| scorer::features(m, &tokenized[range], pool, &interrupt::requested))?;
+                                        if dist.as_ref().is_none_or(|g| g.rank == 0) {
+                                            cache::store_features(&dir, &disk_key, &f)?;
+                                        }
                                         f
                                     }
                                 };

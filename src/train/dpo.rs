@@ -107,16 +107,27 @@ pub fn reference_table(reference: &dyn Fn(&[&[i64]], &[&[i64]]) -> Result<Tensor
 
 /// Reference log-probs from the disk cache when present (verified), else computed and stored.
 /// Returns the table and whether it was a cache hit.
-pub fn cached_reference(reference: &CausalLM, eval: &dyn Fn(&[&[i64]], &[&[i64]]) -> Result<Tensor>, pairs: &[TokenizedPair], opts: &DpoOptions, stop: &dyn Fn() -> bool) -> Result<(Vec<[f32; 2]>, bool)> {
+/// In a distributed run every rank computes its share of the table and every rank gets all of
+/// it; rank 0 writes the cache.
+pub fn cached_reference(reference: &CausalLM, eval: &dyn Fn(&[&[i64]], &[&[i64]]) -> Result<Tensor>, pairs: &[TokenizedPair], opts: &DpoOptions, dist: Option<&crate::dist::Group>, stop: &dyn Fn() -> bool) -> Result<(Vec<[f32; 2]>, bool)> {
+    let table = || -> Result<Vec<[f32; 2]>> {
+        let all = crate::dist::sharded(dist, pairs.len(), |range| {
+            let part: Vec<f32> = reference_table(eval, &pairs[range], stop)?.concat();
+            Ok(Tensor::f_from_slice(&part)?.f_view([-1, 2])?)
+        })?;
+        Ok(Vec::<f32>::try_from(all.f_view([-1])?)?.chunks(2).map(|c| [c[0], c[1]]).collect())
+    };
     let Some(dir) = &opts.cache_dir else {
-        return Ok((reference_table(eval, pairs, stop)?, false));
+        return Ok((table()?, false));
     };
     let key = cache::key(cache::weights_fingerprint(reference)?, pairs, opts.max_prompt_len, opts.max_len);
     if let Some(table) = cache::load(dir, &key, pairs.len())? {
         return Ok((table, true));
     }
-    let table = reference_table(eval, pairs, stop)?;
-    cache::store(dir, &key, &table)?;
+    let table = table()?;
+    if dist.is_none_or(|g| g.rank == 0) {
+        cache::store(dir, &key, &table)?;
+    }
     Ok((table, false))
 }
 

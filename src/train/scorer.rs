@@ -49,9 +49,6 @@ pub fn train_head(model: &CausalLM, pairs: &[TokenizedPair], chosen: &[usize], p
 /// Features `[N, 2, H]` of both responses of every pair, pooled as `pool` says (no gradients).
 pub fn features(model: &CausalLM, pairs: &[TokenizedPair], pool: Pooling, stop: &dyn Fn() -> bool) -> Result<Tensor> {
     let n = pairs.len();
-    if n < 2 {
-        bail!("train_scorer: needs at least 2 pairs, got {n}");
-    }
     let mut progress = Progress::new("scorer features", n);
     let lengths: Vec<usize> = pairs.iter().map(TokenizedPair::len).collect();
     let mut feats: Option<Tensor> = None;
@@ -72,12 +69,15 @@ pub fn features(model: &CausalLM, pairs: &[TokenizedPair], pool: Pooling, stop: 
         progress.tick(batch.len(), "");
     }
     progress.finish("");
-    feats.ok_or_else(|| anyhow::anyhow!("train_scorer: no pairs"))
+    feats.ok_or_else(|| anyhow::anyhow!("train_scorer: needs at least 2 pairs, got 0"))
 }
 
 /// Trains the head on precomputed features `[N, 2, H]`.
 pub fn train_head_on(model: &CausalLM, all: &Tensor, chosen: &[usize], opts: &ScorerOptions, stop: &dyn Fn() -> bool) -> Result<(Linear, Map<String, Value>)> {
     let n = all.size()[0] as usize;
+    if n < 2 {
+        bail!("train_scorer: needs at least 2 pairs, got {n}");
+    }
     if n != chosen.len() {
         bail!("train_scorer: {} labels for {n} pairs", chosen.len());
     }

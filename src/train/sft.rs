@@ -6,7 +6,7 @@ use crate::model::CausalLM;
 use crate::run::progress::Progress;
 use anyhow::{bail, Result};
 use serde_json::{json, Map, Value};
-use tch::Kind;
+use tch::{Kind, Tensor};
 
 #[derive(Debug, Clone)]
 pub struct SftOptions {
@@ -29,13 +29,15 @@ pub fn train(model: &CausalLM, opt: &mut super::optim::AdamW, data: &[(Vec<i64>,
     if data.is_empty() {
         bail!("sft: no examples");
     }
-    if opts.loop_opts.dist.is_some() {
-        bail!("sft: data-parallel training is not implemented yet (dpo is)");
-    }
     let lengths: Vec<usize> = data.iter().map(|(p, r)| p.len() + r.len()).collect();
     let bopts = BatchOptions { batch_size: opts.batch_size, token_budget: None, rows_per_item: 1, group_by_length: true, seed: Some(opts.seed) };
     let accum = opts.loop_opts.grad_accum.max(1);
     let total = steps_per_epoch(batch::plan(&lengths, &bopts, 0).len(), accum) * opts.epochs;
+    let dist = opts.loop_opts.dist.clone();
+    if let Some(g) = &dist {
+        // Every rank starts from rank 0's weights.
+        g.broadcast_parameters(&opt.parameters())?;
+    }
     let mut lp = Loop::new(opt, opts.loop_opts.clone(), total);
     let mut progress = Progress::new("sft", total);
     let mut epoch_losses = Vec::new();
@@ -49,15 +51,25 @@ pub fn train(model: &CausalLM, opt: &mut super::optim::AdamW, data: &[(Vec<i64>,
             if stop() {
                 bail!("interrupted");
             }
-            let prompts: Vec<&[i64]> = idx.iter().map(|&i| data[i].0.as_slice()).collect();
-            let responses: Vec<&[i64]> = idx.iter().map(|&i| data[i].1.as_slice()).collect();
-            let (lps, checkpoints) = super::train_logprobs(model, &prompts, &responses, opts.loop_opts.checkpoint)?;
-            let nll = lps.f_sum(Kind::Float)?.f_neg()?;
-            let loss = nll.f_div_scalar(step_tokens[k / accum].max(1) as f64)?;
-            let nll_value = nll.f_double_value(&[])?; // the one read-back of this micro-batch
-            lp.backward(&loss, checkpoints, nll_value, format!("batch {} (examples {idx:?})", k + 1))?;
-            step_sum += nll_value;
-            if lp.ready() || k + 1 == n_micro {
+            // Data-parallel: micro-batch k is rank k mod world's (as in dpo); the losses are
+            // divided by the step's token count over all ranks, so the summed gradient is one
+            // process's.
+            if dist.as_ref().is_none_or(|g| k % g.world == g.rank) {
+                let prompts: Vec<&[i64]> = idx.iter().map(|&i| data[i].0.as_slice()).collect();
+                let responses: Vec<&[i64]> = idx.iter().map(|&i| data[i].1.as_slice()).collect();
+                let (lps, checkpoints) = super::train_logprobs(model, &prompts, &responses, opts.loop_opts.checkpoint)?;
+                let nll = lps.f_sum(Kind::Float)?.f_neg()?;
+                let loss = nll.f_div_scalar(step_tokens[k / accum].max(1) as f64)?;
+                let nll_value = nll.f_double_value(&[])?; // the one read-back of this micro-batch
+                lp.backward(&loss, checkpoints, nll_value, format!("batch {} (examples {idx:?})", k + 1))?;
+                step_sum += nll_value;
+            }
+            if (k + 1) % accum == 0 || k + 1 == n_micro {
+                if let Some(g) = &dist {
+                    let mut sum = Tensor::from_slice(&[step_sum]);
+                    g.all_reduce_sum(&mut sum)?;
+                    step_sum = sum.f_double_value(&[0])?;
+                }
                 let tokens = step_tokens[k / accum].max(1);
                 let report = lp.step()?;
                 let mean = step_sum / tokens as f64;
