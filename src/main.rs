@@ -174,7 +174,21 @@ fn launch_local(n: usize) -> Result<(), Failure> {
     let threads = std::env::var("OMP_NUM_THREADS").unwrap_or_else(|_| (std::thread::available_parallelism().map_or(1, |c| c.get()) / n).max(1).to_string());
     let mut children = Vec::new();
     for rank in 0..n {
-        let child = std::process::Command::new(&exe)
+        let mut command = std::process::Command::new(&exe);
+        // A rank dies with its launcher (Linux), as torchrun's workers do: no orphaned ranks.
+        #[cfg(target_os = "linux")]
+        // SAFETY: prctl is async-signal-safe and touches only the child being started.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            extern "C" {
+                fn prctl(option: i32, arg: u64, ...) -> i32;
+            }
+            command.pre_exec(|| {
+                prctl(1 /* PR_SET_PDEATHSIG */, 9 /* SIGKILL */);
+                Ok(())
+            });
+        }
+        let child = command
             .args(&args)
             .env("OMP_NUM_THREADS", &threads)
             .env("WORLD_SIZE", n.to_string())
@@ -262,6 +276,16 @@ static RANK: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
 
 #[allow(clippy::too_many_arguments)]
 fn cmd_run(script_path: Option<PathBuf>, resume: Option<PathBuf>, sets: Vec<String>, out: Option<PathBuf>, device_name: String, seed: i64, max_operations: u64, timeout: std::time::Duration) -> Result<(), Failure> {
+    // torchrun --max-restarts starts a failed job again with TORCHELASTIC_RESTART_COUNT > 0: the
+    // run in --out continues from its journal (without --out each start makes a new folder).
+    let restarted = std::env::var("TORCHELASTIC_RESTART_COUNT").ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) > 0;
+    let resume = match (resume, &out) {
+        (None, Some(dir)) if restarted && dir.join("config.json").is_file() => {
+            eprintln!("restart {}: resuming {}", std::env::var("TORCHELASTIC_RESTART_COUNT").unwrap_or_default(), dir.display());
+            Some(dir.clone())
+        }
+        (resume, _) => resume,
+    };
     let (script_path, sets, seed, device_name, recorded_world) = match &resume {
         Some(dir) => {
             let (script, sets, seed, recorded, world) = resume_settings(dir)?;

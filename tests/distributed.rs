@@ -1,6 +1,8 @@
 //! Two ranks on torch's c10d (Gloo, CPU tensors), each a child process of this test binary started
 //! the way torchrun starts ranks (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT in the environment).
+mod common;
 use dualign::dist::{Group, Launch};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 use tch::Tensor;
@@ -202,4 +204,188 @@ fn data_parallel_dpo_on_two_ranks_ends_where_one_process_does() {
     let moved = start.iter().zip(&weights).map(|((_, a), (_, b))| (a - b).abs().max().double_value(&[])).fold(0.0, f64::max);
     assert!(moved > 1e-4, "training moved nothing ({moved})");
     println!("two ranks vs one process: max weight difference {worst:.2e}; moved {moved:.2e}");
+}
+
+// ---- Whole runs: `host run --nproc 2`, torchrun, a failing rank, kill and resume. ----
+
+
+fn job(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join(name)
+}
+
+/// The metrics rows of a run directory.
+fn metrics(dir: &Path) -> Vec<serde_json::Value> {
+    common::jsonl(&dir.join("metrics.jsonl"))
+}
+
+/// The row of `phase` in a run's metrics.
+fn phase<'a>(rows: &'a [serde_json::Value], phase: &str) -> &'a serde_json::Value {
+    rows.iter().find(|r| r["phase"] == phase).unwrap_or_else(|| panic!("no {phase} row in {rows:?}"))
+}
+
+/// The `log` lines a rank printed (`key=value ...` with a phase), in order.
+fn log_lines(text: &str) -> Vec<String> {
+    text.lines().filter(|l| l.contains("phase=") && !l.starts_with("error")).map(str::to_string).collect()
+}
+
+/// `host run ARGS` to completion; panics with its output unless it succeeded.
+fn run_ok(args: &[&str], dir: &Path) -> Output {
+    let o = common::host().args(args).arg("--out").arg(dir).output().unwrap();
+    assert!(o.status.success(), "host {args:?} failed:\n{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    o
+}
+
+/// What a distributed run of tests/distributed_job.rhai must show against one process: the same
+/// samples (every draw depends on the seed and the sequence's index, so dealing sequences out
+/// changes no token), log-probs and losses equal up to float rounding (sums over other batch
+/// compositions and the ranks' gradients summed in another order: about 1e-7 relative, so 1e-5
+/// on losses near 1 and 1e-3 on a sum of 111 log-probs near -424 are tolerances with room), the
+/// same lines logged by every rank, and the run directory written by rank 0 alone.
+fn assert_like_one_process(one: &Path, many: &Path, rank0_stdout: &str) {
+    let (a, b) = (metrics(one), metrics(many));
+    assert_eq!(a.len(), b.len(), "{a:?}\n{b:?}");
+    assert_eq!(phase(&b, "ranks")["world_size"], 2);
+    assert_eq!(phase(&b, "ranks")["main_ranks"], 1, "rank 0 writes the metrics");
+    let (sa, sb) = (phase(&a, "sampled"), phase(&b, "sampled"));
+    for k in ["samples", "first", "last", "letters_a"] {
+        assert_eq!(sa[k], sb[k], "{k}: {sa} vs {sb}");
+    }
+    assert_eq!(std::fs::read_to_string(one.join("samples.jsonl")).unwrap(), std::fs::read_to_string(many.join("samples.jsonl")).unwrap());
+    let close = |row: &str, k: &str, tol: f64| {
+        let (x, y) = (phase(&a, row)[k].as_f64().unwrap(), phase(&b, row)[k].as_f64().unwrap());
+        assert!((x - y).abs() <= tol, "{row}.{k}: one process {x}, two ranks {y}");
+    };
+    close("sampled", "logprob_sum", 1e-3);
+    close("trained", "sft_loss", 1e-5);
+    close("trained", "dpo_loss", 1e-5);
+    close("trained", "logprob_change", 1e-2);
+    assert!(phase(&a, "trained")["logprob_change"].as_f64().unwrap() > 10.0, "training moved the policy");
+    // Rank 1 logged the same lines (its output is rank-1.log) and wrote nothing else.
+    let rank1 = std::fs::read_to_string(many.join("rank-1.log")).unwrap();
+    let (l0, l1) = (log_lines(rank0_stdout), log_lines(&rank1));
+    assert_eq!(l0.len(), 3, "{rank0_stdout}");
+    assert_eq!(l0[1..], l1[1..], "every rank returns the same values");
+    assert!(l1[0].contains("main_ranks=0"), "{}", l1[0]);
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(many.join("config.json")).unwrap()).unwrap();
+    assert_eq!((config["world_size"].as_u64(), config["status"].as_str()), (Some(2), Some("ok")));
+    let mut files: Vec<String> = std::fs::read_dir(many).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    files.sort();
+    assert_eq!(files, ["config.json", "journal", "metrics.csv", "metrics.jsonl", "rank-1.log", "refcache", "samples.jsonl"]);
+}
+
+#[test]
+fn a_script_on_two_ranks_with_nproc_computes_what_one_process_does() {
+    let dir = common::scratch("dist", "nproc");
+    let script = job("distributed_job.rhai");
+    let script = script.to_str().unwrap();
+    run_ok(&["run", script], &dir.join("one"));
+    let o = run_ok(&["run", "--nproc", "2", script], &dir.join("two"));
+    assert_like_one_process(&dir.join("one"), &dir.join("two"), &String::from_utf8_lossy(&o.stdout));
+}
+
+#[test]
+fn torchrun_launches_host_as_its_ranks() {
+    // torchrun from the reference environment (torch 2.11): its agent hosts the store and every
+    // rank, rank 0 included, connects to it (TORCHELASTIC_USE_AGENT_STORE).
+    let torchrun = Path::new(&common::python()).with_file_name("torchrun");
+    let dir = common::scratch("dist", "torchrun");
+    let script = job("distributed_job.rhai");
+    run_ok(&["run", script.to_str().unwrap()], &dir.join("one"));
+    let o = Command::new(&torchrun)
+        .args(["--standalone", "--nproc-per-node=2", "--no-python", env!("CARGO_BIN_EXE_host"), "run"])
+        .arg(&script)
+        .arg("--out")
+        .arg(dir.join("two"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert_like_one_process(&dir.join("one"), &dir.join("two"), &String::from_utf8_lossy(&o.stdout));
+}
+
+#[test]
+fn a_rank_whose_script_fails_stops_the_run_with_its_error_not_a_hang() {
+    // Rank 1 throws before the barrier rank 0 waits at: rank 0's barrier fails as soon as rank 1's
+    // connection closes; --nproc names the rank, and rank 1's own error reaches the terminal.
+    let dir = common::scratch("dist", "fails");
+    let start = Instant::now();
+    let o = common::host().args(["run", "--nproc", "2", "--dist-timeout", "120s"]).arg(job("distributed_job.rhai")).args(["--set", "fail_rank=1", "--out"]).arg(dir.join("run")).output().unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("rank 1: error: ") && err.contains("rank 1 stops here on purpose"), "{err}");
+    assert!(err.contains("rank 0: barrier"), "rank 0 says where it stopped: {err}");
+    assert!(err.contains("error: rank ") && err.contains(" of 2 exited with code 1"), "{err}");
+    // Well inside the 120 s timeout: the failure is seen, not waited out.
+    assert!(secs < 30.0, "took {secs:.1} s");
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("run/config.json")).unwrap()).unwrap();
+    assert_eq!(config["status"], "failed");
+}
+
+/// `host ARGS` in its own process group (so that the test can kill every rank at once, as a
+/// node failure would), with `env` set.
+fn start_group(args: &[std::ffi::OsString], env: &[(&str, &str)]) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    common::host().args(args).envs(env.iter().copied()).stdout(Stdio::null()).stderr(Stdio::piped()).process_group(0).spawn().unwrap()
+}
+
+/// SIGKILL to the child's whole process group (the launcher and its ranks), by the system call:
+/// procps' `kill -9 -PID` reads `-PID` as an option and signals every process (pid -1).
+fn kill_group(child: &mut std::process::Child) {
+    extern "C" {
+        fn kill(pid: i32, sig: i32) -> i32;
+    }
+    let pgid = child.id() as i32;
+    assert!(pgid > 1);
+    // SAFETY: a plain system call on a process group this test created.
+    assert_eq!(unsafe { kill(-pgid, 9) }, 0, "kill -{pgid}");
+    let _ = child.wait();
+}
+
+fn wait_for_file(child: &mut std::process::Child, path: &Path) {
+    let start = Instant::now();
+    while !path.exists() {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before {} appeared", path.display());
+        assert!(start.elapsed() < Duration::from_secs(300), "timed out waiting for {}", path.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_distributed_run_killed_twice_resumes_to_the_uninterrupted_result() {
+    // tests/resume_job.rhai (4 CAID iterations on the exact world: DPO, sampling, dual steps)
+    // on two ranks: once whole, once killed (every rank, SIGKILL) and resumed twice, first with
+    // --resume, then as torchrun --max-restarts restarts a job (TORCHELASTIC_RESTART_COUNT > 0
+    // and the same --out). Replay restores every finished call on every rank, so the resumed run
+    // is the uninterrupted one: the same λ and rewards, bit for bit on one machine.
+    let dir = common::scratch("dist", "resume");
+    let script = job("resume_job.rhai");
+    let (whole, cut) = (dir.join("whole"), dir.join("cut"));
+    let two = |out: &Path| -> Vec<std::ffi::OsString> { vec!["run".into(), "--nproc".into(), "2".into(), script.clone().into(), "--out".into(), out.into()] };
+    assert!(start_group(&two(&whole), &[]).wait().unwrap().success());
+    let mut child = start_group(&two(&cut), &[]);
+    wait_for_file(&mut child, &cut.join("journal/00002.json"));
+    kill_group(&mut child);
+    // One process cannot resume a two-rank run: refused before anything runs.
+    let o = common::host().args(["run", "--resume"]).arg(&cut).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("this run had 2 processes; resume it with the same number (`host run --nproc 2 --resume DIR`"), "{err}");
+    let resume: Vec<std::ffi::OsString> = vec!["run".into(), "--nproc".into(), "2".into(), "--resume".into(), cut.clone().into()];
+    let mut child = start_group(&resume, &[]);
+    wait_for_file(&mut child, &cut.join("journal/00005.json"));
+    kill_group(&mut child);
+    let mut child = start_group(&two(&cut), &[("TORCHELASTIC_RESTART_COUNT", "1")]);
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "{err}");
+    assert!(err.contains("restart 1: resuming"), "{err}");
+    let pick = |dir: &Path| -> Vec<(String, String, String)> {
+        metrics(dir).iter().filter(|r| r["phase"] == "caid" || r["phase"] == "final").map(|r| (r["lambda_safety"].to_string(), r["lambda"].to_string(), r["reward"].to_string())).collect()
+    };
+    let (a, b) = (pick(&whole), pick(&cut));
+    assert_eq!(a.len(), 6, "{a:?}");
+    assert_eq!(a, b);
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(cut.join("config.json")).unwrap()).unwrap();
+    assert_eq!((config["status"].as_str(), config["resumed"].as_u64()), (Some("ok"), Some(2)));
 }
