@@ -228,9 +228,11 @@ fn log_lines(text: &str) -> Vec<String> {
     text.lines().filter(|l| l.contains("phase=") && !l.starts_with("error")).map(str::to_string).collect()
 }
 
-/// `host run ARGS` to completion; panics with its output unless it succeeded.
+/// `host run ARGS --out DIR` to completion, with its own per-user cache (so that the features
+/// and reference log-probs are computed, not read from an earlier run); panics with its output
+/// unless it succeeded.
 fn run_ok(args: &[&str], dir: &Path) -> Output {
-    let o = common::host().args(args).arg("--out").arg(dir).output().unwrap();
+    let o = common::host().args(args).arg("--out").arg(dir).env("DUALIGN_CACHE", dir.with_extension("cache")).output().unwrap();
     assert!(o.status.success(), "host {args:?} failed:\n{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     o
 }
@@ -256,6 +258,7 @@ fn assert_like_one_process(one: &Path, many: &Path, rank0_stdout: &str) {
         assert!((x - y).abs() <= tol, "{row}.{k}: one process {x}, two ranks {y}");
     };
     close("sampled", "logprob_sum", 1e-3);
+    close("scored", "score_margin_sum", 1e-4);
     close("trained", "sft_loss", 1e-5);
     close("trained", "dpo_loss", 1e-5);
     close("trained", "logprob_change", 1e-2);
@@ -263,7 +266,7 @@ fn assert_like_one_process(one: &Path, many: &Path, rank0_stdout: &str) {
     // Rank 1 logged the same lines (its output is rank-1.log) and wrote nothing else.
     let rank1 = std::fs::read_to_string(many.join("rank-1.log")).unwrap();
     let (l0, l1) = (log_lines(rank0_stdout), log_lines(&rank1));
-    assert_eq!(l0.len(), 3, "{rank0_stdout}");
+    assert_eq!(l0.len(), 4, "{rank0_stdout}");
     assert_eq!(l0[1..], l1[1..], "every rank returns the same values");
     assert!(l1[0].contains("main_ranks=0"), "{}", l1[0]);
     let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(many.join("config.json")).unwrap()).unwrap();
@@ -292,6 +295,7 @@ fn torchrun_launches_host_as_its_ranks() {
     let script = job("distributed_job.rhai");
     run_ok(&["run", script.to_str().unwrap()], &dir.join("one"));
     let o = Command::new(&torchrun)
+        .env("DUALIGN_CACHE", dir.join("two.cache"))
         .args(["--standalone", "--nproc-per-node=2", "--no-python", env!("CARGO_BIN_EXE_host"), "run"])
         .arg(&script)
         .arg("--out")
@@ -351,7 +355,7 @@ fn wait_for_file(child: &mut std::process::Child, path: &Path) {
 }
 
 #[test]
-fn a_distributed_run_killed_twice_resumes_to_the_uninterrupted_result() {
+fn caid_on_two_ranks_has_one_lambda_trajectory_and_resumes_after_two_kills() {
     // tests/resume_job.rhai (4 CAID iterations on the exact world: DPO, sampling, dual steps)
     // on two ranks: once whole, once killed (every rank, SIGKILL) and resumed twice, first with
     // --resume, then as torchrun --max-restarts restarts a job (TORCHELASTIC_RESTART_COUNT > 0
@@ -361,7 +365,20 @@ fn a_distributed_run_killed_twice_resumes_to_the_uninterrupted_result() {
     let script = job("resume_job.rhai");
     let (whole, cut) = (dir.join("whole"), dir.join("cut"));
     let two = |out: &Path| -> Vec<std::ffi::OsString> { vec!["run".into(), "--nproc".into(), "2".into(), script.clone().into(), "--out".into(), out.into()] };
-    assert!(start_group(&two(&whole), &[]).wait().unwrap().success());
+    let o = run_ok(&["run", "--nproc", "2", script.to_str().unwrap()], &whole);
+    // Every rank went through the same λ trajectory: rank 1 printed rank 0's lines, digit for digit.
+    let (l0, l1) = (log_lines(&String::from_utf8_lossy(&o.stdout)), log_lines(&std::fs::read_to_string(whole.join("rank-1.log")).unwrap()));
+    assert!(l0.iter().filter(|l| l.contains("lambda_safety=")).count() == 4 && l0 == l1, "{l0:?}\n{l1:?}");
+    // And the one of one process: the same samples drawn from weights equal up to float rounding
+    // (gradients summed in another order, ~1e-7); a rounding difference could flip one of the
+    // 768 samples of a dual step, moving λ by η/768 = 0.0065, so 0.05 allows a few such flips.
+    run_ok(&["run", script.to_str().unwrap()], &dir.join("one"));
+    let lambdas = |d: &Path| -> Vec<f64> { metrics(d).iter().filter(|r| r["phase"] == "caid" && r["iteration"].as_i64() >= Some(0)).map(|r| r["lambda_safety"].as_f64().unwrap()).collect() };
+    let (one, many) = (lambdas(&dir.join("one")), lambdas(&whole));
+    assert_eq!(one.len(), 4);
+    let worst = one.iter().zip(&many).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    println!("λ one process {one:?}, two ranks {many:?}: max difference {worst}");
+    assert!(worst <= 0.05, "λ one process {one:?}, two ranks {many:?}");
     let mut child = start_group(&two(&cut), &[]);
     wait_for_file(&mut child, &cut.join("journal/00002.json"));
     kill_group(&mut child);
