@@ -256,6 +256,10 @@ fn redirect_output(file: &Path) -> Result<()> {
         fn dup(fd: i32) -> i32;
         fn dup2(from: i32, to: i32) -> i32;
     }
+    if let Some(dir) = file.parent() {
+        // Across machines without a shared folder, this node has no run directory yet.
+        let _ = std::fs::create_dir_all(dir);
+    }
     let log = std::fs::OpenOptions::new().create(true).append(true).open(file).with_context(|| format!("cannot write {}", file.display()))?;
     // SAFETY: plain descriptor calls on descriptors this process owns.
     unsafe {
