@@ -43,11 +43,17 @@ fn main() {
     };
     println!("cargo:rustc-env=DUALIGN_LIBTORCH_VERSION={version}");
     println!("cargo:rustc-check-cfg=cfg(dualign_c10d)");
+    println!("cargo:rustc-check-cfg=cfg(dualign_nccl)");
     println!("cargo:rerun-if-changed=csrc");
     println!("cargo:rerun-if-env-changed=DUALIGN_NO_C10D");
     let shim = if std::env::var_os("DUALIGN_NO_C10D").is_some() { Err("DUALIGN_NO_C10D is set".to_string()) } else { compile_c10d_shim(&lib) };
     match shim {
-        Ok(()) => println!("cargo:rustc-cfg=dualign_c10d"),
+        Ok(nccl) => {
+            println!("cargo:rustc-cfg=dualign_c10d");
+            if nccl {
+                println!("cargo:rustc-cfg=dualign_nccl");
+            }
+        }
         Err(e) => println!("cargo:warning=distributed runs unavailable: the c10d shim did not compile: {e}"),
     }
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
@@ -60,29 +66,76 @@ fn main() {
 }
 
 /// Builds csrc/c10d_shim.cpp with the flags the torch wheel was built with (C++17, the new
-/// libstdc++ ABI, Gloo on) and links it after libtorch_cpu, which holds c10d.
-fn compile_c10d_shim(lib: &std::path::Path) -> Result<(), String> {
+/// libstdc++ ABI, Gloo on) and links it after libtorch_cpu, which holds c10d. With the CUDA and
+/// NCCL headers beside the wheel (`nccl_headers`), the NCCL part is built too; if that does not
+/// compile, the shim is built for Gloo alone. Returns whether NCCL is in.
+fn compile_c10d_shim(lib: &std::path::Path) -> Result<bool, String> {
     let include = lib.parent().ok_or("no torch folder above lib")?.join("include");
     if !include.join("torch/csrc/distributed/c10d/ProcessGroupGloo.hpp").exists() {
         return Err(format!("{} has no c10d headers", include.display()));
     }
-    cc::Build::new()
-        .cpp(true)
-        .std("c++17")
-        .opt_level(1)
-        .define("_GLIBCXX_USE_CXX11_ABI", "1")
-        .define("USE_C10D_GLOO", None)
-        .define("GLOG_USE_GLOG_EXPORT", None)
-        .include(&include)
-        .include(include.join("torch/csrc/api/include"))
-        .include("csrc/gloo_include")
-        .flag_if_supported("-Wno-unused-parameter")
-        .warnings(false)
-        .file("csrc/c10d_shim.cpp")
-        .try_compile("dualign_c10d")
-        .map_err(|e| e.to_string())?;
+    let build = |nccl: Option<&[PathBuf]>| -> Result<(), String> {
+        let mut b = cc::Build::new();
+        b.cpp(true)
+            .std("c++17")
+            .opt_level(1)
+            .define("_GLIBCXX_USE_CXX11_ABI", "1")
+            .define("USE_C10D_GLOO", None)
+            .define("GLOG_USE_GLOG_EXPORT", None)
+            .include(&include)
+            .include(include.join("torch/csrc/api/include"))
+            .include("csrc/gloo_include")
+            .flag_if_supported("-Wno-unused-parameter")
+            .warnings(false)
+            .cargo_warnings(false)
+            .file("csrc/c10d_shim.cpp");
+        if let Some(dirs) = nccl {
+            b.define("USE_C10D_NCCL", None).define("USE_CUDA", None).define("DUALIGN_NCCL", None);
+            for d in dirs {
+                b.include(d);
+            }
+        }
+        b.try_compile("dualign_c10d").map_err(|e| e.to_string())
+    };
+    println!("cargo:rerun-if-env-changed=DUALIGN_NO_NCCL");
+    let nccl = match nccl_headers(lib) {
+        Some(dirs) if lib.join("libtorch_cuda.so").exists() && std::env::var_os("DUALIGN_NO_NCCL").is_none() => match build(Some(&dirs)) {
+            Ok(()) => true,
+            Err(e) => {
+                println!("cargo:warning=NCCL unavailable: the c10d shim's NCCL part did not compile ({}); building it for Gloo alone", e.lines().next().unwrap_or(""));
+                false
+            }
+        },
+        _ => false,
+    };
+    if !nccl {
+        build(None)?;
+    }
     println!("cargo:rustc-link-search=native={}", lib.display());
     println!("cargo:rustc-link-lib=dylib=torch_cpu");
     println!("cargo:rustc-link-lib=dylib=c10");
-    Ok(())
+    if nccl {
+        println!("cargo:rustc-link-lib=dylib=c10_cuda");
+    }
+    Ok(nccl)
+}
+
+/// The include folders the NCCL part of the shim needs, from the NVIDIA wheels beside torch:
+/// the CUDA runtime headers with `crt/` and `nv/target` (PyPI `nvidia-cuda-crt`,
+/// `nvidia-cuda-cccl`, which torch's own dependencies lack) and `nccl.h`; None if any is missing.
+fn nccl_headers(lib: &std::path::Path) -> Option<Vec<PathBuf>> {
+    let nvidia = lib.parent()?.parent()?.join("nvidia");
+    let cuda = ["cu13", "cu12"].iter().map(|v| nvidia.join(v).join("include")).find(|d| d.join("cuda_runtime_api.h").exists())?;
+    let nccl = nvidia.join("nccl/include");
+    // The folders (which exist), so that installing the headers later rebuilds the shim.
+    println!("cargo:rerun-if-changed={}", cuda.display());
+    if nccl.exists() {
+        println!("cargo:rerun-if-changed={}", nccl.display());
+    }
+    for (dir, file) in [(&cuda, "crt/host_defines.h"), (&cuda, "nv/target"), (&nccl, "nccl.h")] {
+        if !dir.join(file).exists() {
+            return None;
+        }
+    }
+    Some(vec![cuda.clone(), cuda.join("cccl"), nccl])
 }

@@ -54,8 +54,24 @@ dualign_assets() {
   rm -rf "$tmp"
 }
 
+# The CUDA headers the NCCL part of the c10d shim needs beside those torch's dependencies bring
+# (`crt/`, `nv/target`; headers only, ~30 MB): with them build.rs compiles NCCL in, without them
+# the build is Gloo only. A failed install is not fatal.
+DUALIGN_NCCL_HEADERS=("nvidia-cuda-crt==13.0.88" "nvidia-cuda-cccl==13.0.85")
+dualign_nccl_headers() {
+  local marker="$DUALIGN_VENV/.nccl-headers-$(echo "${DUALIGN_NCCL_HEADERS[*]}" | cksum | cut -d' ' -f1)"
+  if [ -f "$marker" ]; then return 0; fi
+  say "installing the CUDA headers for NCCL (${DUALIGN_NCCL_HEADERS[*]}) into $DUALIGN_VENV"
+  if "$DUALIGN_VENV/bin/pip" install --quiet "${DUALIGN_NCCL_HEADERS[@]}"; then
+    touch "$marker"
+  else
+    say "could not install them: host is built without NCCL (Gloo only)"
+  fi
+}
+
 dualign_build() {
   dualign_venv
+  dualign_nccl_headers
   ( cd "$DUALIGN_ROOT" && \
     LIBTORCH_USE_PYTORCH=1 PATH="$DUALIGN_VENV/bin:$PATH" VIRTUAL_ENV="$DUALIGN_VENV" \
     cargo build --release --quiet --bin host )

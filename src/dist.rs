@@ -73,11 +73,21 @@ pub fn available() -> bool {
     cfg!(dualign_c10d)
 }
 
+/// Whether the shim was built with NCCL (the CUDA and NCCL headers were there at build time).
+pub fn nccl_available() -> bool {
+    cfg!(dualign_nccl)
+}
+
+/// The backends this build has, as `host --version` names them.
+pub fn backends() -> Vec<&'static str> {
+    [(available(), "gloo"), (nccl_available(), "nccl")].into_iter().filter(|b| b.0).map(|b| b.1).collect()
+}
+
 #[cfg(dualign_c10d)]
 mod ffi {
     use std::ffi::{c_char, c_int, c_long, c_void};
     extern "C" {
-        pub fn dualign_c10d_new(host: *const c_char, port: c_int, rank: c_int, world: c_int, is_server: c_int, timeout_ms: c_long, out: *mut *mut c_void, err: *mut *mut c_char) -> c_int;
+        pub fn dualign_c10d_new(host: *const c_char, port: c_int, rank: c_int, world: c_int, is_server: c_int, nccl: c_int, timeout_ms: c_long, out: *mut *mut c_void, err: *mut *mut c_char) -> c_int;
         pub fn dualign_c10d_free(group: *mut c_void);
         pub fn dualign_c10d_free_error(err: *mut c_char);
         pub fn dualign_c10d_all_reduce_sum(group: *mut c_void, t: *mut c_void, err: *mut *mut c_char) -> c_int;
@@ -92,7 +102,7 @@ mod ffi {
 #[allow(clippy::missing_safety_doc)]
 mod ffi {
     use std::ffi::{c_char, c_int, c_long, c_void};
-    pub unsafe fn dualign_c10d_new(_: *const c_char, _: c_int, _: c_int, _: c_int, _: c_int, _: c_long, _: *mut *mut c_void, _: *mut *mut c_char) -> c_int {
+    pub unsafe fn dualign_c10d_new(_: *const c_char, _: c_int, _: c_int, _: c_int, _: c_int, _: c_int, _: c_long, _: *mut *mut c_void, _: *mut *mut c_char) -> c_int {
         -1
     }
     pub unsafe fn dualign_c10d_free(_: *mut c_void) {}
@@ -108,7 +118,8 @@ mod ffi {
     }
 }
 
-/// A Gloo process group of `world` ranks (CPU tensors).
+/// A process group of `world` ranks: Gloo for CPU tensors, and NCCL for CUDA tensors when it was
+/// asked for at `connect` (else CUDA tensors go over Gloo too).
 pub struct Group {
     ptr: *mut std::ffi::c_void,
     pub rank: usize,
@@ -133,8 +144,9 @@ fn check(what: &str, rc: std::ffi::c_int, err: *mut std::ffi::c_char) -> Result<
 
 impl Group {
     /// Joins the group `launch` describes; rank 0 hosts the store unless torchrun's agent does.
-    /// `timeout` bounds the rendezvous and every later collective.
-    pub fn connect(launch: &Launch, timeout: Duration) -> Result<Group> {
+    /// `timeout` bounds the rendezvous and every later collective. With `nccl`, CUDA tensors go
+    /// over NCCL (each rank's CUDA device must be its own: `cuda:LOCAL_RANK`).
+    pub fn connect(launch: &Launch, timeout: Duration, nccl: bool) -> Result<Group> {
         let what = format!("rank {} of {}: joining the process group at {}:{}", launch.rank, launch.world, launch.master_addr, launch.master_port);
         if !available() {
             bail!("{what}: this build of host has no distributed support (the c10d shim did not compile; see the build's warnings)");
@@ -144,7 +156,7 @@ impl Group {
         let mut ptr = std::ptr::null_mut();
         let mut err = std::ptr::null_mut();
         // SAFETY: plain values and out-pointers; the shim catches every C++ exception.
-        let rc = unsafe { ffi::dualign_c10d_new(host.as_ptr(), launch.master_port as _, launch.rank as _, launch.world as _, server as _, timeout.as_millis() as _, &mut ptr, &mut err) };
+        let rc = unsafe { ffi::dualign_c10d_new(host.as_ptr(), launch.master_port as _, launch.rank as _, launch.world as _, server as _, nccl as _, timeout.as_millis() as _, &mut ptr, &mut err) };
         check(&what, rc, err)?;
         Ok(Group { ptr, rank: launch.rank, world: launch.world })
     }

@@ -24,6 +24,6 @@ pub fn versions() -> serde_json::Value {
         "cuda_available": tch::Cuda::is_available(),
         "cuda_devices": if tch::Cuda::is_available() { tch::Cuda::device_count() } else { 0 },
         // Process-group backends compiled in (src/dist.rs): Gloo for CPU tensors; NCCL not yet.
-        "distributed": if dist::available() { vec!["gloo"] } else { vec![] },
+        "distributed": dist::backends(),
     })
 }

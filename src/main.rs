@@ -21,8 +21,9 @@ fn long_version() -> &'static str {
             Some(n) if n > 0 => format!(", {n} device(s)"),
             _ => String::new(),
         },
-        match v["distributed"].as_array().map(|a| a.iter().filter_map(|b| b.as_str()).collect::<Vec<_>>().join(", ")) {
-            Some(b) if !b.is_empty() => format!("{b} (NCCL unavailable)"),
+        match v["distributed"].as_array().map(|a| a.iter().filter_map(|b| b.as_str()).collect::<Vec<_>>()) {
+            Some(b) if b.contains(&"nccl") => b.join(", "),
+            Some(b) if !b.is_empty() => format!("{} (NCCL unavailable)", b.join(", ")),
             _ => "unavailable".to_string(),
         }
     );
@@ -71,6 +72,10 @@ enum Command {
         /// included) before failing, e.g. 30m or 90s.
         #[arg(long, default_value = "30m", value_name = "DURATION")]
         dist_timeout: humantime::Duration,
+        /// The collectives' backend for CUDA tensors: auto (NCCL where this build has it, see
+        /// `host --version`) or gloo. CPU tensors always go over Gloo.
+        #[arg(long, default_value = "auto", value_parser = ["auto", "gloo"], value_name = "auto|gloo")]
+        dist_backend: String,
     },
     /// Parse a script and every module it imports, without running anything.
     Check {
@@ -240,14 +245,6 @@ fn launch_local(n: usize) -> Result<(), Failure> {
     }
 }
 
-/// The process group of a distributed launch (torchrun, Slurm or `--nproc`), or None for one
-/// process.
-fn join_group(timeout: std::time::Duration) -> Result<Option<Rc<dist::Group>>, Failure> {
-    let launch = dist::Launch::from_env().map_err(|e| Failure::Usage(format!("{e:#}")))?;
-    let Some(launch) = launch else { return Ok(None) };
-    Ok(Some(Rc::new(dist::Group::connect(&launch, timeout)?)))
-}
-
 /// Sends this rank's standard output and error to `file` (ranks other than 0), keeping the
 /// terminal's error stream for the one line `main` prints when the rank fails.
 fn redirect_output(file: &Path) -> Result<()> {
@@ -279,7 +276,7 @@ static TERMINAL: std::sync::OnceLock<std::fs::File> = std::sync::OnceLock::new()
 static RANK: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
 
 #[allow(clippy::too_many_arguments)]
-fn cmd_run(script_path: Option<PathBuf>, resume: Option<PathBuf>, sets: Vec<String>, out: Option<PathBuf>, device_name: String, seed: i64, max_operations: u64, timeout: std::time::Duration) -> Result<(), Failure> {
+fn cmd_run(script_path: Option<PathBuf>, resume: Option<PathBuf>, sets: Vec<String>, out: Option<PathBuf>, device_name: String, seed: i64, max_operations: u64, timeout: std::time::Duration, nccl: bool) -> Result<(), Failure> {
     // torchrun --max-restarts starts a failed job again with TORCHELASTIC_RESTART_COUNT > 0: the
     // run in --out continues from its journal (without --out each start makes a new folder).
     let restarted = std::env::var("TORCHELASTIC_RESTART_COUNT").ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) > 0;
@@ -299,7 +296,19 @@ fn cmd_run(script_path: Option<PathBuf>, resume: Option<PathBuf>, sets: Vec<Stri
     };
     check_script_file(&script_path)?;
     let overrides = parse_sets(&sets)?;
-    let group = join_group(timeout)?;
+    // A distributed launch (torchrun, Slurm or --nproc): each rank on its own card
+    // (LOCAL_RANK, round robin when there are fewer), then the process group, whose CUDA tensors
+    // go over NCCL where the build has it (Gloo carries CPU tensors either way).
+    let launch = dist::Launch::from_env().map_err(|e| Failure::Usage(format!("{e:#}")))?;
+    let mut dev = device::parse(&device_name).map_err(|e| Failure::Usage(e.to_string()))?;
+    if let (Some(l), tch::Device::Cuda(_)) = (&launch, dev) {
+        dev = tch::Device::Cuda(l.local_rank % tch::Cuda::device_count().max(1) as usize);
+    }
+    device::set(dev);
+    let group = match &launch {
+        Some(l) => Some(Rc::new(dist::Group::connect(l, timeout, nccl && dist::nccl_available() && dev.is_cuda())?)),
+        None => None,
+    };
     let (rank, world) = group.as_ref().map_or((0, 1), |g| (g.rank, g.world));
     if resume.is_some() && recorded_world != world {
         return Err(Failure::Usage(format!(
@@ -309,13 +318,6 @@ fn cmd_run(script_path: Option<PathBuf>, resume: Option<PathBuf>, sets: Vec<Stri
         )));
     }
     let _ = RANK.set(rank);
-    let mut dev = device::parse(&device_name).map_err(|e| Failure::Usage(e.to_string()))?;
-    if let (Some(_), tch::Device::Cuda(_)) = (&group, dev) {
-        // Each rank on its own card (torchrun's LOCAL_RANK), round robin when there are fewer.
-        let local: usize = std::env::var("LOCAL_RANK").ok().and_then(|v| v.parse().ok()).or_else(|| std::env::var("SLURM_LOCALID").ok().and_then(|v| v.parse().ok())).unwrap_or(0);
-        dev = tch::Device::Cuda(local % tch::Cuda::device_count().max(1) as usize);
-    }
-    device::set(dev);
     tch::manual_seed(seed);
     interrupt::install();
 
@@ -482,7 +484,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { nproc: Some(0), .. } => Err(Failure::Usage("--nproc 0: a run needs at least one process".into())),
         Command::Run { nproc: Some(n), .. } if n > 1 => launch_local(n),
-        Command::Run { script, resume, set, out, device, seed, max_operations, dist_timeout, .. } => cmd_run(script, resume, set, out, device, seed, max_operations, dist_timeout.into()),
+        Command::Run { script, resume, set, out, device, seed, max_operations, dist_timeout, dist_backend, .. } => {
+            cmd_run(script, resume, set, out, device, seed, max_operations, dist_timeout.into(), dist_backend == "auto")
+        }
         Command::Check { script, set } => cmd_check(script, set),
         Command::Api { json, definitions } => cmd_api(json, definitions),
     };

@@ -21,6 +21,7 @@ fn ranks(name: &str, world: usize, role: &str) -> Vec<Output> {
             Command::new(std::env::current_exe().unwrap())
                 .args([name, "--exact", "--nocapture", "--test-threads=1"])
                 .env("DUALIGN_DIST_ROLE", role)
+                .env("OMP_NUM_THREADS", "1")
                 .env("WORLD_SIZE", world.to_string())
                 .env("RANK", rank.to_string())
                 .env("MASTER_ADDR", "127.0.0.1")
@@ -50,7 +51,7 @@ fn two_ranks_sum_broadcast_and_meet_at_a_barrier() {
     if let Ok(role) = std::env::var("DUALIGN_DIST_ROLE") {
         assert_eq!(role, "collectives");
         let launch = Launch::from_env().unwrap().expect("a two-rank launch");
-        let g = Group::connect(&launch, Duration::from_secs(60)).unwrap();
+        let g = Group::connect(&launch, Duration::from_secs(60), false).unwrap();
         let r = g.rank as f32;
         // Sum: rank r contributes [r + 1, 10 (r + 1)], so both end with [3, 30].
         let mut t = Tensor::from_slice(&[r + 1.0, 10.0 * (r + 1.0)]);
@@ -83,7 +84,7 @@ fn a_rank_that_dies_makes_the_other_fail_within_the_timeout_not_hang() {
     if let Ok(role) = std::env::var("DUALIGN_DIST_ROLE") {
         assert_eq!(role, "die");
         let launch = Launch::from_env().unwrap().expect("a two-rank launch");
-        let g = Group::connect(&launch, Duration::from_secs(10)).unwrap();
+        let g = Group::connect(&launch, Duration::from_secs(10), false).unwrap();
         g.barrier().unwrap();
         if g.rank == 1 {
             // Gone without a word, as a killed process would be.
@@ -158,7 +159,7 @@ fn data_parallel_dpo_on_two_ranks_ends_where_one_process_does() {
     if let Ok(role) = std::env::var("DUALIGN_DIST_ROLE") {
         assert_eq!(role, "dpo");
         let launch = Launch::from_env().unwrap().expect("a two-rank launch");
-        let g = std::rc::Rc::new(Group::connect(&launch, Duration::from_secs(60)).unwrap());
+        let g = std::rc::Rc::new(Group::connect(&launch, Duration::from_secs(60), false).unwrap());
         let (losses, weights) = tiny_dpo(Some(g.clone()));
         let dir = std::path::PathBuf::from(std::env::var("DUALIGN_DIST_OUT").unwrap());
         Tensor::write_safetensors(&weights, dir.join(format!("rank{}.safetensors", g.rank))).unwrap();
