@@ -24,7 +24,9 @@ pub struct Launch {
 
 impl Launch {
     /// The launch the environment describes: None for a plain single process (no `WORLD_SIZE`
-    /// and no `SLURM_NTASKS`, or a world of one).
+    /// and no `SLURM_NTASKS`, a Slurm job of one task, or `WORLD_SIZE=1` without a
+    /// `MASTER_PORT`). torchrun with one process (`WORLD_SIZE=1` and its `MASTER_PORT`) is a
+    /// group of one, as in PyTorch: every collective runs, on NCCL for CUDA tensors too.
     pub fn from_env() -> Result<Option<Launch>> {
         Self::from_vars(&|k| std::env::var(k).ok())
     }
@@ -35,13 +37,12 @@ impl Launch {
             var(k).map(|v| v.trim().parse::<usize>().with_context(|| format!("environment variable {k}={v:?} is not a non-negative integer"))).transpose()
         };
         let (rank, world, local) = match (num("WORLD_SIZE")?, num("SLURM_NTASKS")?) {
+            (Some(0), _) => bail!("WORLD_SIZE=0: a launch needs at least one process"),
+            (Some(1), _) if var("MASTER_PORT").is_none() => return Ok(None),
             (Some(w), _) => (num("RANK")?.context("WORLD_SIZE is set but RANK is not")?, w, num("LOCAL_RANK")?.unwrap_or(0)),
-            (None, Some(w)) => (num("SLURM_PROCID")?.context("SLURM_NTASKS is set but SLURM_PROCID is not")?, w, num("SLURM_LOCALID")?.unwrap_or(0)),
-            (None, None) => return Ok(None),
+            (None, Some(w)) if w > 1 => (num("SLURM_PROCID")?.context("SLURM_NTASKS is set but SLURM_PROCID is not")?, w, num("SLURM_LOCALID")?.unwrap_or(0)),
+            (None, _) => return Ok(None),
         };
-        if world <= 1 {
-            return Ok(None);
-        }
         if rank >= world {
             bail!("rank {rank} is not below the world size {world}");
         }
@@ -257,7 +258,10 @@ mod tests {
             move |k: &str| pairs.iter().find(|p| p.0 == k).map(|p| p.1.to_string())
         }
         assert_eq!(Launch::from_vars(&vars(&[])).unwrap(), None, "a plain process");
-        assert_eq!(Launch::from_vars(&vars(&[("WORLD_SIZE", "1"), ("RANK", "0")])).unwrap(), None, "a world of one");
+        assert_eq!(Launch::from_vars(&vars(&[("WORLD_SIZE", "1"), ("RANK", "0")])).unwrap(), None, "WORLD_SIZE=1 left in a shell");
+        assert_eq!(Launch::from_vars(&vars(&[("SLURM_NTASKS", "1"), ("SLURM_PROCID", "0"), ("MASTER_PORT", "1")])).unwrap(), None, "a one-task Slurm job");
+        let one = Launch::from_vars(&vars(&[("WORLD_SIZE", "1"), ("RANK", "0"), ("MASTER_PORT", "29500")])).unwrap().expect("torchrun with one process");
+        assert_eq!((one.rank, one.world, one.master_port), (0, 1, 29500));
         let torchrun = [("WORLD_SIZE", "4"), ("RANK", "3"), ("LOCAL_RANK", "1"), ("MASTER_ADDR", "node0"), ("MASTER_PORT", "29500"), ("TORCHELASTIC_USE_AGENT_STORE", "True")];
         let l = Launch::from_vars(&vars(&torchrun)).unwrap().unwrap();
         assert_eq!(l, Launch { rank: 3, world: 4, local_rank: 1, master_addr: "node0".into(), master_port: 29500, agent_store: true });
