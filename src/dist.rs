@@ -69,6 +69,16 @@ pub fn sharded(group: Option<&Group>, n: usize, f: impl FnOnce(std::ops::Range<u
     }
 }
 
+/// Whether `flag` holds on every rank (`flag` itself without a group). Ranks that must take the
+/// same branch, each deciding from what it sees (a cache entry another rank may be writing at
+/// that moment), agree this way so that they go on to the same collectives.
+pub fn all(group: Option<&Group>, flag: bool) -> Result<bool> {
+    let Some(g) = group else { return Ok(flag) };
+    let mut misses = Tensor::from_slice(&[i64::from(!flag)]);
+    g.all_reduce_sum(&mut misses)?;
+    Ok(misses.int64_value(&[0]) == 0)
+}
+
 /// Whether this build has the c10d shim (it is compiled against the wheel's headers by build.rs).
 pub fn available() -> bool {
     cfg!(dualign_c10d)

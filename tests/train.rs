@@ -311,6 +311,17 @@ fn sft_lowers_the_loss() {
     // The byte vocabulary has 259 tokens: an untrained model sits near ln 259 = 5.56 nats/token.
     assert!((first - 259f64.ln()).abs() < 0.5, "{first}");
     assert!(last < 0.5 * first, "{first} -> {last}");
+    // A copy (a script's `m.copy()`) trains on its own: its weights are fresh leaves, not the
+    // output of a copy op autograd cannot differentiate ("derivative for aten::detach_copy is not
+    // implemented" before), and training it leaves the original as it was.
+    let mut copy = m.deep_copy().unwrap();
+    let before: Vec<Tensor> = m.trainable_parameters().unwrap().into_iter().map(|(_, t)| t.detach().copy()).collect();
+    let mut opt = AdamW::new(copy.trainable_parameters().unwrap()).unwrap();
+    let again = sft::train(&copy, &mut opt, &data, &sft::SftOptions { epochs: 2, ..opts }, &mut |_| Ok(()), &|| false).unwrap();
+    assert!(again["loss"].as_f64().unwrap() < again["first_epoch_loss"].as_f64().unwrap(), "{again:?}");
+    for (t, (_, now)) in before.iter().zip(m.trainable_parameters().unwrap()) {
+        assert_eq!((t - now).abs().max().double_value(&[]), 0.0);
+    }
 }
 
 #[test]

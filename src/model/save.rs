@@ -8,17 +8,27 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use tch::{Device, Tensor};
 
+/// A new tensor with `t`'s values and no autograd history: a leaf the copy can train
+/// (`detach_copy` of a tensor that requires grad is recorded by autograd as an op it cannot
+/// differentiate).
+fn fresh(t: &Tensor) -> Result<Tensor> {
+    let t = t.f_detach()?;
+    let mut out = t.f_zeros_like()?;
+    out.f_copy_(&t)?;
+    Ok(out)
+}
+
 impl CausalLM {
     /// A deep copy with its own weights (the reference model for training), sharing the tokenizer.
     pub fn deep_copy(&self) -> Result<Self> {
         let mut map = BTreeMap::new();
         for (name, t) in self.named_parameters()? {
-            map.insert(name, t.f_detach_copy()?);
+            map.insert(name, fresh(&t)?);
         }
         if let Some((name, head)) = &self.score_head {
-            map.insert(format!("{name}.weight"), head.weight.f_detach_copy()?);
+            map.insert(format!("{name}.weight"), fresh(&head.weight)?);
             if let Some(b) = &head.bias {
-                map.insert(format!("{name}.bias"), b.f_detach_copy()?);
+                map.insert(format!("{name}.bias"), fresh(b)?);
             }
         }
         let mut w = Weights::new(map, self.source.clone(), self.device, self.kind);

@@ -330,7 +330,10 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
                                 // of the weights and the token ids (verified when read).
                                 let dir = cache::default_dir();
                                 let disk_key = cache::key(cache::weights_fingerprint(m)? ^ pool.salt(), &tokenized, max_len / 2, max_len);
-                                let f = match cache::load_features(&dir, &disk_key, &[tokenized.len() as i64, 2, m.cfg.hidden_size as i64])? {
+                                let found = cache::load_features(&dir, &disk_key, &[tokenized.len() as i64, 2, m.cfg.hidden_size as i64])?;
+                                // Every rank reads the cache, or none does (see dist::all).
+                                let found = if crate::dist::all(dist.as_deref(), found.is_some())? { found } else { None };
+                                let f = match found {
                                     Some(f) => {
                                         eprintln!("train_scorer({label}): features of {} pairs from the cache ({})", tokenized.len(), dir.display());
                                         f.f_to_device(m.device)?

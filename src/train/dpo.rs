@@ -121,7 +121,9 @@ pub fn cached_reference(reference: &CausalLM, eval: &dyn Fn(&[&[i64]], &[&[i64]]
         return Ok((table()?, false));
     };
     let key = cache::key(cache::weights_fingerprint(reference)?, pairs, opts.max_prompt_len, opts.max_len);
-    if let Some(table) = cache::load(dir, &key, pairs.len())? {
+    let found = cache::load(dir, &key, pairs.len())?;
+    // Every rank uses the cache, or none does (rank 0 may be writing this entry right now).
+    if let (true, Some(table)) = (crate::dist::all(dist, found.is_some())?, found) {
         return Ok((table, true));
     }
     let table = table()?;
