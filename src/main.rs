@@ -174,7 +174,9 @@ fn launch_local(n: usize) -> Result<(), Failure> {
         }
     }
     let exe = std::env::current_exe().context("--nproc: cannot find this program's path")?;
-    interrupt::install(); // Ctrl-C reaches every rank; this process waits for them to stop.
+    // Ctrl-C reaches every rank, which stops at its next safe point (a second press aborts
+    // them); this process only waits for them.
+    let _ = ctrlc::set_handler(|| {});
     // As torchrun: the cores are shared out, not oversubscribed (unless OMP_NUM_THREADS is set).
     let threads = std::env::var("OMP_NUM_THREADS").unwrap_or_else(|_| (std::thread::available_parallelism().map_or(1, |c| c.get()) / n).max(1).to_string());
     let mut children = Vec::new();
@@ -239,6 +241,9 @@ fn launch_local(n: usize) -> Result<(), Failure> {
                 _ => "failed".into(),
             };
             let code = status.code().map_or(1, |c| c.clamp(1, 255) as u8);
+            if code == 130 {
+                return Err(Failure::Rank("interrupted (Ctrl-C); `host run --nproc N --resume DIR` continues the run".into(), code));
+            }
             let log = if rank == 0 { String::new() } else { format!(" (its output: rank-{rank}.log in the run directory)") };
             Err(Failure::Rank(format!("rank {rank} of {n} {how}{log}"), code))
         }
