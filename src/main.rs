@@ -397,9 +397,12 @@ fn cmd_run(script_path: Option<PathBuf>, resume: Option<PathBuf>, sets: Vec<Stri
 
     let result = engine.run_ast(&ast);
     let mut s = session.borrow_mut();
+    // A rank of a distributed run that was asked to stop may fail first in a collective, because
+    // another rank stopped before it: that is an interruption too.
+    let stopped_rank = group.is_some() && interrupt::requested();
     let status = match &result {
         Ok(()) => "ok",
-        Err(e) if matches!(**e, rhai::EvalAltResult::ErrorTerminated(..)) => "interrupted",
+        Err(e) if matches!(**e, rhai::EvalAltResult::ErrorTerminated(..)) || stopped_rank => "interrupted",
         Err(_) => "failed",
     };
     // Recording the status can fail for the reason the script did (a full disk): say so, but the
@@ -409,7 +412,8 @@ fn cmd_run(script_path: Option<PathBuf>, resume: Option<PathBuf>, sets: Vec<Stri
         if let Err(f) = &recorded {
             eprintln!("warning: the run's status was not recorded: {f:#}");
         }
-        let e = ScriptError::from_eval(*e, &script_path.display().to_string());
+        let mut e = ScriptError::from_eval(*e, &script_path.display().to_string());
+        e.interrupted |= stopped_rank;
         return Err(if e.usage { Failure::Usage(e.message) } else { Failure::Script(e) });
     }
     recorded?;

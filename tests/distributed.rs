@@ -410,3 +410,31 @@ fn caid_on_two_ranks_has_one_lambda_trajectory_and_resumes_after_two_kills() {
     let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(cut.join("config.json")).unwrap()).unwrap();
     assert_eq!((config["status"].as_str(), config["resumed"].as_u64()), (Some("ok"), Some(2)));
 }
+
+#[test]
+fn ctrl_c_stops_every_rank_and_the_run_resumes() {
+    // SIGINT to the launcher and its ranks (a terminal's Ctrl-C): each rank stops at its next safe
+    // point, the launcher exits 130 saying how to resume, the run directory says "interrupted",
+    // and `--nproc 2 --resume` finishes it.
+    let dir = common::scratch("dist", "ctrl-c");
+    let run = dir.join("run");
+    let args: Vec<std::ffi::OsString> = vec!["run".into(), "--nproc".into(), "2".into(), job("resume_job.rhai").into(), "--set".into(), "iterations=8".into(), "--out".into(), run.clone().into()];
+    let mut child = start_group(&args, &[]);
+    wait_for_file(&mut child, &run.join("journal/00002.json"));
+    extern "C" {
+        fn kill(pid: i32, sig: i32) -> i32;
+    }
+    // SAFETY: a plain system call on the process group this test created.
+    assert_eq!(unsafe { kill(-(child.id() as i32), 2) }, 0);
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(err.contains("error: interrupted (Ctrl-C); `host run --nproc N --resume DIR` continues the run"), "{err}");
+    let config = || -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap() };
+    assert_eq!(config()["status"], "interrupted");
+    let o = common::host().args(["run", "--nproc", "2", "--resume"]).arg(&run).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(config()["status"], "ok");
+    assert_eq!(metrics(&run).iter().filter(|r| r["phase"] == "caid").count(), 9, "the warm start and 8 iterations");
+}
