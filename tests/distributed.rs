@@ -39,6 +39,15 @@ fn ranks(name: &str, world: usize, role: &str) -> Vec<Output> {
     outs
 }
 
+/// In a child started by `ranks` (playing `role`): its place in the two-rank group, joined with a
+/// collective timeout of `timeout_s`. None in the test process itself.
+fn rank_of(role: &str, timeout_s: u64) -> Option<Group> {
+    let given = std::env::var("DUALIGN_DIST_ROLE").ok()?;
+    assert_eq!(given, role);
+    let launch = Launch::from_env().unwrap().expect("a two-rank launch");
+    Some(Group::connect(&launch, Duration::from_secs(timeout_s), false).unwrap())
+}
+
 fn values(t: &Tensor) -> Vec<f32> {
     let n = t.numel();
     let mut v = vec![0f32; n];
@@ -48,10 +57,7 @@ fn values(t: &Tensor) -> Vec<f32> {
 
 #[test]
 fn two_ranks_sum_broadcast_and_meet_at_a_barrier() {
-    if let Ok(role) = std::env::var("DUALIGN_DIST_ROLE") {
-        assert_eq!(role, "collectives");
-        let launch = Launch::from_env().unwrap().expect("a two-rank launch");
-        let g = Group::connect(&launch, Duration::from_secs(60), false).unwrap();
+    if let Some(g) = rank_of("collectives", 60) {
         let r = g.rank as f32;
         // Sum: rank r contributes [r + 1, 10 (r + 1)], so both end with [3, 30].
         let mut t = Tensor::from_slice(&[r + 1.0, 10.0 * (r + 1.0)]);
@@ -81,10 +87,7 @@ fn two_ranks_sum_broadcast_and_meet_at_a_barrier() {
 
 #[test]
 fn a_rank_that_dies_makes_the_other_fail_within_the_timeout_not_hang() {
-    if let Ok(role) = std::env::var("DUALIGN_DIST_ROLE") {
-        assert_eq!(role, "die");
-        let launch = Launch::from_env().unwrap().expect("a two-rank launch");
-        let g = Group::connect(&launch, Duration::from_secs(10), false).unwrap();
+    if let Some(g) = rank_of("die", 10) {
         g.barrier().unwrap();
         if g.rank == 1 {
             // Gone without a word, as a killed process would be.
@@ -156,10 +159,8 @@ fn tiny_dpo(group: Option<std::rc::Rc<Group>>) -> (Vec<f64>, Vec<(String, Tensor
 #[test]
 fn data_parallel_dpo_on_two_ranks_ends_where_one_process_does() {
     let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("dp-dpo-{}", std::process::id()));
-    if let Ok(role) = std::env::var("DUALIGN_DIST_ROLE") {
-        assert_eq!(role, "dpo");
-        let launch = Launch::from_env().unwrap().expect("a two-rank launch");
-        let g = std::rc::Rc::new(Group::connect(&launch, Duration::from_secs(60), false).unwrap());
+    if let Some(g) = rank_of("dpo", 60) {
+        let g = std::rc::Rc::new(g);
         let (losses, weights) = tiny_dpo(Some(g.clone()));
         let dir = std::path::PathBuf::from(std::env::var("DUALIGN_DIST_OUT").unwrap());
         Tensor::write_safetensors(&weights, dir.join(format!("rank{}.safetensors", g.rank))).unwrap();

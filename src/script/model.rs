@@ -213,31 +213,43 @@ fn each_batch(p: &[Vec<i64>], r: &[Vec<i64>], mut f: impl FnMut(&[usize], &[&[i6
     Ok(())
 }
 
-/// `f` over the batches of `each_batch`, one value per sequence, in the input order; in a
-/// distributed run each rank computes its share of the sequences and every rank gets them all.
-fn batched(dist: Option<&Group>, p: &[Vec<i64>], r: &[Vec<i64>], f: impl Fn(&[&[i64]], &[&[i64]]) -> anyhow::Result<tch::Tensor>) -> ScriptResult<Array> {
+/// The rows `f` gives for batches of sequences (`each_batch`), back in the sequences' order; in a
+/// distributed run each rank computes its share of the sequences and every rank gets all rows.
+/// Needs at least one sequence.
+fn rows_of(dist: Option<&Group>, p: &[Vec<i64>], r: &[Vec<i64>], f: impl Fn(&[&[i64]], &[&[i64]]) -> ScriptResult<tch::Tensor>) -> ScriptResult<tch::Tensor> {
+    // The script's own error (an interruption stays one), not the collective's wrapper.
     let mut failed = None;
     let all = crate::dist::sharded(dist, p.len(), |range| {
         let (p, r) = (&p[range.clone()], &r[range]);
-        let mut out = vec![0f64; p.len()];
+        let (mut order, mut parts) = (Vec::new(), Vec::new());
         let done = each_batch(p, r, |batch, ps, rs| {
-            let (_, values) = super::tensor::values(&f(ps, rs).map_err(err)?)?;
-            for (&i, v) in batch.iter().zip(values) {
-                out[i] = v;
-            }
+            order.extend(batch.iter().map(|&i| i as i64));
+            parts.push(f(ps, rs)?);
             Ok(())
         });
         if let Err(e) = done {
             failed = Some(e);
             anyhow::bail!("stopped");
         }
-        Ok(tch::Tensor::from_slice(&out))
+        let rows = tch::Tensor::f_cat(&parts, 0)?;
+        let back = tch::Tensor::f_from_slice(&order)?.f_argsort(0, false)?.f_to_device(rows.device())?;
+        Ok(rows.f_index_select(0, &back)?)
     });
-    if let Some(e) = failed {
-        return Err(e);
+    match failed {
+        Some(e) => Err(e),
+        None => all.map_err(err),
     }
-    let all = Vec::<f64>::try_from(all.map_err(err)?).map_err(|e| err(e.into()))?;
-    Ok(all.into_iter().map(Dynamic::from_float).collect())
+}
+
+/// `f` over the batches of `each_batch`, one value per sequence, in the input order (shared out
+/// over the ranks as `rows_of`).
+fn batched(dist: Option<&Group>, p: &[Vec<i64>], r: &[Vec<i64>], f: impl Fn(&[&[i64]], &[&[i64]]) -> anyhow::Result<tch::Tensor>) -> ScriptResult<Array> {
+    if p.is_empty() {
+        return Ok(Array::new());
+    }
+    let values = rows_of(dist, p, r, |ps, rs| f(ps, rs).and_then(|t| Ok(t.f_to_kind(tch::Kind::Double)?.f_to_device(tch::Device::Cpu)?)).map_err(err))?;
+    let values = Vec::<f64>::try_from(values).map_err(|e| err(e.into()))?;
+    Ok(values.into_iter().map(Dynamic::from_float).collect())
 }
 
 /// Every (prompt, sample) sequence of `generate`: in a distributed run each rank samples its
@@ -278,33 +290,11 @@ pub fn score(m: &ScriptModel, dist: Option<&Group>, prompts: &Array, responses: 
         let todo: Vec<usize> = (0..keys.len()).filter(|&i| !memo.borrow().contains_key(&keys[i]) && seen.insert(keys[i])).collect();
         let (tp, tr): (Vec<Vec<i64>>, Vec<Vec<i64>>) = todo.iter().map(|&i| (p[i].clone(), r[i].clone())).unzip();
         // Each rank reads its share of the new sequences; every rank keeps all their features.
-        let mut failed = None;
-        let features = crate::dist::sharded(dist, todo.len(), |range| {
-            let (tp, tr) = (&tp[range.clone()], &tr[range.clone()]);
-            let mut rows: Vec<Option<tch::Tensor>> = (0..tp.len()).map(|_| None).collect();
-            let done = each_batch(tp, tr, |batch, ps, rs| {
-                let f = cm.features(ps, rs, pool).and_then(|f| Ok(f.f_to_kind(tch::Kind::Float)?)).map_err(err)?;
-                for (j, &k) in batch.iter().enumerate() {
-                    rows[k] = Some(f.f_get(j as i64).map_err(super::api::torch_error)?);
-                }
-                Ok(())
-            });
-            if let Err(e) = done {
-                failed = Some(e);
-                anyhow::bail!("stopped");
+        if !todo.is_empty() {
+            let features = rows_of(dist, &tp, &tr, |ps, rs| cm.features(ps, rs, pool).and_then(|f| Ok(f.f_to_kind(tch::Kind::Float)?)).map_err(err))?;
+            for (j, &i) in todo.iter().enumerate() {
+                memo.borrow_mut().insert(keys[i], features.f_get(j as i64).map_err(super::api::torch_error)?);
             }
-            let rows: Vec<tch::Tensor> = rows.into_iter().flatten().collect();
-            if rows.is_empty() {
-                return Ok(tch::Tensor::f_zeros([0, cm.cfg.hidden_size as i64], (tch::Kind::Float, cm.device))?);
-            }
-            Ok(tch::Tensor::f_stack(&rows, 0)?)
-        });
-        if let Some(e) = failed {
-            return Err(e);
-        }
-        let features = features.map_err(err)?;
-        for (j, &i) in todo.iter().enumerate() {
-            memo.borrow_mut().insert(keys[i], features.f_get(j as i64).map_err(super::api::torch_error)?);
         }
         let memo = memo.borrow();
         let mut out = Array::new();

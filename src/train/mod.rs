@@ -96,9 +96,7 @@ impl<'a> Loop<'a> {
         let step_index = self.opt.steps + self.skipped.len();
         if let Some(g) = self.opts.dist.clone() {
             // Every rank takes part, with or without micro-batches of its own this step.
-            let mut bad = tch::Tensor::from_slice(&[if self.finite { 0f32 } else { 1.0 }]);
-            g.all_reduce_sum(&mut bad)?;
-            self.finite = bad.f_double_value(&[0])? == 0.0;
+            self.finite = crate::dist::all(Some(&g), self.finite)?;
             self.opt.all_reduce_gradients(&g)?;
         }
         let lr = self.opts.adamw.lr * self.opts.schedule.factor(step_index, self.opts.warmup_steps, self.total_steps);

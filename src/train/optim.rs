@@ -156,22 +156,27 @@ impl AdamW {
     /// parameters whose grad is None).
     fn gather(&mut self) -> Result<Option<Tensor>> {
         if self.flat_grad.is_none() {
-            let mut grads = Vec::with_capacity(self.slots.len());
-            for s in &self.slots {
-                let g = s.param.f_grad()?;
-                if !g.defined() {
-                    return Ok(None);
-                }
-                grads.push(g.f_reshape([-1])?);
-            }
-            if grads.is_empty() {
-                return Ok(None);
-            }
-            let same = grads.iter().all(|g| g.kind() == grads[0].kind());
-            let flat = if same { Tensor::f_cat(&grads, 0)? } else { Tensor::f_cat(&grads.iter().map(|g| g.f_to_kind(Kind::Float)).collect::<Result<Vec<_>, _>>()?, 0)? };
-            self.flat_grad = Some(flat.f_to_kind(Kind::Float)?);
+            self.flat_grad = self.flatten(false)?;
         }
         Ok(self.flat_grad.as_ref().map(Tensor::shallow_clone))
+    }
+
+    /// The gradients as one flat f32 tensor; a parameter without one gives zeros with `zeros`,
+    /// else the answer is None (as it is with no parameters).
+    fn flatten(&self, zeros: bool) -> Result<Option<Tensor>> {
+        let mut parts = Vec::with_capacity(self.slots.len());
+        for s in &self.slots {
+            let g = s.param.f_grad()?;
+            parts.push(match (g.defined(), zeros) {
+                (true, _) => g.f_reshape([-1])?.f_to_kind(Kind::Float)?,
+                (false, true) => Tensor::f_zeros([s.param.numel() as i64], (Kind::Float, s.param.device()))?,
+                (false, false) => return Ok(None),
+            });
+        }
+        if parts.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Tensor::f_cat(&parts, 0)?))
     }
 
     /// The parameters this optimizer updates, by name (handles on the same tensors).
@@ -182,17 +187,10 @@ impl AdamW {
     /// Sums the gradients over the ranks of `group` as one flat f32 buffer (a parameter this rank
     /// gave no gradient counts as zeros), which `clip_grad_norm` and `step` then use.
     pub fn all_reduce_gradients(&mut self, group: &crate::dist::Group) -> Result<()> {
-        let mut parts = Vec::with_capacity(self.slots.len());
-        for s in &self.slots {
-            let g = s.param.f_grad()?;
-            parts.push(if g.defined() { g.f_reshape([-1])?.f_to_kind(Kind::Float)? } else { Tensor::f_zeros([s.param.numel() as i64], (Kind::Float, s.param.device()))? });
+        if let Some(mut flat) = self.flatten(true)? {
+            group.all_reduce_sum(&mut flat)?;
+            self.flat_grad = Some(flat);
         }
-        if parts.is_empty() {
-            return Ok(());
-        }
-        let mut flat = Tensor::f_cat(&parts, 0)?;
-        group.all_reduce_sum(&mut flat)?;
-        self.flat_grad = Some(flat);
         Ok(())
     }
 
