@@ -144,7 +144,7 @@ fn tiny_dpo(group: Option<std::rc::Rc<Group>>) -> (Vec<f64>, Vec<(String, Tensor
         loop_opts: LoopOptions { grad_accum: 3, adamw: dualign::train::optim::AdamWConfig { lr: 1e-3, ..Default::default() }, dist: group, ..Default::default() },
         ..Default::default()
     };
-    let eval = |p: &[&[i64]], r: &[&[i64]]| frozen.sequence_logprobs(p, r, 256);
+    let eval = |p: &[&[i64]], c: &[&[i64]], r: &[&[i64]]| frozen.logprobs(&frozen.pack_pairs(p, c, r, true)?, 256);
     let mut losses = Vec::new();
     let mut log = |row: serde_json::Map<String, serde_json::Value>| {
         losses.push(row["loss"].as_f64().unwrap());

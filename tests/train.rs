@@ -58,6 +58,10 @@ fn dpo_loss_and_gradients_match_an_independent_pytorch_computation() {
     }
 }
 
+fn slices(v: &[Vec<i64>]) -> Vec<&[i64]> {
+    v.iter().map(Vec::as_slice).collect()
+}
+
 /// A copy of every trainable tensor's gradient, by name.
 fn grads_of(params: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
     params.iter().map(|(n, t)| (n.clone(), t.grad().copy())).collect()
@@ -101,7 +105,7 @@ fn checkpointed_gradients_equal_the_plain_pass() {
         for (_, t) in &params {
             let _ = t.grad().zero_();
         }
-        let (lp, checkpoints) = policy.sequence_logprobs_checkpointed(&prompts, &responses, 3).unwrap();
+        let (lp, checkpoints) = policy.logprobs_checkpointed(&policy.pack(&prompts, &responses).unwrap(), 3).unwrap();
         let loss = loss_of(&lp);
         loss.backward();
         checkpoints.backward().unwrap();
@@ -112,6 +116,66 @@ fn checkpointed_gradients_equal_the_plain_pass() {
             // Tolerance: f32 summation order only (the embedding's two contributions are added in
             // another order); every gradient here is at most ~1 in size.
             assert!(scale > 0.0 && d <= 1e-6 * scale.max(1.0), "{source}: {name}: max |checkpointed - plain| = {d} (scale {scale})");
+        }
+    }
+}
+
+#[test]
+fn a_shared_prompt_gives_the_log_probs_and_gradients_of_two_separate_sequences() {
+    // DPO's packing (`pack_pairs` with share): one row `prompt ++ chosen ++ rejected` whose
+    // rejected part sees the prompt and itself only, against the two sequences in rows of their
+    // own. Models with every position rule the mask must respect: GPT-2's learned positions,
+    // Llama-3 RoPE, Qwen2's window of 3 on one layer, Gemma 2's window of 4 with soft caps,
+    // Gemma 3's sliding layers with their own RoPE (rows reach 11 tokens, past every window),
+    // and LoRA; the plain pass and the checkpointed one.
+    let root = reference("hf_models.py");
+    let mut cases: Vec<(String, bool)> = ["llama_gqa_untied_rope3", "gpt2", "qwen2_tied", "gemma2_softcap", "gemma3_local"].iter().map(|n| (root.join(n).display().to_string(), false)).collect();
+    cases.push(("builtin:tiny".to_string(), true));
+    let p: Vec<Vec<i64>> = vec![vec![5, 6, 7, 8, 9], vec![8, 9], vec![10, 11, 12, 13], vec![14]];
+    let c: Vec<Vec<i64>> = vec![vec![20, 21], vec![22, 23, 24, 25, 26], vec![25], vec![26, 27, 28, 29]];
+    let r: Vec<Vec<i64>> = vec![vec![30, 31, 32, 33], vec![31, 32], vec![33, 34, 35, 36, 37, 38], vec![36]];
+    let (ps, cs, rs) = (slices(&p), slices(&c), slices(&r));
+    for (source, lora) in cases {
+        let mut policy = CausalLM::load(&source, &cpu()).unwrap();
+        if lora {
+            policy.add_lora(dualign::model::LoraConfig { dropout: 0.0, ..Default::default() }).unwrap();
+            tch::manual_seed(3);
+            for (_, t) in &policy.trainable_parameters().unwrap() {
+                tch::no_grad(|| t.shallow_clone().copy_(&(t.randn_like() * 0.05)));
+            }
+        }
+        let params = policy.trainable_parameters().unwrap();
+        let mut runs = Vec::new();
+        for (share, checkpoint) in [(false, false), (true, false), (true, true)] {
+            let packed = policy.pack_pairs(&ps, &cs, &rs, share).unwrap();
+            assert_eq!(packed.ids.size(), if share { vec![4, 11] } else { vec![8, 10] }, "{source}");
+            let (lp, checkpoints) = if checkpoint {
+                let (lp, c) = policy.logprobs_checkpointed(&packed, 3).unwrap();
+                (lp, Some(c))
+            } else {
+                (policy.logprobs(&packed, 3).unwrap(), None)
+            };
+            // A loss that weighs every output differently, so a swapped or misplaced log-prob shows.
+            let w = Tensor::from_slice(&[1.0f32, -2.0, 3.0, 0.5, -1.5, 2.5, 0.25, -0.75]);
+            lp.f_mul(&w).unwrap().sum(Kind::Float).backward();
+            if let Some(c) = checkpoints {
+                c.backward().unwrap();
+            }
+            runs.push((lp.detach(), grads_of(&params)));
+            for (_, t) in &params {
+                let _ = t.grad().zero_();
+            }
+        }
+        let (want_lp, want) = &runs[0];
+        for (lp, grads) in &runs[1..] {
+            // Tolerance: f32 rounding of sums taken over other shapes; log-probs are ~-20 here.
+            let d = (lp - want_lp).abs().max().double_value(&[]);
+            assert!(d < 1e-4, "{source}: log-probs {lp:?} vs separate rows {want_lp:?}");
+            for ((name, g), (_, w)) in grads.iter().zip(want) {
+                let scale = w.abs().max().double_value(&[]);
+                let d = (g - w).abs().max().double_value(&[]);
+                assert!(scale > 0.0 && d <= 1e-5 * scale.max(1.0), "{source}: {name}: max |shared - separate| = {d} (scale {scale})");
+            }
         }
     }
 }
@@ -130,7 +194,7 @@ fn world() -> World {
     let pairs = &pairs[..16];
     let m = CausalLM::load("builtin:tiny", &cpu()).unwrap();
     let tokenized = tokenize(pairs, &m.tokenizer, 64, 96).unwrap();
-    let eval = |p: &[&[i64]], r: &[&[i64]]| m.sequence_logprobs(p, r, 256);
+    let eval = |p: &[&[i64]], c: &[&[i64]], r: &[&[i64]]| m.logprobs(&m.pack_pairs(p, c, r, true)?, 256);
     let table = dpo::reference_table(&eval, &tokenized, &|| false).unwrap();
     World {
         chosen: Arc::new(pairs.iter().map(|p| p.labels["better"]).collect()),
@@ -158,7 +222,7 @@ fn run_checkpointed(w: &World, batch: usize, accum: usize, online: bool, checkpo
         loop_opts: LoopOptions { grad_accum: accum, adamw: dualign::train::optim::AdamWConfig { lr: 1e-3, ..Default::default() }, checkpoint, ..Default::default() },
         ..Default::default()
     };
-    let eval = |p: &[&[i64]], r: &[&[i64]]| frozen.sequence_logprobs(p, r, 256);
+    let eval = |p: &[&[i64]], c: &[&[i64]], r: &[&[i64]]| frozen.logprobs(&frozen.pack_pairs(p, c, r, true)?, 256);
     let reference = if online { Reference::Online(&eval) } else { Reference::Table(w.table.clone()) };
     let mut losses = Vec::new();
     let mut log = |row: serde_json::Map<String, serde_json::Value>| {
@@ -230,7 +294,7 @@ fn a_reference_that_moves_with_the_policy_is_reported_as_not_learning() {
     let mut opt = AdamW::new(policy.trainable_parameters().unwrap()).unwrap();
     let opts = DpoOptions { epochs: 6, batch_size: 8, cache_dir: None, ..Default::default() };
     // The "reference" is the policy itself: h = 0 at every step, whatever the weights do.
-    let eval = |p: &[&[i64]], r: &[&[i64]]| policy.sequence_logprobs(p, r, 256);
+    let eval = |p: &[&[i64]], c: &[&[i64]], r: &[&[i64]]| policy.logprobs(&policy.pack_pairs(p, c, r, true)?, 256);
     let s = dpo::train(&policy, &mut opt, Reference::Online(&eval), w.pairs.clone(), w.chosen.clone(), None, &w.origins, &opts, &mut |_| Ok(()), &|| false).unwrap();
     assert!(s.not_learning, "{s:?}");
 }

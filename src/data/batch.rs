@@ -118,6 +118,12 @@ pub fn both_responses<'a>(pairs: &'a [TokenizedPair], batch: &[usize]) -> (Vec<&
     (prompts, responses)
 }
 
+/// A batch of pairs as its prompts, first responses and second responses (`CausalLM::pack_pairs`).
+pub fn pair_parts<'a>(pairs: &'a [TokenizedPair], batch: &[usize]) -> (Vec<&'a [i64]>, Vec<&'a [i64]>, Vec<&'a [i64]>) {
+    let part = |f: &dyn Fn(&'a TokenizedPair) -> &'a [i64]| batch.iter().map(|&i| f(&pairs[i])).collect::<Vec<_>>();
+    (part(&|p| &p.prompt), part(&|p| &p.responses[0]), part(&|p| &p.responses[1]))
+}
+
 /// Runs `build` on each planned batch in a background thread, at most `ahead` batches ahead of
 /// the consumer. Dropping the receiver stops the thread at its next send.
 pub fn prefetch<T: Send + 'static>(batches: Vec<Vec<usize>>, ahead: usize, build: impl Fn(&[usize]) -> T + Send + 'static) -> Receiver<T> {

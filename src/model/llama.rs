@@ -333,8 +333,11 @@ impl Llama {
             let last = if positions.numel() == 0 { 0 } else { positions.f_max()?.f_int64_value(&[])? };
             if last >= w as i64 {
                 // Keys: every cached and new position (the mask's width), or the new ones alone.
+                // A mask over the new tokens alone may lay them out in any order (`pack_pairs`):
+                // their positions say where each key is; else key columns are positions.
                 let keys = mask.map_or(ids.size()[1], |m| m.size()[3]);
-                let band = super::layers::window_mask(positions, keys, w, mask)?;
+                let key_positions = mask.filter(|_| keys == ids.size()[1]).map(|_| positions);
+                let band = super::layers::window_mask(positions, key_positions, keys, w, mask)?;
                 window_mask = Some(super::layers::additive_mask(&band, kind)?);
             }
         }

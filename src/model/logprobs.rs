@@ -27,7 +27,24 @@ impl ResponseSpace {
     }
 }
 
-/// The layer inputs a checkpointed forward pass kept (`sequence_logprobs_checkpointed`), to
+/// One forward pass's batch of sequences to score (`CausalLM::pack`, `CausalLM::pack_pairs`).
+pub struct Packed {
+    /// Token ids and their positions `[B, T]`, right-padded.
+    pub ids: Tensor,
+    pub positions: Tensor,
+    /// The boolean attention mask `[B, 1, T, T]` where a row holds more than one response;
+    /// None: causal.
+    pub mask: Option<Tensor>,
+    /// Each scored token: its row and the column that predicts it, its id, and the output its
+    /// log-prob sums into.
+    rows: Tensor,
+    cols: Tensor,
+    targets: Tensor,
+    outputs: Tensor,
+    pub n_outputs: usize,
+}
+
+/// The layer inputs a checkpointed forward pass kept (`logprobs_checkpointed`), to
 /// finish its backward pass.
 pub struct Checkpoints<'a> {
     model: &'a CausalLM,
@@ -91,67 +108,115 @@ impl CausalLM {
         self.soft_cap(h.f_matmul(&self.lm_head().f_tr()?)?.f_to_kind(Kind::Float)?)
     }
 
-    /// A right-padded batch `[B, T]` of the concatenations `prompt ++ response`, the validity
-    /// mask, and for each response token its (row, position) and id.
-    fn pack(&self, prompts: &[&[i64]], responses: &[&[i64]]) -> Result<(Tensor, Tensor, Tensor, Tensor, Tensor)> {
-        let b = prompts.len();
-        let t = prompts.iter().zip(responses).map(|(p, r)| p.len() + r.len()).max().unwrap_or(0);
+    /// Each `prompt ++ response` in its own row of a right-padded batch (causal attention).
+    pub fn pack(&self, prompts: &[&[i64]], responses: &[&[i64]]) -> Result<Packed> {
+        let rows: Vec<(&[i64], Vec<(&[i64], usize)>)> = prompts.iter().zip(responses).enumerate().map(|(i, (&p, &r))| (p, vec![(r, i)])).collect();
+        self.layout(&rows)
+    }
+
+    /// The two responses of each pair with their prompt; outputs `[2N]`: every `first` response,
+    /// then every `second`. With `share`, one row per pair, `prompt ++ first ++ second`, in which
+    /// the second response sees the prompt and itself but not the first response (a tree
+    /// attention mask; its positions continue from the prompt's end): the prompt goes through
+    /// the model once instead of twice, and the log-probs (and their gradients) are those of the
+    /// two separate sequences. Without `share`, two rows per pair, as `pack` lays them out.
+    pub fn pack_pairs(&self, prompts: &[&[i64]], first: &[&[i64]], second: &[&[i64]], share: bool) -> Result<Packed> {
+        let n = prompts.len();
+        let rows: Vec<(&[i64], Vec<(&[i64], usize)>)> = if share {
+            (0..n).map(|i| (prompts[i], vec![(first[i], i), (second[i], n + i)])).collect()
+        } else {
+            (0..n).map(|i| (prompts[i], vec![(first[i], i)])).chain((0..n).map(|i| (prompts[i], vec![(second[i], n + i)]))).collect()
+        };
+        self.layout(&rows)
+    }
+
+    /// The batch of `rows`, each a prompt followed by responses ("branches"), each response
+    /// tagged with the output its log-prob sums into. Every branch continues the prompt: its
+    /// positions start at the prompt's length and, where a row has more than one branch, the
+    /// attention mask lets it see the prompt and itself only.
+    fn layout(&self, rows: &[(&[i64], Vec<(&[i64], usize)>)]) -> Result<Packed> {
+        let b = rows.len();
+        let t = rows.iter().map(|(p, br)| p.len() + br.iter().map(|(r, _)| r.len()).sum::<usize>()).max().unwrap_or(0);
+        let branched = rows.iter().any(|(_, br)| br.len() > 1);
         let mut ids = vec![self.tokenizer.pad_id; b * t];
-        let mut valid = vec![0i64; b * t];
-        let (mut rows, mut cols, mut targets) = (Vec::new(), Vec::new(), Vec::new());
-        for (i, (p, r)) in prompts.iter().zip(responses).enumerate() {
+        let mut positions = vec![0i64; b * t];
+        // Segment of each column: 0 the prompt, k the k-th branch, -1 padding.
+        let mut segment = vec![-1i64; b * t];
+        let (mut at, mut cols, mut targets, mut outputs) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (i, (p, branches)) in rows.iter().enumerate() {
             if p.is_empty() {
                 bail!("pair {i}: the prompt has no tokens (nothing to condition the first response token on)");
             }
-            for (j, &tok) in p.iter().chain(r.iter()).enumerate() {
-                ids[i * t + j] = tok;
-                valid[i * t + j] = 1;
+            for (j, &tok) in p.iter().enumerate() {
+                (ids[i * t + j], positions[i * t + j], segment[i * t + j]) = (tok, j as i64, 0);
             }
-            if let Some(space) = &self.space {
-                if r.len() != space.length {
-                    bail!("response {i} has {} tokens; every response of this model's closed response space has exactly {}", r.len(), space.length);
+            let mut col = p.len();
+            for (k, (r, out)) in branches.iter().enumerate() {
+                if let Some(space) = &self.space {
+                    if r.len() != space.length {
+                        bail!("response {out} has {} tokens; every response of this model's closed response space has exactly {}", r.len(), space.length);
+                    }
                 }
-            }
-            for (k, &tok) in r.iter().enumerate() {
-                // Response token at position p.len()+k is predicted from the position before it.
-                rows.push(i as i64);
-                cols.push((p.len() + k - 1) as i64);
-                // In a closed response space the target is the token's row in the restricted head.
-                targets.push(match &self.space {
-                    Some(space) => space.index(tok).with_context(|| format!("response {i}"))?,
-                    None => tok,
-                });
+                for (j, &tok) in r.iter().enumerate() {
+                    (ids[i * t + col + j], positions[i * t + col + j], segment[i * t + col + j]) = (tok, (p.len() + j) as i64, k as i64 + 1);
+                    // The first token is predicted from the prompt's last position, the others
+                    // from the branch's previous one.
+                    at.push(i as i64);
+                    cols.push(if j == 0 { p.len() - 1 } else { col + j - 1 } as i64);
+                    // In a closed response space the target is the token's row in the restricted head.
+                    targets.push(match &self.space {
+                        Some(space) => space.index(tok).with_context(|| format!("response {out}"))?,
+                        None => tok,
+                    });
+                    outputs.push(*out as i64);
+                }
+                col += r.len();
             }
         }
         let dev = self.device;
         let mk = |v: &[i64], shape: &[i64]| -> Result<Tensor> { Ok(Tensor::f_from_slice(v)?.f_reshape(shape)?.f_to_device(dev)?) };
-        let n = rows.len() as i64;
-        Ok((mk(&ids, &[b as i64, t as i64])?, mk(&valid, &[b as i64, t as i64])?, mk(&rows, &[n])?, mk(&cols, &[n])?, mk(&targets, &[n])?))
+        let (bt, n) = ([b as i64, t as i64], at.len() as i64);
+        let mask = if branched {
+            // Query column q sees key column k when k <= q, k is a token, and k is in the prompt
+            // or in q's own branch (padding queries see the prompt).
+            let seg = mk(&segment, &bt)?;
+            let (q, k) = (seg.f_unsqueeze(2)?, seg.f_unsqueeze(1)?);
+            let causal = Tensor::f_ones([t as i64, t as i64], (Kind::Bool, dev))?.f_tril(0)?;
+            let same = k.f_eq(0)?.f_logical_or(&k.f_eq_tensor(&q)?)?.f_logical_and(&k.f_ge(0)?)?;
+            Some(same.f_logical_and(&causal)?.f_unsqueeze(1)?)
+        } else {
+            None // right-padded rows: causal attention is exact (a token never sees padding)
+        };
+        Ok(Packed { ids: mk(&ids, &bt)?, positions: mk(&positions, &bt)?, mask, rows: mk(&at, &[n])?, cols: mk(&cols, &[n])?, targets: mk(&targets, &[n])?, outputs: mk(&outputs, &[n])?, n_outputs: rows.iter().map(|(_, br)| br.len()).sum() })
     }
 
-    /// Summed log-probabilities `[N]` (f32) of each response given its prompt. The LM head is
-    /// applied only at scored positions, in chunks of `chunk` rows, so `[B, T, V]` logits are
-    /// never built. Differentiable when the weights require gradients.
+    /// Summed log-probabilities `[N]` (f32) of each response given its prompt (`logprobs` of
+    /// `pack`).
     pub fn sequence_logprobs(&self, prompts: &[&[i64]], responses: &[&[i64]], chunk: i64) -> Result<Tensor> {
-        let (ids, valid, rows, cols, targets) = self.pack(prompts, responses)?;
-        let hidden = self.hidden(&ids, &positions_from_mask(&valid)?, None, None)?; // right-padded
-        self.response_logprobs(&hidden, &rows, &cols, &targets, prompts.len(), chunk)
+        self.logprobs(&self.pack(prompts, responses)?, chunk)
     }
 
-    /// `sequence_logprobs` with activation checkpointing, for training: the layers run without
+    /// Summed log-probabilities `[outputs]` (f32) of the responses of a packed batch. The LM head
+    /// is applied only at scored positions, in chunks of `chunk` rows, so `[B, T, V]` logits are
+    /// never built. Differentiable when the weights require gradients.
+    pub fn logprobs(&self, packed: &Packed, chunk: i64) -> Result<Tensor> {
+        let hidden = self.hidden(&packed.ids, &packed.positions, packed.mask.as_ref(), None)?;
+        self.response_logprobs(&hidden, packed, chunk)
+    }
+
+    /// `logprobs` with activation checkpointing, for training: the layers run without
     /// recording a graph, keeping only each layer's input; the returned log-probs are
     /// differentiable from the last layer's output on, and `Checkpoints::backward`, called after
     /// the loss's backward pass, recomputes one layer at a time to carry the gradient down to the
     /// embeddings. Gradients equal the plain pass's (tests/train.rs). Memory: one `[B, T, H]`
     /// tensor per layer instead of every layer's activations.
-    pub fn sequence_logprobs_checkpointed(&self, prompts: &[&[i64]], responses: &[&[i64]], chunk: i64) -> Result<(Tensor, Checkpoints<'_>)> {
+    pub fn logprobs_checkpointed(&self, packed: &Packed, chunk: i64) -> Result<(Tensor, Checkpoints<'_>)> {
         if let Some((cfg, _)) = &self.lora {
             if cfg.dropout > 0.0 {
                 bail!("{}: activation checkpointing recomputes each layer, which would draw new LoRA dropout masks; use LoRA dropout 0 with checkpoint", self.source);
             }
         }
-        let (ids, valid, rows, cols, targets) = self.pack(prompts, responses)?;
-        let (embedded, shared) = self.embed(&ids, &positions_from_mask(&valid)?, None)?; // right-padded: causal
+        let (embedded, shared) = self.embed(&packed.ids, &packed.positions, packed.mask.as_ref())?;
         let mut inputs = Vec::with_capacity(self.cfg.num_layers);
         let mut x = embedded.f_detach()?;
         tch::no_grad(|| -> Result<()> {
@@ -163,15 +228,15 @@ impl CausalLM {
         })?;
         let top = x.f_set_requires_grad(true)?;
         let hidden = self.finish(&top)?;
-        let logps = self.response_logprobs(&hidden, &rows, &cols, &targets, prompts.len(), chunk)?;
+        let logps = self.response_logprobs(&hidden, packed, chunk)?;
         Ok((logps, Checkpoints { model: self, shared, inputs, top, embedded }))
     }
 
-    /// Summed log-probs `[N]` of the response tokens at (`rows`, `cols`) of `hidden` `[B, T, H]`.
-    fn response_logprobs(&self, hidden: &Tensor, rows: &Tensor, cols: &Tensor, targets: &Tensor, n_rows: usize, chunk: i64) -> Result<Tensor> {
+    /// Summed log-probs `[outputs]` of the scored tokens of `packed` from `hidden` `[B, T, H]`.
+    fn response_logprobs(&self, hidden: &Tensor, packed: &Packed, chunk: i64) -> Result<Tensor> {
         let (t, h) = (hidden.size()[1], hidden.size()[2]);
         let flat = hidden.f_reshape([-1, h])?;
-        let index = rows.f_mul_scalar(t)?.f_add(cols)?;
+        let index = packed.rows.f_mul_scalar(t)?.f_add(&packed.cols)?;
         let selected = flat.f_index_select(0, &index)?;
         let n = selected.size()[0];
         let head = self.response_head()?;
@@ -181,13 +246,13 @@ impl CausalLM {
             let len = chunk.min(n - start);
             let logits = self.soft_cap(selected.f_narrow(0, start, len)?.f_matmul(&head.f_tr()?)?.f_to_kind(Kind::Float)?)?;
             let lp = logits.f_log_softmax(-1, Kind::Float)?;
-            let tgt = targets.f_narrow(0, start, len)?.f_unsqueeze(1)?;
+            let tgt = packed.targets.f_narrow(0, start, len)?.f_unsqueeze(1)?;
             pieces.push(lp.f_gather(1, &tgt, false)?.f_squeeze_dim(1)?);
             start += len;
         }
         let token_lp = if pieces.is_empty() { Tensor::f_zeros([0], (Kind::Float, self.device))? } else { Tensor::f_cat(&pieces, 0)? };
-        let sums = Tensor::f_zeros([n_rows as i64], (Kind::Float, self.device))?;
-        Ok(sums.f_index_add(0, rows, &token_lp)?)
+        let sums = Tensor::f_zeros([packed.n_outputs as i64], (Kind::Float, self.device))?;
+        Ok(sums.f_index_add(0, &packed.outputs, &token_lp)?)
     }
 
     /// Scores `[N]` from the score head read where `cfg.score_pooling` says (the last token of
@@ -203,11 +268,12 @@ impl CausalLM {
     /// Final hidden states `[N, H]` of each `prompt ++ response`, pooled: at the last token, or
     /// averaged over the response tokens (at the prompt's last token when the response is empty).
     pub fn features(&self, prompts: &[&[i64]], responses: &[&[i64]], pool: Pooling) -> Result<Tensor> {
-        let (ids, valid, _, _, _) = self.pack(prompts, responses)?;
-        let hidden = self.hidden(&ids, &positions_from_mask(&valid)?, None, None)?; // right-padded
+        let packed = self.pack(prompts, responses)?;
+        let hidden = self.hidden(&packed.ids, &packed.positions, None, None)?; // right-padded
         match pool {
             Pooling::Last => {
-                let last = valid.f_sum_dim_intlist(&[1i64][..], false, Kind::Int64)?.f_sub_scalar(1)?; // [B]
+                let last: Vec<i64> = prompts.iter().zip(responses).map(|(p, r)| (p.len() + r.len()) as i64 - 1).collect();
+                let last = Tensor::f_from_slice(&last)?.f_to_device(hidden.device())?; // [B]
                 let h = hidden.size()[2];
                 let idx = last.f_view([-1, 1, 1])?.f_expand([-1, 1, h], false)?;
                 Ok(hidden.f_gather(1, &idx, false)?.f_squeeze_dim(1)?)

@@ -32,7 +32,7 @@ use tch::{Device, Kind, Tensor};
 use tokenizer::Tokenizer;
 
 pub use load::{assets_dir, smollm2_path, LoadOptions};
-pub use logprobs::{Checkpoints, ResponseSpace};
+pub use logprobs::{Checkpoints, Packed, ResponseSpace};
 pub use lora::LoraConfig;
 pub use sampler::{sample, Decoding, SampleOptions};
 

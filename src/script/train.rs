@@ -67,6 +67,7 @@ fn dpo_decl() -> Decl {
         count("max_len", d.max_len, "prompt + response tokens kept (the response is cut)"),
         count("max_prompt_len", d.max_prompt_len, "prompt tokens kept (from the left)"),
         flag("group_by_length", d.group_by_length, "batch pairs of similar length (less padding)"),
+        flag("share_prompt", d.share_prompt, "one pass over each pair's prompt for both responses (a tree attention mask); false: a row per response, as TRL lays them out"),
         noted("seed", Ty::Int, "the run's seed", "order of the pairs"),
         flag("ref_cache", d.cache_dir.is_some(), "keep reference log-probs on disk, keyed by content"),
         noted("cache_dir", Ty::Str, "the per-user cache", "where the reference log-probs are kept"),
@@ -204,6 +205,7 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
                 max_len: o.count("max_len")?,
                 max_prompt_len: o.count("max_prompt_len")?,
                 group_by_length: o.flag("group_by_length")?,
+                share_prompt: o.flag("share_prompt")?,
                 seed: o.int_or("seed", s.borrow().seed)? as u64,
                 cache_dir: if o.flag("ref_cache")? { Some(o.text_given("cache_dir")?.map_or_else(cache::default_dir, Into::into)) } else { None },
                 loop_opts: LoopOptions::default(),
@@ -220,7 +222,7 @@ pub fn register(engine: &mut Engine, session: SharedSession) {
                 let m = policy.model.borrow();
                 Arc::new(batch::tokenize(&pairs.pairs, &m.tokenizer, dopts.max_prompt_len, dopts.max_len).map_err(err)?)
             };
-            let eval = |p: &[&[i64]], r: &[&[i64]]| reference.with(|m: &CausalLM| m.sequence_logprobs(p, r, 512));
+            let eval = |p: &[&[i64]], c: &[&[i64]], r: &[&[i64]]| reference.with(|m: &CausalLM| m.logprobs(&m.pack_pairs(p, c, r, dopts.share_prompt)?, 512));
             let (table, hit) = if dopts.cache_dir.is_some() {
                 let dist = s.borrow().dist.clone();
                 let (t, hit) = reference.with(|m| dpo::cached_reference(m, &eval, &tokenized, &dopts, dist.as_deref(), &interrupt::requested)).map_err(err)?;

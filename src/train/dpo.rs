@@ -52,6 +52,8 @@ pub struct DpoOptions {
     pub seed: u64,
     /// Where reference log-probs are cached; `None` recomputes them for every batch.
     pub cache_dir: Option<PathBuf>,
+    /// One pass over each pair's prompt for both responses (`CausalLM::pack_pairs`).
+    pub share_prompt: bool,
     pub loop_opts: LoopOptions,
 }
 
@@ -68,6 +70,7 @@ impl Default for DpoOptions {
             group_by_length: true,
             seed: 0,
             cache_dir: Some(cache::default_dir()),
+            share_prompt: true,
             // 5e-4: a LoRA learning rate (the published recipe's; full fine-tuning wants ~1e-6).
             loop_opts: LoopOptions { adamw: super::optim::AdamWConfig { lr: 5e-4, ..Default::default() }, ..Default::default() },
         }
@@ -78,12 +81,16 @@ impl Default for DpoOptions {
 pub enum Reference<'a> {
     /// `[pair][response]` log-probs computed beforehand.
     Table(Arc<Vec<[f32; 2]>>),
-    /// Computed batch by batch: `(prompts, responses) -> [n]`.
-    Online(&'a dyn Fn(&[&[i64]], &[&[i64]]) -> Result<Tensor>),
+    /// Computed batch by batch.
+    Online(PairLogprobs<'a>),
 }
 
+/// Log-probs `[2N]` of pairs' two responses: `(prompts, first, second)` to every first response's
+/// log-prob, then every second's (`CausalLM::pack_pairs` then `logprobs`).
+pub type PairLogprobs<'a> = &'a dyn Fn(&[&[i64]], &[&[i64]], &[&[i64]]) -> Result<Tensor>;
+
 /// Reference log-probs of both responses of every pair, in batches, without gradients.
-pub fn reference_table(reference: &dyn Fn(&[&[i64]], &[&[i64]]) -> Result<Tensor>, pairs: &[TokenizedPair], stop: &dyn Fn() -> bool) -> Result<Vec<[f32; 2]>> {
+pub fn reference_table(reference: PairLogprobs, pairs: &[TokenizedPair], stop: &dyn Fn() -> bool) -> Result<Vec<[f32; 2]>> {
     let mut out = vec![[0f32; 2]; pairs.len()];
     let mut progress = Progress::new("reference log-probs", pairs.len());
     let lengths: Vec<usize> = pairs.iter().map(TokenizedPair::len).collect();
@@ -91,8 +98,8 @@ pub fn reference_table(reference: &dyn Fn(&[&[i64]], &[&[i64]]) -> Result<Tensor
         if stop() {
             bail!("interrupted");
         }
-        let (prompts, responses) = batch::both_responses(pairs, &batch);
-        let lp = tch::no_grad(|| reference(&prompts, &responses))?;
+        let (prompts, first, second) = batch::pair_parts(pairs, &batch);
+        let lp = tch::no_grad(|| reference(&prompts, &first, &second))?;
         let n = batch.len();
         let mut v = vec![0f32; 2 * n];
         lp.f_to_device(tch::Device::Cpu)?.f_to_kind(Kind::Float)?.f_copy_data(&mut v, 2 * n)?;
@@ -109,7 +116,7 @@ pub fn reference_table(reference: &dyn Fn(&[&[i64]], &[&[i64]]) -> Result<Tensor
 /// Returns the table and whether it was a cache hit.
 /// In a distributed run every rank computes its share of the table and every rank gets all of
 /// it; rank 0 writes the cache.
-pub fn cached_reference(reference: &CausalLM, eval: &dyn Fn(&[&[i64]], &[&[i64]]) -> Result<Tensor>, pairs: &[TokenizedPair], opts: &DpoOptions, dist: Option<&crate::dist::Group>, stop: &dyn Fn() -> bool) -> Result<(Vec<[f32; 2]>, bool)> {
+pub fn cached_reference(reference: &CausalLM, eval: PairLogprobs, pairs: &[TokenizedPair], opts: &DpoOptions, dist: Option<&crate::dist::Group>, stop: &dyn Fn() -> bool) -> Result<(Vec<[f32; 2]>, bool)> {
     let table = || -> Result<Vec<[f32; 2]>> {
         let all = crate::dist::sharded(dist, pairs.len(), |range| {
             let part: Vec<f32> = reference_table(eval, &pairs[range], stop)?.concat();
@@ -153,6 +160,11 @@ pub fn losses(pc: &Tensor, pr: &Tensor, rc: &Tensor, rr: &Tensor, smoothing: Opt
     })
 }
 
+/// Borrowed token slices of owned sequences.
+fn slices(v: &[Vec<i64>]) -> Vec<&[i64]> {
+    v.iter().map(Vec::as_slice).collect()
+}
+
 /// One micro-batch, built by the prefetch thread.
 struct Micro {
     ids: Vec<usize>,
@@ -163,7 +175,10 @@ struct Micro {
     ref_rejected: Option<Vec<f32>>,
     /// Per-pair label smoothing (soft labels).
     smoothing: Option<Vec<f32>>,
+    /// Tokens of the pairs' two sequences (each with its prompt): the throughput's count.
     tokens: usize,
+    /// Tokens the forward pass runs (each prompt once when it is shared): the FLOP count's.
+    computed: usize,
     /// Positions that predict a response token (where the LM head runs).
     scored: usize,
 }
@@ -290,7 +305,7 @@ pub fn train(
         // the step is split into micro-batches.
         let step_rows: Vec<usize> = plan.chunks(accum).map(|c| c.iter().map(Vec::len).sum()).collect();
         let n_micro = plan.len();
-        let (p2, c2, t2, s2) = (pairs.clone(), chosen.clone(), table.clone(), confidence.clone());
+        let (p2, c2, t2, s2, share) = (pairs.clone(), chosen.clone(), table.clone(), confidence.clone(), opts.share_prompt);
         let rx = batch::prefetch(plan, 2, move |idx: &[usize]| {
             let take = |i: usize, which: usize| p2[i].responses[which].clone();
             let chosen_ids: Vec<usize> = idx.iter().map(|&i| c2[i]).collect();
@@ -298,13 +313,14 @@ pub fn train(
             let chosen: Vec<Vec<i64>> = idx.iter().zip(&chosen_ids).map(|(&i, &c)| take(i, c)).collect();
             let rejected: Vec<Vec<i64>> = idx.iter().zip(&chosen_ids).map(|(&i, &c)| take(i, 1 - c)).collect();
             let tokens = prompts.iter().zip(chosen.iter().zip(&rejected)).map(|(p, (c, r))| 2 * p.len() + c.len() + r.len()).sum();
+            let computed = if share { tokens - prompts.iter().map(Vec::len).sum::<usize>() } else { tokens };
             let (ref_chosen, ref_rejected) = match &t2 {
                 Some(t) => (Some(idx.iter().zip(&chosen_ids).map(|(&i, &c)| t[i][c]).collect()), Some(idx.iter().zip(&chosen_ids).map(|(&i, &c)| t[i][1 - c]).collect())),
                 None => (None, None),
             };
             let smoothing = s2.as_ref().map(|s| idx.iter().map(|&i| 1.0 - s[i]).collect());
             let scored = chosen.iter().chain(&rejected).map(Vec::len).sum();
-            Micro { ids: idx.to_vec(), prompts, chosen, rejected, ref_chosen, ref_rejected, smoothing, tokens, scored }
+            Micro { ids: idx.to_vec(), prompts, chosen, rejected, ref_chosen, ref_rejected, smoothing, tokens, computed, scored }
         });
         let mut totals = Totals::default();
         let mut step_totals = Totals::default();
@@ -322,21 +338,16 @@ pub fn train(
             let mine = dist.as_ref().is_none_or(|g| k % g.world == g.rank);
             if mine {
                 let rows = micro.ids.len();
-                let prompts: Vec<&[i64]> = micro.prompts.iter().chain(micro.prompts.iter()).map(Vec::as_slice).collect();
-                let responses: Vec<&[i64]> = micro.chosen.iter().chain(micro.rejected.iter()).map(Vec::as_slice).collect();
+                let (prompts, chosen, rejected) = (slices(&micro.prompts), slices(&micro.chosen), slices(&micro.rejected));
                 let t_fwd = Instant::now();
-                let (logps, checkpoints) = super::train_logprobs(policy, &prompts, &responses, opts.loop_opts.checkpoint)?;
+                let packed = policy.pack_pairs(&prompts, &chosen, &rejected, opts.share_prompt)?;
+                let (logps, checkpoints) = super::train_logprobs(policy, &packed, opts.loop_opts.checkpoint)?;
                 let pc = logps.f_narrow(0, 0, rows as i64)?;
                 let pr = logps.f_narrow(0, rows as i64, rows as i64)?;
                 let (rc, rr) = match (&micro.ref_chosen, &micro.ref_rejected, &reference) {
                     (Some(c), Some(r), _) => (Tensor::f_from_slice(c)?.f_to_device(policy.device)?, Tensor::f_from_slice(r)?.f_to_device(policy.device)?),
                     (_, _, Reference::Online(f)) => {
-                        let plain: Vec<&[i64]> = micro.prompts.iter().map(Vec::as_slice).collect();
-                        let c: Vec<&[i64]> = micro.chosen.iter().map(Vec::as_slice).collect();
-                        let r: Vec<&[i64]> = micro.rejected.iter().map(Vec::as_slice).collect();
-                        let both_p: Vec<&[i64]> = plain.iter().chain(plain.iter()).copied().collect();
-                        let both_r: Vec<&[i64]> = c.iter().chain(r.iter()).copied().collect();
-                        let lr = tch::no_grad(|| f(&both_p, &both_r))?.f_to_kind(Kind::Float)?;
+                        let lr = tch::no_grad(|| f(&prompts, &chosen, &rejected))?.f_to_kind(Kind::Float)?;
                         (lr.f_narrow(0, 0, rows as i64)?, lr.f_narrow(0, rows as i64, rows as i64)?)
                     }
                     _ => bail!("dpo: no reference log-probs"),
@@ -358,7 +369,7 @@ pub fn train(
                 time.1 += t_bwd.elapsed().as_secs_f64();
                 step_totals += Totals { rows: rows as f64, loss: sums[0], chosen: sums[1], rejected: sums[2], correct: sums[3] };
                 step_tokens += micro.tokens;
-                step_flops += flop_count.training(micro.tokens, micro.scored);
+                step_flops += flop_count.training(micro.computed, micro.scored);
             }
             if ends_step {
                 if let Some(g) = &dist {

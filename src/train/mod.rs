@@ -24,7 +24,7 @@ pub struct LoopOptions {
     pub max_nonfinite: usize,
     pub log_every: usize,
     /// Activation checkpointing: keep each decoder layer's input and recompute the layer in the
-    /// backward pass (`CausalLM::sequence_logprobs_checkpointed`).
+    /// backward pass (`CausalLM::logprobs_checkpointed`).
     pub checkpoint: bool,
     /// Data-parallel training over this process group: each rank back-propagates its share of a
     /// step's micro-batches, and `Loop::step` sums the gradients over the ranks (one flat buffer,
@@ -125,14 +125,14 @@ impl<'a> Loop<'a> {
     }
 }
 
-/// Summed response log-probs of a training micro-batch, with activation checkpointing when
-/// `checkpoint` (then `Loop::backward` must get the returned checkpoints).
-pub fn train_logprobs<'a>(model: &'a crate::model::CausalLM, prompts: &[&[i64]], responses: &[&[i64]], checkpoint: bool) -> Result<(tch::Tensor, Option<crate::model::Checkpoints<'a>>)> {
+/// Summed response log-probs of a packed training micro-batch, with activation checkpointing
+/// when `checkpoint` (then `Loop::backward` must get the returned checkpoints).
+pub fn train_logprobs<'a>(model: &'a crate::model::CausalLM, packed: &crate::model::Packed, checkpoint: bool) -> Result<(tch::Tensor, Option<crate::model::Checkpoints<'a>>)> {
     if checkpoint {
-        let (lp, c) = model.sequence_logprobs_checkpointed(prompts, responses, 512)?;
+        let (lp, c) = model.logprobs_checkpointed(packed, 512)?;
         Ok((lp, Some(c)))
     } else {
-        Ok((model.sequence_logprobs(prompts, responses, 512)?, None))
+        Ok((model.logprobs(packed, 512)?, None))
     }
 }
 

@@ -57,7 +57,7 @@ pub fn train(model: &CausalLM, opt: &mut super::optim::AdamW, data: &[(Vec<i64>,
             if dist.as_ref().is_none_or(|g| k % g.world == g.rank) {
                 let prompts: Vec<&[i64]> = idx.iter().map(|&i| data[i].0.as_slice()).collect();
                 let responses: Vec<&[i64]> = idx.iter().map(|&i| data[i].1.as_slice()).collect();
-                let (lps, checkpoints) = super::train_logprobs(model, &prompts, &responses, opts.loop_opts.checkpoint)?;
+                let (lps, checkpoints) = super::train_logprobs(model, &model.pack(&prompts, &responses)?, opts.loop_opts.checkpoint)?;
                 let nll = lps.f_sum(Kind::Float)?.f_neg()?;
                 let loss = nll.f_div_scalar(step_tokens[k / accum].max(1) as f64)?;
                 let nll_value = nll.f_double_value(&[])?; // the one read-back of this micro-batch
