@@ -2,8 +2,10 @@
 //! an rpath to libtorch (so `host` runs without LD_LIBRARY_PATH) and `torch_cuda` linked with
 //! `--no-as-needed` (so CUDA kernels register even though no symbol of it is referenced).
 //! Also records the libtorch version for `host --version`, and compiles `csrc/c10d_shim.cpp` (the C
-//! ABI over torch's c10d process groups that `src/dist.rs` calls) against the wheel's headers; if
-//! that fails, the build goes on without it and `host` reports distributed runs as unavailable.
+//! ABI over torch's c10d process groups that `src/dist.rs` calls) and `csrc/ops_shim.cpp` (ATen's
+//! fused AdamW kernel for `src/train/optim.rs`, oneDNN's linear for `src/model/layers.rs`) against
+//! the wheel's headers; if either fails, the build goes on without it (distributed runs
+//! unavailable; AdamW as separate tensor operations, linear layers on torch's own linear).
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -56,6 +58,11 @@ fn main() {
         }
         Err(e) => println!("cargo:warning=distributed runs unavailable: the c10d shim did not compile: {e}"),
     }
+    println!("cargo:rustc-check-cfg=cfg(dualign_ops_shim)");
+    match compile_ops_shim(&lib) {
+        Ok(()) => println!("cargo:rustc-cfg=dualign_ops_shim"),
+        Err(e) => println!("cargo:warning=the ops shim did not compile ({e}): AdamW runs as separate tensor operations, linear layers on torch's own linear"),
+    }
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
     if lib.join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
@@ -63,6 +70,28 @@ fn main() {
         println!("cargo:rustc-link-arg=-ltorch_cuda");
         println!("cargo:rustc-link-arg=-Wl,--as-needed");
     }
+}
+
+/// Builds csrc/ops_shim.cpp (ATen's fused AdamW kernel and oneDNN's linear behind a C ABI) with
+/// the wheel's flags.
+fn compile_ops_shim(lib: &std::path::Path) -> Result<(), String> {
+    let include = lib.parent().ok_or("no torch folder above lib")?.join("include");
+    cc::Build::new()
+        .cpp(true)
+        .std("c++17")
+        .opt_level(1)
+        .define("_GLIBCXX_USE_CXX11_ABI", "1")
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .warnings(false)
+        .cargo_warnings(false)
+        .file("csrc/ops_shim.cpp")
+        .try_compile("dualign_ops")
+        .map_err(|e| e.to_string())?;
+    println!("cargo:rustc-link-search=native={}", lib.display());
+    println!("cargo:rustc-link-lib=dylib=torch_cpu");
+    println!("cargo:rustc-link-lib=dylib=c10");
+    Ok(())
 }
 
 /// Builds csrc/c10d_shim.cpp with the flags the torch wheel was built with (C++17, the new

@@ -3,8 +3,10 @@
 # on SmolLM2-135M-Instruct (full fine-tuning), the same pairs from the shipped data set, batch
 # size, max length, beta 0.1 and learning rate. Both sides with and without precomputed reference
 # log-probs, and the same work: f32 and no activation recomputation on both sides (TRL with
-# bf16=False, gradient_checkpointing=False). TRL_DEFAULTS=1 adds TRL's own defaults (bf16
-# autocast, gradient checkpointing) as extra lines, which is not the same work.
+# bf16=False, gradient_checkpointing=False), and the same malloc settings (host's mallopt, given
+# to TRL's Python as GLIBC_TUNABLES). host shares each pair's prompt between its two responses
+# (an extra line shows it without). TRL_DEFAULTS=1 adds TRL's own defaults (bf16 autocast,
+# gradient checkpointing, glibc's malloc defaults) as extra lines, which is not the same work.
 # Usage: [TRL_DEFAULTS=1] scripts/bench_dpo.sh [PAIRS] [BATCH] [MAX_LEN]
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 dualign_build
@@ -19,9 +21,13 @@ out="$(mktemp -d)"
 "$DUALIGN_ROOT/target/release/host" run "$DUALIGN_ROOT/scripts/bench_dpo.rhai" --out "$out/run" \
   --set pairs="$pairs" --set batch="$batch" --set max_len="$max_len" > /dev/null 2> "$out/host.err" || { cat "$out/host.err"; exit 1; }
 settings="like"; [ "${TRL_DEFAULTS:-0}" = 1 ] && settings="like defaults"
+# host keeps freed memory in the process (src/main.rs keep_freed_memory: mallopt); TRL gets the
+# same glibc settings for the same work, and glibc's defaults with its own defaults.
+same_malloc="glibc.malloc.mmap_threshold=2147483647:glibc.malloc.trim_threshold=2147483647"
 for s in $settings; do
+  tunables="${GLIBC_TUNABLES:-$same_malloc}"; [ "$s" = defaults ] && tunables="${GLIBC_TUNABLES:-}"
   for pre in 0 1; do
-    HF_HUB_OFFLINE=1 "$DUALIGN_PYTHON" "$DUALIGN_ROOT/tests/reference/trl_dpo_bench.py" "$out/run/hf" "$out/run/pairs.jsonl" "$batch" "$max_len" "$pre" "$s" 2> "$out/trl.err" | tail -1 > "$out/trl-$s-$pre.json" \
+    GLIBC_TUNABLES="$tunables" HF_HUB_OFFLINE=1 "$DUALIGN_PYTHON" "$DUALIGN_ROOT/tests/reference/trl_dpo_bench.py" "$out/run/hf" "$out/run/pairs.jsonl" "$batch" "$max_len" "$pre" "$s" 2> "$out/trl.err" | tail -1 > "$out/trl-$s-$pre.json" \
       || { tail -5 "$out/trl.err"; exit 1; }
   done
 done
@@ -35,11 +41,13 @@ for s in ("like", "defaults"):
     if not os.path.exists(f"{d}/trl-{s}-0.json"):
         continue
     trl = {p: json.load(open(f"{d}/trl-{s}-{p}.json")) for p in (0, 1)}
-    print(f"host: f32, no recomputation.  TRL: bf16={trl[0]['bf16']}, gradient_checkpointing={trl[0]['gradient_checkpointing']}"
-          + ("  (the same work)" if s == "like" else "  (TRL's defaults: not the same work)"))
+    print(f"host: f32, no recomputation, each pair's prompt shared by its two responses (share_prompt) unless said.  TRL: bf16={trl[0]['bf16']}, gradient_checkpointing={trl[0]['gradient_checkpointing']}"
+          + ("  (the same work; both with host's malloc settings)" if s == "like" else "  (TRL's defaults, glibc's malloc defaults: not the same work)"))
     line("reference every step", ours["online"], trl[0])
     line("precomputed reference (first run)", ours["cache_miss"], trl[1])
     line("cached reference (later runs)", ours["cache_hit"], trl[1])
+    if "cache_hit_unshared" in ours:
+        line("  the same, prompt not shared", ours["cache_hit_unshared"], trl[1])
     print(f"final loss: host {ours['cache_hit']['loss']:.4f}, TRL {trl[1]['last_loss']}")
 print(f"host tokens/s (cached): {ours['cache_hit']['tokens_per_s']:.0f}; host peak RSS {ours['cache_hit'].get('peak_rss_mib', 0):.0f} MiB")
 PY

@@ -10,6 +10,7 @@ pub mod exact;
 pub mod interrupt;
 pub mod judge;
 pub mod model;
+pub mod ops;
 pub mod run;
 pub mod script;
 pub mod train;

@@ -43,7 +43,7 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.f_linear(&self.weight, self.bias.as_ref())?;
+        let y = crate::ops::linear(x, &self.weight, self.bias.as_ref())?;
         match &self.lora {
             Some(l) if l.state.enabled.get() => {
                 let h = if l.state.training.get() && l.dropout > 0.0 { x.f_dropout(l.dropout, true)? } else { x.shallow_clone() };

@@ -244,7 +244,7 @@ impl CausalLM {
         let mut start = 0;
         while start < n {
             let len = chunk.min(n - start);
-            let logits = self.soft_cap(selected.f_narrow(0, start, len)?.f_matmul(&head.f_tr()?)?.f_to_kind(Kind::Float)?)?;
+            let logits = self.soft_cap(crate::ops::linear(&selected.f_narrow(0, start, len)?, &head, None)?.f_to_kind(Kind::Float)?)?;
             let lp = logits.f_log_softmax(-1, Kind::Float)?;
             let tgt = packed.targets.f_narrow(0, start, len)?.f_unsqueeze(1)?;
             pieces.push(lp.f_gather(1, &tgt, false)?.f_squeeze_dim(1)?);

@@ -241,7 +241,8 @@ struct Decoder<'a> {
     /// Hidden state `[S, H]` whose LM-head row gives each slot's next-token distribution.
     last_h: Tensor,
     slots: Vec<Option<Slot>>,
-    head_t: Tensor,
+    /// The LM head `[V, H]` (the closed response space's rows only, in the exact world).
+    head: Tensor,
     allowed: Option<Tensor>,
     out: Vec<Vec<i64>>,
     /// The next sequence to start.
@@ -282,7 +283,7 @@ impl<'a> Decoder<'a> {
             cache,
             last_h,
             slots: (0..slots).map(|_| None).collect(),
-            head_t: m.response_head()?.f_tr()?,
+            head: m.response_head()?,
             allowed,
             out: vec![Vec::new(); total],
             groups: Vec::new(),
@@ -372,7 +373,7 @@ impl<'a> Decoder<'a> {
     fn draw(&self, rows: &[usize]) -> Result<Vec<i64>> {
         let dev = self.m.device;
         let index = Tensor::f_from_slice(&rows.iter().map(|&s| s as i64).collect::<Vec<_>>())?.f_to_device(dev)?;
-        let logits = self.m.soft_cap(self.last_h.f_index_select(0, &index)?.f_matmul(&self.head_t)?.f_to_kind(Kind::Float)?)?;
+        let logits = self.m.soft_cap(crate::ops::linear(&self.last_h.f_index_select(0, &index)?, &self.head, None)?.f_to_kind(Kind::Float)?)?;
         let u: Vec<f64> = rows
             .iter()
             .map(|&s| {

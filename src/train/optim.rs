@@ -74,7 +74,9 @@ struct Slot {
 }
 
 /// AdamW state over a fixed list of parameters. The moments of all parameters live in two flat
-/// f32 buffers and the update runs over them as one tensor, so a step costs a few kernels for the
+/// f32 buffers. With f32 parameters the step is ATen's fused AdamW kernel (`torch._fused_adamw_`,
+/// `csrc/ops_shim.cpp`: one pass over each parameter, gradient and moments, on the CPU or a
+/// GPU); otherwise the update runs over the flat buffers as one tensor, a few kernels for the
 /// whole model plus one in-place add per parameter (a per-tensor loop launched about ten kernels
 /// per parameter, which dominated a GPU step of a 0.5B model).
 pub struct AdamW {
@@ -85,6 +87,8 @@ pub struct AdamW {
     flat_grad: Option<Tensor>,
     /// Optimizer steps taken.
     pub steps: usize,
+    /// Whether f32 parameters take the fused kernel (true where this build has it).
+    pub fused: bool,
 }
 
 /// Whether a parameter gets weight decay: matrices do; biases and norm weights do not.
@@ -106,7 +110,7 @@ impl AdamW {
         }
         let m = Tensor::f_zeros([offset], (Kind::Float, device))?;
         let v = m.f_zeros_like()?;
-        Ok(AdamW { slots, m, v, flat_grad: None, steps: 0 })
+        Ok(AdamW { slots, m, v, flat_grad: None, steps: 0, fused: crate::ops::AVAILABLE })
     }
 
     /// A parameter's part of a flat buffer, in the parameter's shape (a view).
@@ -197,7 +201,8 @@ impl AdamW {
     /// The global L2 norm of all gradients (0 for parameters without one), in f32 on the
     /// parameters' device, read back once (one device sync per step).
     pub fn grad_norm(&mut self) -> Result<f64> {
-        let norm = match self.gather()? {
+        let flat = if self.takes_fused() { self.flat_grad.as_ref().map(Tensor::shallow_clone) } else { self.gather()? };
+        let norm = match flat {
             Some(flat) => flat.f_norm()?,
             None => {
                 // Per-tensor norms, then the norm of norms, as torch.nn.utils.clip_grad_norm_.
@@ -237,9 +242,39 @@ impl AdamW {
         Ok(norm)
     }
 
+    /// Whether this step goes to the fused kernel: built in, not switched off, f32 parameters.
+    fn takes_fused(&self) -> bool {
+        self.fused && self.slots.iter().all(|s| s.param.kind() == Kind::Float)
+    }
+
+    /// `step` by the fused kernel, once per weight-decay group, over the parameters with a
+    /// gradient (the all-reduced flat one's parts in a data-parallel step).
+    fn fused_step(&mut self, cfg: &AdamWConfig, lr: f64) -> Result<()> {
+        let mut groups: [Vec<[Tensor; 4]>; 2] = [Vec::new(), Vec::new()];
+        for s in &self.slots {
+            let g = match &self.flat_grad {
+                Some(flat) => Self::part(flat, s)?,
+                None => s.param.f_grad()?,
+            };
+            if g.defined() {
+                groups[s.decay as usize].push([s.param.shallow_clone(), g, Self::part(&self.m, s)?, Self::part(&self.v, s)?]);
+            }
+        }
+        for (decay, group) in groups.iter().enumerate() {
+            if !group.is_empty() {
+                let weight_decay = if decay == 1 { cfg.weight_decay } else { 0.0 };
+                crate::ops::fused_adamw(group, lr, cfg.betas, weight_decay, cfg.eps, self.steps as f64)?;
+            }
+        }
+        Ok(())
+    }
+
     /// One AdamW step at learning rate `lr`.
     pub fn step(&mut self, cfg: &AdamWConfig, lr: f64) -> Result<()> {
         self.steps += 1;
+        if self.takes_fused() {
+            return self.fused_step(cfg, lr);
+        }
         let t = self.steps as i32;
         let (b1, b2) = cfg.betas;
         let bc1 = 1.0 - b1.powi(t);
@@ -314,6 +349,41 @@ mod tests {
         assert!((Schedule::Cosine.factor(12, 4, 20) - 0.5).abs() < 1e-12);
         assert_eq!(Schedule::Cosine.factor(4, 4, 20), 1.0);
         assert!(Schedule::Linear.factor(20, 4, 20).abs() < 1e-12);
+    }
+
+    #[test]
+    fn the_fused_kernel_takes_the_same_steps_as_the_separate_operations() {
+        // Three steps of AdamW with weight decay on a matrix (decays), a norm weight (does not) and
+        // a matrix without a gradient (skipped), fused against the flat-buffer update (which the
+        // first-step test below and tests/train.rs check against torch's formula).
+        if !crate::ops::AVAILABLE {
+            return; // a build without the shim has only the separate operations
+        }
+        let run = |fused: bool| -> Vec<Vec<f32>> {
+            tch::manual_seed(7);
+            let w = Tensor::randn([8, 5], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+            let norm = Tensor::randn([5], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+            let idle = Tensor::randn([3, 3], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+            let params = vec![("w".to_string(), w.shallow_clone()), ("model.norm.weight".to_string(), norm.shallow_clone()), ("idle".to_string(), idle.shallow_clone())];
+            let mut opt = AdamW::new(params).unwrap();
+            opt.fused = fused;
+            let cfg = AdamWConfig { lr: 0.05, weight_decay: 0.1, ..Default::default() };
+            let x = Tensor::randn([4, 8], (Kind::Float, tch::Device::Cpu));
+            for _ in 0..3 {
+                opt.zero_grad();
+                x.matmul(&w).f_mul(&norm).unwrap().tanh().sum(Kind::Float).backward();
+                opt.clip_grad_norm(1.0).unwrap();
+                opt.step(&cfg, cfg.lr).unwrap();
+            }
+            [&w, &norm, &idle, &opt.m, &opt.v].iter().map(|t| Vec::<f32>::try_from(t.detach().flatten(0, -1)).unwrap()).collect()
+        };
+        let (fused, separate) = (run(true), run(false));
+        for (a, b) in fused.iter().zip(&separate) {
+            for (x, y) in a.iter().zip(b) {
+                // f32 rounding of the same formula in another order.
+                assert!((x - y).abs() <= 1e-6 * y.abs().max(1.0), "fused {x} vs separate {y}");
+            }
+        }
     }
 
     #[test]
