@@ -310,7 +310,7 @@ fn api_lists_registered_functions_with_docs() {
     // DpoOptions::default(): β = 0.1, lr 5e-4 (the one default; the binding no longer has its own).
     assert!(dpo_opts.contains(&"beta: number = 0.1. KL weight β of the implicit reward β·log(π/π_ref)"), "{dpo_opts:?}");
     assert!(dpo_opts.contains(&"lr: number = 0.0005. AdamW learning rate"), "{dpo_opts:?}");
-    assert_eq!(dpo_opts.len(), 22, "11 DPO options and 11 of the optimizer loop: {dpo_opts:?}");
+    assert_eq!(dpo_opts.len(), 23, "12 DPO options and 11 of the optimizer loop: {dpo_opts:?}");
     assert!(text.contains("\n    lora.rank: count = 8. adapter rank r (at least 1)\n"), "nested options are listed with their map's name: {text}");
     // The stdlib's entry points too: each `defaults()` evaluated (stdlib/options.rhai's method()
     // for caid), every key with its default and the comment beside its declaration.
