@@ -1,27 +1,93 @@
 // A C ABI over ATen kernels that tch does not bind: the fused AdamW step (`torch._fused_adamw_`,
 // what torch.optim.AdamW runs with fused=True: one pass over each parameter, its gradient and
 // both moments; src/train/optim.rs) and oneDNN's linear layer (`mkldnn::_linear_pointwise`, the
-// kernel torch.compile's CPU backend calls; src/model/layers.rs). Each returns 0 on success, or -1
-// with a malloc'ed message in *err (freed by the caller with dualign_optim_free_error); no C++
+// kernel torch.compile's CPU backend calls, with a backward of its own; src/ops.rs). Each returns 0 on success, or -1
+// with a malloc'ed message in *err (freed by the caller with dualign_ops_free_error); no C++
 // exception crosses the boundary.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/_fused_adamw.h>
 #include <ATen/ops/full.h>
 #include <c10/core/GradMode.h>
+#include <torch/csrc/autograd/custom_function.h>
 
 #include <cstring>
 #include <exception>
 #include <vector>
 
+namespace {
+// Runs `f`, which returns the call's code; a C++ exception becomes -1 with its message in *err.
+template <typename F>
+int guarded(char** err, F f) {
+  try {
+    return f();
+  } catch (const std::exception& e) {
+    if (err) *err = strdup(e.what());
+  } catch (...) {
+    if (err) *err = strdup("unknown C++ exception");
+  }
+  return -1;
+}
+
+// oneDNN's linear, when this torch registers it.
+const std::optional<c10::OperatorHandle>& linear_pointwise() {
+  static const auto op = c10::Dispatcher::singleton().findOp({"mkldnn::_linear_pointwise", ""});
+  return op;
+}
+
+// x Wᵀ + b on oneDNN (x [..., in], W [out, in], strided views accepted); b may be undefined.
+at::Tensor onednn_mm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  const auto& op = linear_pointwise();
+  std::vector<c10::IValue> stack{x, w, b.defined() ? c10::IValue(b) : c10::IValue(), c10::IValue(std::string("none")),
+                                 c10::IValue(c10::List<std::optional<at::Scalar>>()), c10::IValue()};
+  op->callBoxed(&stack);
+  return stack.at(0).toTensor();
+}
+
+// The backward of y = x Wᵀ (+ b) on oneDNN too: dx = dy W, dW = dyᵀ x (and db = Σ dy), each only
+// where autograd asks for it (a frozen weight under LoRA gets none).
+torch::autograd::variable_list linear_backward(torch::autograd::AutogradContext* ctx, const at::Tensor& g, bool bias) {
+  auto saved = ctx->get_saved_variables();
+  const at::Tensor &x = saved[0], &w = saved[1];
+  auto g2 = g.reshape({-1, g.size(-1)});
+  torch::autograd::variable_list out(bias ? 3 : 2);
+  if (ctx->needs_input_grad(0)) out[0] = onednn_mm(g, w.t(), at::Tensor());
+  if (ctx->needs_input_grad(1)) out[1] = onednn_mm(g2.t(), x.reshape({-1, x.size(-1)}).t(), at::Tensor());
+  if (bias && ctx->needs_input_grad(2)) out[2] = g2.sum(0);
+  return out;
+}
+
+// The linear layer as an autograd node, without and with a bias (an autograd function's inputs
+// are all defined tensors).
+struct OneDnnLinear : public torch::autograd::Function<OneDnnLinear> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w) {
+    ctx->save_for_backward({x, w});
+    return onednn_mm(x, w, at::Tensor());
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list grads) {
+    return linear_backward(ctx, grads[0], false);
+  }
+};
+
+struct OneDnnLinearBias : public torch::autograd::Function<OneDnnLinearBias> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+    ctx->save_for_backward({x, w});
+    return onednn_mm(x, w, b);
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list grads) {
+    return linear_backward(ctx, grads[0], true);
+  }
+};
+}  // namespace
+
 extern "C" {
 
-void dualign_optim_free_error(char* err) { free(err); }
+void dualign_ops_free_error(char* err) { free(err); }
 
 // One AdamW step over n parameters at step count `step` (already counting this step), with
 // decoupled weight decay `weight_decay` (torch.optim.AdamW's update).
 int dualign_fused_adamw(at::Tensor** params, at::Tensor** grads, at::Tensor** exp_avgs, at::Tensor** exp_avg_sqs, int n,
                         double lr, double beta1, double beta2, double weight_decay, double eps, double step, char** err) {
-  try {
+  return guarded(err, [&] {
     c10::AutoGradMode no_grad(false);  // an optimizer step is not part of any graph
     std::vector<at::Tensor> p, g, m, v, steps;
     for (int i = 0; i < n; i++) {
@@ -33,38 +99,30 @@ int dualign_fused_adamw(at::Tensor** params, at::Tensor** grads, at::Tensor** ex
     }
     at::_fused_adamw_(p, g, m, v, {}, steps, lr, beta1, beta2, weight_decay, eps, false, false);
     return 0;
-  } catch (const std::exception& e) {
-    if (err) *err = strdup(e.what());
-  } catch (...) {
-    if (err) *err = strdup("unknown C++ exception");
-  }
-  return -1;
+  });
 }
 
-// y = x Wᵀ + b by oneDNN, for f32 CPU tensors outside autograd: 1 (and nothing done) when the
-// call does not qualify (another device or type, or a graph to record), or when this torch has
-// no oneDNN linear; then the caller takes torch's own linear.
+// y = x Wᵀ + b by oneDNN for f32 CPU tensors, forward and (when autograd records the call)
+// backward: 1 (and nothing done) when the call does not qualify (another device or type), or when
+// this torch has no oneDNN linear; then the caller takes torch's own linear.
 int dualign_onednn_linear(at::Tensor* x, at::Tensor* w, at::Tensor* b, at::Tensor** out, char** err) {
-  try {
+  return guarded(err, [&] {
     auto plain = [](const at::Tensor& t) { return t.is_cpu() && t.scalar_type() == at::kFloat && t.layout() == at::kStrided; };
+    if (!plain(*x) || !plain(*w) || (b && !plain(*b)) || x->dim() < 2 || !linear_pointwise()) {
+      return 1;
+    }
+    at::Tensor bias = b ? *b : at::Tensor();
     bool graph = c10::GradMode::is_enabled() && (x->requires_grad() || w->requires_grad() || (b && b->requires_grad()));
-    if (!plain(*x) || !plain(*w) || (b && !plain(*b)) || graph || x->dim() < 2) {
-      return 1;
+    at::Tensor y;
+    if (!graph) {
+      y = onednn_mm(*x, *w, bias);
+    } else if (b) {
+      y = OneDnnLinearBias::apply(*x, *w, *b);
+    } else {
+      y = OneDnnLinear::apply(*x, *w);
     }
-    static const auto op = c10::Dispatcher::singleton().findOp({"mkldnn::_linear_pointwise", ""});
-    if (!op) {
-      return 1;
-    }
-    std::vector<c10::IValue> stack{*x, *w, b ? c10::IValue(*b) : c10::IValue(), c10::IValue(std::string("none")),
-                                   c10::IValue(c10::List<std::optional<at::Scalar>>()), c10::IValue()};
-    op->callBoxed(&stack);
-    *out = new at::Tensor(stack.at(0).toTensor());
+    *out = new at::Tensor(y);
     return 0;
-  } catch (const std::exception& e) {
-    if (err) *err = strdup(e.what());
-  } catch (...) {
-    if (err) *err = strdup("unknown C++ exception");
-  }
-  return -1;
+  });
 }
 }

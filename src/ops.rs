@@ -10,7 +10,7 @@ use tch::Tensor;
 extern "C" {
     fn dualign_fused_adamw(params: *const *mut c_void, grads: *const *mut c_void, exp_avgs: *const *mut c_void, exp_avg_sqs: *const *mut c_void, n: c_int, lr: c_double, beta1: c_double, beta2: c_double, weight_decay: c_double, eps: c_double, step: c_double, err: *mut *mut c_char) -> c_int;
     fn dualign_onednn_linear(x: *mut c_void, w: *mut c_void, b: *mut c_void, out: *mut *mut c_void, err: *mut *mut c_char) -> c_int;
-    fn dualign_optim_free_error(err: *mut c_char);
+    fn dualign_ops_free_error(err: *mut c_char);
 }
 
 /// Whether this build has the shim.
@@ -26,7 +26,7 @@ fn ptr(t: &Tensor) -> *mut c_void {
 fn failure(what: &str, err: *mut c_char) -> anyhow::Error {
     // SAFETY: on failure the shim sets `err` to a malloc'ed C string, read and freed here once.
     let msg = unsafe { std::ffi::CStr::from_ptr(err).to_string_lossy().into_owned() };
-    unsafe { dualign_optim_free_error(err) };
+    unsafe { dualign_ops_free_error(err) };
     anyhow::anyhow!("{what}: {}", crate::util::first_line(&msg))
 }
 
@@ -51,11 +51,12 @@ pub fn fused_adamw(_: &[[Tensor; 4]], _: f64, _: (f64, f64), _: f64, _: f64, _: 
     anyhow::bail!("optimizer: this build has no fused AdamW kernel")
 }
 
-/// `x Wᵀ + b` (`W` stored `[out, in]`). For f32 CPU tensors outside autograd (sampling, reference
-/// and evaluation passes), oneDNN's matmul (`mkldnn::_linear_pointwise`): on AMD CPUs MKL's sgemm,
-/// which torch's own linear calls, takes a generic code path, and oneDNN's kernels were 1.1-1.45x
-/// faster at this project's shapes (README). Everything else, and every build or torch without
-/// it, takes torch's linear; both give the same result up to f32 rounding.
+/// `x Wᵀ + b` (`W` stored `[out, in]`). For f32 CPU tensors, oneDNN's matmul
+/// (`mkldnn::_linear_pointwise`), with a backward of its own on oneDNN when autograd records the
+/// call: on AMD CPUs MKL's sgemm, which torch's own linear calls, takes a generic code path, and
+/// oneDNN's kernels were 1.1-1.45x faster at this project's shapes (README). Everything else, and
+/// every build or torch without it, takes torch's linear; both give the same result up to f32
+/// rounding.
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     #[cfg(dualign_ops_shim)]
     if ONEDNN.with(|on| on.get()) {
@@ -74,8 +75,9 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
 }
 
 thread_local! {
-    /// Whether `linear` may take oneDNN (tests switch it off to compare).
-    static ONEDNN: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
+    /// Whether `linear` may take oneDNN: unless `DUALIGN_NO_ONEDNN` is set (to compare), or a test
+    /// switches it off (`without_onednn`).
+    static ONEDNN: std::cell::Cell<bool> = std::cell::Cell::new(std::env::var_os("DUALIGN_NO_ONEDNN").is_none());
 }
 
 /// Runs `f` with `linear` on torch's own linear only.
@@ -92,7 +94,7 @@ mod tests {
     use tch::{Device, Kind};
 
     #[test]
-    fn linear_agrees_with_torch_and_keeps_autograd() {
+    fn linear_and_its_gradients_agree_with_torch() {
         tch::manual_seed(11);
         let x = Tensor::randn([3, 5, 64], (Kind::Float, Device::Cpu));
         let w = Tensor::randn([48, 64], (Kind::Float, Device::Cpu));
@@ -108,10 +110,26 @@ mod tests {
             // bits, which shows oneDNN ran (where this build has the shim).
             assert_eq!(d > 0.0, AVAILABLE, "oneDNN vs torch linear: {d}");
         }
-        // A weight that trains: torch's linear, with its gradient.
-        let wg = w.copy().set_requires_grad(true);
-        linear(&x, &wg, None).unwrap().sum(Kind::Float).backward();
-        let want = x.reshape([-1, 64]).sum_dim_intlist(&[0i64][..], false, Kind::Float).unsqueeze(0).expand([48, 64], false);
-        assert!((wg.grad() - want).abs().max().double_value(&[]) < 1e-4);
+        // Gradients through oneDNN's backward against torch's: input, weight and bias, and a frozen
+        // weight without a bias (LoRA's base layer in Llama: the input's gradient only).
+        let coef = Tensor::randn([3, 5, 48], (Kind::Float, Device::Cpu));
+        for weight_trains in [true, false] {
+            let grads = |onednn: bool| -> Vec<Tensor> {
+                let (xg, wg, bg) = (x.copy().set_requires_grad(true), w.copy().set_requires_grad(weight_trains), b.copy().set_requires_grad(weight_trains));
+                let bias = weight_trains.then_some(&bg); // with a bias that trains, and without a bias
+                let y = if onednn { linear(&xg, &wg, bias) } else { without_onednn(|| linear(&xg, &wg, bias)) }.unwrap();
+                // A loss whose gradient differs per output.
+                y.f_mul(&coef).unwrap().sum(Kind::Float).backward();
+                assert_eq!((wg.grad().defined(), bg.grad().defined()), (weight_trains, weight_trains));
+                [xg.grad(), wg.grad(), bg.grad()].into_iter().filter(Tensor::defined).collect()
+            };
+            let (ours, torch) = (grads(true), grads(false));
+            assert_eq!(ours.len(), if weight_trains { 3 } else { 1 });
+            for (ours, torch) in ours.iter().zip(&torch) {
+                let scale = torch.abs().max().double_value(&[]);
+                let d = (ours - torch).abs().max().double_value(&[]);
+                assert!(d <= 1e-5 * scale.max(1.0), "gradient through oneDNN vs torch: {d} (scale {scale})");
+            }
+        }
     }
 }
