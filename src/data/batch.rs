@@ -113,9 +113,8 @@ pub fn by_length(lengths: &[usize], rows_per_item: usize) -> Vec<Vec<usize>> {
 /// responses followed by the second ones (row `k` and row `batch.len() + k` belong to pair
 /// `batch[k]`).
 pub fn both_responses<'a>(pairs: &'a [TokenizedPair], batch: &[usize]) -> (Vec<&'a [i64]>, Vec<&'a [i64]>) {
-    let prompts = batch.iter().chain(batch).map(|&i| pairs[i].prompt.as_slice()).collect();
-    let responses = batch.iter().map(|&i| pairs[i].responses[0].as_slice()).chain(batch.iter().map(|&i| pairs[i].responses[1].as_slice())).collect();
-    (prompts, responses)
+    let (prompts, first, second) = pair_parts(pairs, batch);
+    (prompts.iter().chain(&prompts).copied().collect(), first.into_iter().chain(second).collect())
 }
 
 /// A batch of pairs as its prompts, first responses and second responses (`CausalLM::pack_pairs`).

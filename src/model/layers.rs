@@ -210,15 +210,12 @@ pub struct Shared {
 }
 
 /// The boolean mask `[B, 1, T, S]` of a sliding window: the query at position `positions[b, t]`
-/// sees key `j` when `p - window < key_positions[b, j] <= p`, and where `mask` (if any) allows
-/// it. `key_positions` `[B, S]`: None means the key columns are the positions (the sampler's
-/// caches and every right-padded batch keep them so).
-pub fn window_mask(positions: &Tensor, key_positions: Option<&Tensor>, keys: i64, window: usize, mask: Option<&Tensor>) -> Result<Tensor> {
+/// sees key `j` when `p - window < key_positions[.., j] <= p`, and where `mask` (if any) allows
+/// it. `key_positions`: `[S]` (key columns are positions: the sampler's caches and every
+/// right-padded batch keep them so) or `[B, S]` (a packed batch's own positions).
+pub fn window_mask(positions: &Tensor, key_positions: &Tensor, window: usize, mask: Option<&Tensor>) -> Result<Tensor> {
     let p = positions.f_unsqueeze(-1)?;
-    let j = match key_positions {
-        Some(k) => k.f_unsqueeze(1)?,
-        None => Tensor::f_arange(keys, (Kind::Int64, positions.device()))?,
-    };
+    let j = if key_positions.dim() == 2 { key_positions.f_unsqueeze(1)? } else { key_positions.shallow_clone() };
     let band = j.f_le_tensor(&p)?.f_logical_and(&p.f_sub(&j)?.f_lt(window as i64)?)?.f_unsqueeze(1)?;
     Ok(match mask {
         Some(m) => band.f_logical_and(m)?,

@@ -336,8 +336,8 @@ impl Llama {
                 // A mask over the new tokens alone may lay them out in any order (`pack_pairs`):
                 // their positions say where each key is; else key columns are positions.
                 let keys = mask.map_or(ids.size()[1], |m| m.size()[3]);
-                let key_positions = mask.filter(|_| keys == ids.size()[1]).map(|_| positions);
-                let band = super::layers::window_mask(positions, key_positions, keys, w, mask)?;
+                let key_positions = if mask.is_some() && keys == ids.size()[1] { positions.shallow_clone() } else { Tensor::f_arange(keys, (Kind::Int64, positions.device()))? };
+                let band = super::layers::window_mask(positions, &key_positions, w, mask)?;
                 window_mask = Some(super::layers::additive_mask(&band, kind)?);
             }
         }

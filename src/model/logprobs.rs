@@ -35,10 +35,9 @@ pub struct Packed {
     /// The boolean attention mask `[B, 1, T, T]` where a row holds more than one response;
     /// None: causal.
     pub mask: Option<Tensor>,
-    /// Each scored token: its row and the column that predicts it, its id, and the output its
-    /// log-prob sums into.
-    rows: Tensor,
-    cols: Tensor,
+    /// Each scored token: the flat index (row · T + column) of the position that predicts it, its
+    /// id, and the output its log-prob sums into.
+    predicted_at: Tensor,
     targets: Tensor,
     outputs: Tensor,
     pub n_outputs: usize,
@@ -142,7 +141,7 @@ impl CausalLM {
         let mut positions = vec![0i64; b * t];
         // Segment of each column: 0 the prompt, k the k-th branch, -1 padding.
         let mut segment = vec![-1i64; b * t];
-        let (mut at, mut cols, mut targets, mut outputs) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut at, mut targets, mut outputs) = (Vec::new(), Vec::new(), Vec::new());
         for (i, (p, branches)) in rows.iter().enumerate() {
             if p.is_empty() {
                 bail!("pair {i}: the prompt has no tokens (nothing to condition the first response token on)");
@@ -161,8 +160,7 @@ impl CausalLM {
                     (ids[i * t + col + j], positions[i * t + col + j], segment[i * t + col + j]) = (tok, (p.len() + j) as i64, k as i64 + 1);
                     // The first token is predicted from the prompt's last position, the others
                     // from the branch's previous one.
-                    at.push(i as i64);
-                    cols.push(if j == 0 { p.len() - 1 } else { col + j - 1 } as i64);
+                    at.push((i * t + if j == 0 { p.len() - 1 } else { col + j - 1 }) as i64);
                     // In a closed response space the target is the token's row in the restricted head.
                     targets.push(match &self.space {
                         Some(space) => space.index(tok).with_context(|| format!("response {out}"))?,
@@ -187,7 +185,7 @@ impl CausalLM {
         } else {
             None // right-padded rows: causal attention is exact (a token never sees padding)
         };
-        Ok(Packed { ids: mk(&ids, &bt)?, positions: mk(&positions, &bt)?, mask, rows: mk(&at, &[n])?, cols: mk(&cols, &[n])?, targets: mk(&targets, &[n])?, outputs: mk(&outputs, &[n])?, n_outputs: rows.iter().map(|(_, br)| br.len()).sum() })
+        Ok(Packed { ids: mk(&ids, &bt)?, positions: mk(&positions, &bt)?, mask, predicted_at: mk(&at, &[n])?, targets: mk(&targets, &[n])?, outputs: mk(&outputs, &[n])?, n_outputs: rows.iter().map(|(_, br)| br.len()).sum() })
     }
 
     /// Summed log-probabilities `[N]` (f32) of each response given its prompt (`logprobs` of
@@ -234,10 +232,8 @@ impl CausalLM {
 
     /// Summed log-probs `[outputs]` of the scored tokens of `packed` from `hidden` `[B, T, H]`.
     fn response_logprobs(&self, hidden: &Tensor, packed: &Packed, chunk: i64) -> Result<Tensor> {
-        let (t, h) = (hidden.size()[1], hidden.size()[2]);
-        let flat = hidden.f_reshape([-1, h])?;
-        let index = packed.rows.f_mul_scalar(t)?.f_add(&packed.cols)?;
-        let selected = flat.f_index_select(0, &index)?;
+        let flat = hidden.f_reshape([-1, hidden.size()[2]])?;
+        let selected = flat.f_index_select(0, &packed.predicted_at)?;
         let n = selected.size()[0];
         let head = self.response_head()?;
         let mut pieces = Vec::new();

@@ -87,7 +87,8 @@ pub struct AdamW {
     flat_grad: Option<Tensor>,
     /// Optimizer steps taken.
     pub steps: usize,
-    /// Whether f32 parameters take the fused kernel (true where this build has it).
+    /// Whether the step is the fused kernel: this build has it and every parameter is f32
+    /// (tests switch it off to compare).
     pub fused: bool,
 }
 
@@ -110,7 +111,9 @@ impl AdamW {
         }
         let m = Tensor::f_zeros([offset], (Kind::Float, device))?;
         let v = m.f_zeros_like()?;
-        Ok(AdamW { slots, m, v, flat_grad: None, steps: 0, fused: crate::ops::AVAILABLE })
+        // The fused kernel takes f32 parameters (their kinds never change).
+        let fused = crate::ops::AVAILABLE && slots.iter().all(|s| s.param.kind() == Kind::Float);
+        Ok(AdamW { slots, m, v, flat_grad: None, steps: 0, fused })
     }
 
     /// A parameter's part of a flat buffer, in the parameter's shape (a view).
@@ -201,7 +204,7 @@ impl AdamW {
     /// The global L2 norm of all gradients (0 for parameters without one), in f32 on the
     /// parameters' device, read back once (one device sync per step).
     pub fn grad_norm(&mut self) -> Result<f64> {
-        let flat = if self.takes_fused() { self.flat_grad.as_ref().map(Tensor::shallow_clone) } else { self.gather()? };
+        let flat = if self.fused { self.flat_grad.as_ref().map(Tensor::shallow_clone) } else { self.gather()? };
         let norm = match flat {
             Some(flat) => flat.f_norm()?,
             None => {
@@ -242,11 +245,6 @@ impl AdamW {
         Ok(norm)
     }
 
-    /// Whether this step goes to the fused kernel: built in, not switched off, f32 parameters.
-    fn takes_fused(&self) -> bool {
-        self.fused && self.slots.iter().all(|s| s.param.kind() == Kind::Float)
-    }
-
     /// `step` by the fused kernel, once per weight-decay group, over the parameters with a
     /// gradient (the all-reduced flat one's parts in a data-parallel step).
     fn fused_step(&mut self, cfg: &AdamWConfig, lr: f64) -> Result<()> {
@@ -272,7 +270,7 @@ impl AdamW {
     /// One AdamW step at learning rate `lr`.
     pub fn step(&mut self, cfg: &AdamWConfig, lr: f64) -> Result<()> {
         self.steps += 1;
-        if self.takes_fused() {
+        if self.fused {
             return self.fused_step(cfg, lr);
         }
         let t = self.steps as i32;
