@@ -123,8 +123,9 @@ fn checkpointed_gradients_equal_the_plain_pass() {
 #[test]
 fn a_shared_prompt_gives_the_log_probs_and_gradients_of_two_separate_sequences() {
     // DPO's packing (`pack_pairs` with share): one row `prompt ++ chosen ++ rejected` whose
-    // rejected part sees the prompt and itself only, against the two sequences in rows of their
-    // own. Models with every position rule the mask must respect: GPT-2's learned positions,
+    // rejected part sees the prompt and itself only, and the plain layout (a row per sequence),
+    // both with rows of unequal length (the layers run on the tokens alone, attention on the
+    // padded rows), against each sequence in a batch of its own. Models with every position rule the mask must respect: GPT-2's learned positions,
     // Llama-3 RoPE, Qwen2's window of 3 on one layer, Gemma 2's window of 4 with soft caps,
     // Gemma 3's sliding layers with their own RoPE (rows reach 11 tokens, past every window),
     // and LoRA; the plain pass and the checkpointed one.
@@ -145,18 +146,34 @@ fn a_shared_prompt_gives_the_log_probs_and_gradients_of_two_separate_sequences()
             }
         }
         let params = policy.trainable_parameters().unwrap();
-        let mut runs = Vec::new();
+        // A loss that weighs every output differently, so a swapped or misplaced log-prob shows.
+        let w = Tensor::from_slice(&[1.0f32, -2.0, 3.0, 0.5, -1.5, 2.5, 0.25, -0.75]);
+        // The reference: each sequence alone, in a batch of its own (no padding, no mask).
+        let alone: Vec<Tensor> = (0..8)
+            .map(|o| {
+                let (i, resp) = if o < 4 { (o, cs[o]) } else { (o - 4, rs[o - 4]) };
+                let packed = policy.pack(&ps[i..=i], &[resp]).unwrap();
+                assert!(!packed.unpadded());
+                let lp = policy.logprobs(&packed, 3).unwrap();
+                lp.f_mul(&w.narrow(0, o as i64, 1)).unwrap().sum(Kind::Float).backward();
+                lp.detach()
+            })
+            .collect();
+        let mut runs = vec![(Tensor::cat(&alone, 0), grads_of(&params))];
+        for (_, t) in &params {
+            let _ = t.grad().zero_();
+        }
         for (share, checkpoint) in [(false, false), (true, false), (true, true)] {
             let packed = policy.pack_pairs(&ps, &cs, &rs, share).unwrap();
             assert_eq!(packed.ids.size(), if share { vec![4, 11] } else { vec![8, 10] }, "{source}");
+            // Rows of unequal length: the layers run on the tokens alone.
+            assert!(packed.unpadded(), "{source}");
             let (lp, checkpoints) = if checkpoint {
                 let (lp, c) = policy.logprobs_checkpointed(&packed, 3).unwrap();
                 (lp, Some(c))
             } else {
                 (policy.logprobs(&packed, 3).unwrap(), None)
             };
-            // A loss that weighs every output differently, so a swapped or misplaced log-prob shows.
-            let w = Tensor::from_slice(&[1.0f32, -2.0, 3.0, 0.5, -1.5, 2.5, 0.25, -0.75]);
             lp.f_mul(&w).unwrap().sum(Kind::Float).backward();
             if let Some(c) = checkpoints {
                 c.backward().unwrap();
@@ -170,11 +187,11 @@ fn a_shared_prompt_gives_the_log_probs_and_gradients_of_two_separate_sequences()
         for (lp, grads) in &runs[1..] {
             // Tolerance: f32 rounding of sums taken over other shapes; log-probs are ~-20 here.
             let d = (lp - want_lp).abs().max().double_value(&[]);
-            assert!(d < 1e-4, "{source}: log-probs {lp:?} vs separate rows {want_lp:?}");
+            assert!(d < 1e-4, "{source}: log-probs {lp:?} vs each sequence alone {want_lp:?}");
             for ((name, g), (_, w)) in grads.iter().zip(want) {
                 let scale = w.abs().max().double_value(&[]);
                 let d = (g - w).abs().max().double_value(&[]);
-                assert!(scale > 0.0 && d <= 1e-5 * scale.max(1.0), "{source}: {name}: max |shared - separate| = {d} (scale {scale})");
+                assert!(scale > 0.0 && d <= 1e-5 * scale.max(1.0), "{source}: {name}: max |batched - alone| = {d} (scale {scale})");
             }
         }
     }

@@ -82,15 +82,20 @@ impl Gpt2 {
     pub fn embed(&self, ids: &Tensor, positions: &Tensor, mask: Option<&Tensor>) -> Result<(Tensor, Shared)> {
         let x = Tensor::f_embedding(&self.wte, ids, -1, false, false)?.f_add(&Tensor::f_embedding(&self.wpe, positions, -1, false, false)?)?;
         let mask = mask.map(|m| super::layers::additive_mask(m, x.kind())).transpose()?;
-        Ok((x, Shared { rope: None, local_rope: None, mask, window_mask: None }))
+        Ok((x, Shared { rope: None, local_rope: None, mask, window_mask: None, unpadded: None }))
     }
 
-    /// Block `l` on `x` `[B, T, H]` (its keys and values appended to `cache`).
+    /// Block `l` on `x` `[B, T, H]` (or `[1, N, H]`: `Shared::unpadded`), its keys and values
+    /// appended to `cache`.
     pub fn layer(&self, l: usize, x: &Tensor, shared: &Shared, cache: Option<&mut KvCache>) -> Result<Tensor> {
         let blk = &self.blocks[l];
-        let (b, t, h) = (x.size()[0], x.size()[1], x.size()[2]);
-        let d = h / self.heads;
         let qkv = blk.c_attn.forward(&blk.ln_1.forward(x)?)?;
+        let qkv = match &shared.unpadded {
+            Some(u) => u.pad(&qkv)?,
+            None => qkv,
+        };
+        let (b, t, h) = (qkv.size()[0], qkv.size()[1], x.size()[2]);
+        let d = h / self.heads;
         let parts = qkv.f_split(h, -1)?;
         let heads = |t_: &Tensor| -> Result<Tensor> { Ok(t_.f_view([b, t, self.heads, d])?.f_transpose(1, 2)?) };
         let (q, k, v) = (heads(&parts[0])?, heads(&parts[1])?, heads(&parts[2])?);
@@ -101,6 +106,10 @@ impl Gpt2 {
         let mask = shared.mask.as_ref();
         let y = Tensor::f_scaled_dot_product_attention(&q, &k, &v, mask, 0.0, mask.is_none(), None, false)?;
         let y = y.f_transpose(1, 2)?.f_reshape([b, t, h])?;
+        let y = match &shared.unpadded {
+            Some(u) => u.unpad(&y)?,
+            None => y,
+        };
         let x = x.f_add(&blk.c_proj.forward(&y)?)?;
         let m = blk.c_fc.forward(&blk.ln_2.forward(&x)?)?.f_gelu("tanh")?;
         Ok(x.f_add(&blk.mlp_proj.forward(&m)?)?)

@@ -201,12 +201,66 @@ pub fn positions_from_mask(mask: &Tensor) -> Result<Tensor> {
 /// What every layer of one forward pass shares, computed once by the family's `embed`: RoPE's
 /// cos/sin tables (the Llama family; the sliding layers' own where they differ), the additive attention mask (None: causal) and, where a
 /// sliding window reaches back less far than the longest position, the sliding layers' mask.
+/// With `unpadded`, the layers' hidden states hold the batch's tokens alone (`Unpadded`).
 pub struct Shared {
     pub rope: Option<(Tensor, Tensor)>,
     /// The sliding layers' own cos/sin (Gemma 3's local RoPE base), when they differ.
     pub local_rope: Option<(Tensor, Tensor)>,
     pub mask: Option<Tensor>,
     pub window_mask: Option<Tensor>,
+    pub unpadded: Option<Unpadded>,
+}
+
+/// A right-padded batch `[B, T]` whose hidden states hold its `N` tokens alone, `[1, N, H]`: the
+/// projections, MLPs and norms (nearly all of a layer's work) skip the padding, and attention
+/// alone runs on the padded `[B, T]` layout (`pad` before, `unpad` after), where the RoPE tables
+/// and masks are laid out. What padding slots hold there never reaches a token: a real query
+/// never sees a padding key (the masks and right padding), and what padding queries compute is
+/// dropped by `unpad`, so their gradient is zero.
+pub struct Unpadded {
+    /// For each of the `B·T` slots, the token it holds (padding: any token, see above) `[B·T]`.
+    slot_token: Tensor,
+    /// For each token, its slot (row · T + column) `[N]`.
+    token_slot: Tensor,
+    rows: i64,
+    cols: i64,
+}
+
+impl Unpadded {
+    /// The layout of a right-padded `[rows, cols]` batch whose tokens are in `token_slots` (flat
+    /// indices, increasing).
+    pub fn new(token_slots: &[i64], rows: i64, cols: i64, device: tch::Device) -> Result<Self> {
+        let mut slot_token = vec![0i64; (rows * cols) as usize];
+        let mut k = 0;
+        for (slot, v) in slot_token.iter_mut().enumerate() {
+            // Padding takes the last token before it (or the first one): any real token will do.
+            while k + 1 < token_slots.len() && token_slots[k + 1] <= slot as i64 {
+                k += 1;
+            }
+            *v = k as i64;
+        }
+        let mk = |v: &[i64]| -> Result<Tensor> { Ok(Tensor::f_from_slice(v)?.f_to_device(device)?) };
+        Ok(Unpadded { slot_token: mk(&slot_token)?, token_slot: mk(token_slots)?, rows, cols })
+    }
+
+    /// The batch's tokens `[1, N, ...]` from its padded layout `[B, T, ...]`.
+    pub fn unpad(&self, x: &Tensor) -> Result<Tensor> {
+        let size = x.size();
+        let flat = x.f_reshape([&[self.rows * self.cols][..], &size[2..]].concat())?;
+        Ok(flat.f_index_select(0, &self.token_slot)?.f_unsqueeze(0)?)
+    }
+
+    /// The padded layout `[B, T, ...]` of the batch's tokens `[1, N, ...]`.
+    pub fn pad(&self, x: &Tensor) -> Result<Tensor> {
+        let size = x.size();
+        let padded = x.f_squeeze_dim(0)?.f_index_select(0, &self.slot_token)?;
+        Ok(padded.f_reshape([&[self.rows, self.cols][..], &size[2..]].concat())?)
+    }
+
+    /// A second handle on the same layout.
+    pub fn shallow_clone(&self) -> Self {
+        Unpadded { slot_token: self.slot_token.shallow_clone(), token_slot: self.token_slot.shallow_clone(), rows: self.rows, cols: self.cols }
+    }
 }
 
 /// The boolean mask `[B, 1, T, S]` of a sliding window: the query at position `positions[b, t]`

@@ -6,7 +6,7 @@
 //! names equal HF keys.
 use super::config::{Config, Raw, RopeScaling};
 use serde_json::Value;
-use super::layers::{KvCache, Linear, RmsNorm, Shared};
+use super::layers::{KvCache, Linear, RmsNorm, Shared, Unpadded};
 use super::params::{placeholder_linear, Bias, Init, Load, LinearSpec, TensorSpec, Visit, VisitMut};
 use super::weights::Weights;
 use anyhow::Result;
@@ -162,18 +162,26 @@ fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 }
 
 impl Attention {
-    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: Option<&Tensor>, cache: Option<(&mut KvCache, usize)>) -> Result<Tensor> {
-        let (b, t) = (x.size()[0], x.size()[1]);
-        let shape = |n: i64| [b, t, n, self.head_dim];
+    /// Attention on `x` `[B, T, H]`, or on the tokens alone `[1, N, H]` with `unpadded`
+    /// (attention itself runs on the padded layout).
+    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: Option<&Tensor>, cache: Option<(&mut KvCache, usize)>, unpadded: Option<&Unpadded>) -> Result<Tensor> {
+        let pad = |t: Tensor| -> Result<Tensor> {
+            match unpadded {
+                Some(u) => u.pad(&t),
+                None => Ok(t),
+            }
+        };
         let (q, k, v) = match &self.qkv {
-            Qkv::Separate { q_proj, k_proj, v_proj } => (q_proj.forward(x)?, k_proj.forward(x)?, v_proj.forward(x)?),
+            Qkv::Separate { q_proj, k_proj, v_proj } => (pad(q_proj.forward(x)?)?, pad(k_proj.forward(x)?)?, pad(v_proj.forward(x)?)?),
             Qkv::Fused { qkv_proj } => {
                 let (q, kv) = (self.heads * self.head_dim, self.kv_heads * self.head_dim);
-                let mut parts = qkv_proj.forward(x)?.f_split_with_sizes(&[q, kv, kv][..], -1)?.into_iter();
+                let mut parts = pad(qkv_proj.forward(x)?)?.f_split_with_sizes(&[q, kv, kv][..], -1)?.into_iter();
                 let mut next = || parts.next().ok_or_else(|| anyhow::anyhow!("internal: qkv_proj split"));
                 (next()?, next()?, next()?)
             }
         };
+        let (b, t) = (q.size()[0], q.size()[1]);
+        let shape = |n: i64| [b, t, n, self.head_dim];
         let mut q = q.f_view(shape(self.heads))?;
         let mut k = k.f_view(shape(self.kv_heads))?;
         if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
@@ -195,7 +203,10 @@ impl Attention {
             Some(cap) => super::gemma::softcapped_attention(&q, &k, &v, mask, self.scale.unwrap_or(1.0 / (self.head_dim as f64).sqrt()), cap)?,
         };
         let y = y.f_transpose(1, 2)?.f_reshape([b, t, self.heads * self.head_dim])?;
-        self.o_proj.forward(&y)
+        match unpadded {
+            Some(u) => self.o_proj.forward(&u.unpad(&y)?),
+            None => self.o_proj.forward(&y),
+        }
     }
 }
 
@@ -344,10 +355,11 @@ impl Llama {
         let (cos, sin) = self.rope.tables(positions, kind)?;
         let local_rope = self.local_rope.as_ref().map(|r| r.tables(positions, kind)).transpose()?;
         let mask = mask.map(|m| super::layers::additive_mask(m, kind)).transpose()?;
-        Ok((x, Shared { rope: Some((cos, sin)), local_rope, mask, window_mask }))
+        Ok((x, Shared { rope: Some((cos, sin)), local_rope, mask, window_mask, unpadded: None }))
     }
 
-    /// Decoder layer `l` on `x` `[B, T, H]` (its keys and values appended to `cache`).
+    /// Decoder layer `l` on `x` `[B, T, H]` (or `[1, N, H]`: `Shared::unpadded`), its keys and
+    /// values appended to `cache`.
     pub fn layer(&self, l: usize, x: &Tensor, shared: &Shared, cache: Option<&mut KvCache>) -> Result<Tensor> {
         let layer = &self.layers[l];
         let sliding = self.sliding_layers.get(l).copied().unwrap_or(false);
@@ -360,7 +372,7 @@ impl Llama {
             Some(w) if sliding => Some(w),
             _ => shared.mask.as_ref(),
         };
-        let a = layer.self_attn.forward(&layer.input_layernorm.forward(x)?, cos, sin, mask, cache.map(|c| (c, l)))?;
+        let a = layer.self_attn.forward(&layer.input_layernorm.forward(x)?, cos, sin, mask, cache.map(|c| (c, l)), shared.unpadded.as_ref())?;
         if let Some((pre, post)) = &layer.feedforward_layernorms {
             // Gemma 2: norms on the attention's output and around the MLP.
             let x = x.f_add(&layer.post_attention_layernorm.forward(&a)?)?;

@@ -2,7 +2,7 @@
 //! log-probs (the LM head applied only where a response token is predicted), score heads,
 //! pooled features; the closed response space of the exact world.
 use super::config::Pooling;
-use super::layers::positions_from_mask;
+use super::layers::{positions_from_mask, Shared, Unpadded};
 use super::CausalLM;
 use anyhow::{bail, Context, Result};
 use tch::{Kind, Tensor};
@@ -35,19 +35,28 @@ pub struct Packed {
     /// The boolean attention mask `[B, 1, T, T]` where a row holds more than one response;
     /// None: causal.
     pub mask: Option<Tensor>,
-    /// Each scored token: the flat index (row · T + column) of the position that predicts it, its
-    /// id, and the output its log-prob sums into.
+    /// Where the batch has padding: the layers run on its tokens alone (`Unpadded`).
+    unpadded: Option<Unpadded>,
+    /// Each scored token: the index of the position that predicts it (among the tokens where
+    /// `unpadded`, else row · T + column), its id, and the output its log-prob sums into.
     predicted_at: Tensor,
     targets: Tensor,
     outputs: Tensor,
     pub n_outputs: usize,
 }
 
+impl Packed {
+    /// Whether the layers run on the batch's tokens alone (it has padding).
+    pub fn unpadded(&self) -> bool {
+        self.unpadded.is_some()
+    }
+}
+
 /// The layer inputs a checkpointed forward pass kept (`logprobs_checkpointed`), to
 /// finish its backward pass.
 pub struct Checkpoints<'a> {
     model: &'a CausalLM,
-    shared: super::layers::Shared,
+    shared: Shared,
     /// The input of each layer, without a graph.
     inputs: Vec<Tensor>,
     /// The last layer's output as a leaf: the loss's backward pass stops here.
@@ -173,6 +182,20 @@ impl CausalLM {
         }
         let dev = self.device;
         let mk = |v: &[i64], shape: &[i64]| -> Result<Tensor> { Ok(Tensor::f_from_slice(v)?.f_reshape(shape)?.f_to_device(dev)?) };
+        let token_slots: Vec<i64> = (0..b * t).filter(|&i| segment[i] >= 0).map(|i| i as i64).collect();
+        let unpadded = if token_slots.len() < b * t {
+            // Scored positions as indices among the tokens.
+            let mut token_of = vec![0i64; b * t];
+            for (k, &slot) in token_slots.iter().enumerate() {
+                token_of[slot as usize] = k as i64;
+            }
+            for a in at.iter_mut() {
+                *a = token_of[*a as usize];
+            }
+            Some(Unpadded::new(&token_slots, b as i64, t as i64, dev)?)
+        } else {
+            None
+        };
         let (bt, n) = ([b as i64, t as i64], at.len() as i64);
         let mask = if branched {
             // Query column q sees key column k when k <= q, k is a token, and k is in the prompt
@@ -185,7 +208,7 @@ impl CausalLM {
         } else {
             None // right-padded rows: causal attention is exact (a token never sees padding)
         };
-        Ok(Packed { ids: mk(&ids, &bt)?, positions: mk(&positions, &bt)?, mask, predicted_at: mk(&at, &[n])?, targets: mk(&targets, &[n])?, outputs: mk(&outputs, &[n])?, n_outputs: rows.iter().map(|(_, br)| br.len()).sum() })
+        Ok(Packed { ids: mk(&ids, &bt)?, positions: mk(&positions, &bt)?, mask, unpadded, predicted_at: mk(&at, &[n])?, targets: mk(&targets, &[n])?, outputs: mk(&outputs, &[n])?, n_outputs: rows.iter().map(|(_, br)| br.len()).sum() })
     }
 
     /// Summed log-probabilities `[N]` (f32) of each response given its prompt (`logprobs` of
@@ -198,8 +221,24 @@ impl CausalLM {
     /// is applied only at scored positions, in chunks of `chunk` rows, so `[B, T, V]` logits are
     /// never built. Differentiable when the weights require gradients.
     pub fn logprobs(&self, packed: &Packed, chunk: i64) -> Result<Tensor> {
-        let hidden = self.hidden(&packed.ids, &packed.positions, packed.mask.as_ref(), None)?;
-        self.response_logprobs(&hidden, packed, chunk)
+        let (mut x, shared) = self.embed_packed(packed)?;
+        for l in 0..self.cfg.num_layers {
+            x = self.layer(l, &x, &shared, None)?;
+        }
+        self.response_logprobs(&self.finish(&x)?, packed, chunk)
+    }
+
+    /// The embeddings of a packed batch (its tokens alone where it has padding) and what its
+    /// layers share.
+    fn embed_packed(&self, packed: &Packed) -> Result<(Tensor, Shared)> {
+        let (x, mut shared) = self.embed(&packed.ids, &packed.positions, packed.mask.as_ref())?;
+        match &packed.unpadded {
+            Some(u) => {
+                shared.unpadded = Some(u.shallow_clone());
+                Ok((u.unpad(&x)?, shared))
+            }
+            None => Ok((x, shared)),
+        }
     }
 
     /// `logprobs` with activation checkpointing, for training: the layers run without
@@ -214,7 +253,7 @@ impl CausalLM {
                 bail!("{}: activation checkpointing recomputes each layer, which would draw new LoRA dropout masks; use LoRA dropout 0 with checkpoint", self.source);
             }
         }
-        let (embedded, shared) = self.embed(&packed.ids, &packed.positions, packed.mask.as_ref())?;
+        let (embedded, shared) = self.embed_packed(packed)?;
         let mut inputs = Vec::with_capacity(self.cfg.num_layers);
         let mut x = embedded.f_detach()?;
         tch::no_grad(|| -> Result<()> {
@@ -230,7 +269,8 @@ impl CausalLM {
         Ok((logps, Checkpoints { model: self, shared, inputs, top, embedded }))
     }
 
-    /// Summed log-probs `[outputs]` of the scored tokens of `packed` from `hidden` `[B, T, H]`.
+    /// Summed log-probs `[outputs]` of the scored tokens of `packed` from `hidden` `[B, T, H]`
+    /// (`[1, N, H]` where the batch is unpadded).
     fn response_logprobs(&self, hidden: &Tensor, packed: &Packed, chunk: i64) -> Result<Tensor> {
         let flat = hidden.f_reshape([-1, hidden.size()[2]])?;
         let selected = flat.f_index_select(0, &packed.predicted_at)?;
