@@ -400,14 +400,23 @@ fn cmd_run(script_path: Option<PathBuf>, resume: Option<PathBuf>, sets: Vec<Stri
     // A rank of a distributed run that was asked to stop may fail first in a collective, because
     // another rank stopped before it: that is an interruption too.
     let stopped_rank = group.is_some() && interrupt::requested();
+    // The journal's last write ends first. One that failed is the run's first failure (a script
+    // error after it most likely has the same cause, such as a full disk): it is the one reported.
+    let journaled = s.journal.as_mut().map_or(Ok(()), run::journal::Journal::finish);
     let status = match &result {
-        Ok(()) => "ok",
+        Ok(()) if journaled.is_ok() => "ok",
         Err(e) if matches!(**e, rhai::EvalAltResult::ErrorTerminated(..)) || stopped_rank => "interrupted",
-        Err(_) => "failed",
+        _ => "failed",
     };
     // Recording the status can fail for the reason the script did (a full disk): say so, but the
     // script's own error is the one to report.
     let recorded = s.run.as_mut().map_or(Ok(()), |run| run.finish(status));
+    if let Err(e) = journaled {
+        if let Err(f) = &recorded {
+            eprintln!("warning: the run's status was not recorded: {f:#}");
+        }
+        return Err(Failure::Other(e));
+    }
     if let Err(e) = result {
         if let Err(f) = &recorded {
             eprintln!("warning: the run's status was not recorded: {f:#}");

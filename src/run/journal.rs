@@ -7,7 +7,11 @@
 //! call without one runs live, so a run killed at any point (even `kill -9` inside a DPO epoch)
 //! continues from its last finished call. The torch generator is reseeded from the run seed and
 //! the call number before and after every journaled call, so random draws do not depend on
-//! whether earlier calls ran or were replayed.
+//! whether earlier calls ran or were replayed. A commit copies the tensors and writes them in
+//! a background thread while the script goes on (a checkpoint written asynchronously, as
+//! torch.distributed.checkpoint's `async_save`); the next commit, and the end of the run, wait
+//! for it, so entries reach the disk in order and a run killed during a write resumes from the
+//! entry before.
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -36,6 +40,8 @@ pub struct Journal {
     /// Whether this process writes the journal (rank 0 of a distributed run; the other ranks
     /// replay the same entries and commit nothing).
     write: bool,
+    /// The last commit's files being written: its index and the writer thread.
+    writing: Option<(usize, std::thread::JoinHandle<Result<()>>)>,
 }
 
 /// What `begin` found for a call.
@@ -76,7 +82,7 @@ impl Journal {
             }
         }
         if !write {
-            return Ok(Journal { dir, done, next: 0, seed, write });
+            return Ok(Journal { dir, done, next: 0, seed, write, writing: None });
         }
         // Files of calls that did not commit (or of an earlier run in this folder).
         for f in std::fs::read_dir(&dir)? {
@@ -86,7 +92,7 @@ impl Journal {
                 let _ = std::fs::remove_file(&p);
             }
         }
-        Ok(Journal { dir, done, next: 0, seed, write })
+        Ok(Journal { dir, done, next: 0, seed, write, writing: None })
     }
 
     /// Committed entries (a resumed run replays these).
@@ -103,8 +109,12 @@ impl Journal {
         self.done.last().map_or(0, |e| e.rows_after)
     }
 
-    /// Starts the next journaled call: reseeds the torch generator and says whether to run it.
+    /// Starts the next journaled call: reseeds the torch generator and says whether to run it
+    /// (a failed write of the last commit, when it has ended, is reported here).
     pub fn begin(&mut self, kind: &str, key: &str) -> Result<Start> {
+        if self.writing.as_ref().is_some_and(|(_, w)| w.is_finished()) {
+            self.finish()?; // a failed write stops the run here rather than after this call
+        }
         let index = self.next;
         self.next += 1;
         tch::manual_seed(mix(self.seed, index, 0));
@@ -126,23 +136,58 @@ impl Journal {
         Ok(Start::Replay(entry, tensors))
     }
 
-    /// Records a finished call: tensors first, then the entry (the commit marker).
+    /// Records a finished call: a copy of its tensors, written in the background, first to
+    /// `NNNNN.safetensors`, then the entry (the commit marker). Waits for the previous commit's
+    /// files first; a failed write is reported here or by `finish`.
     pub fn commit(&mut self, index: usize, kind: &str, key: &str, output: Value, rows_after: usize, tensors: &[(String, Tensor)]) -> Result<()> {
         if !self.write {
             tch::manual_seed(mix(self.seed, index, 1));
             return Ok(());
         }
-        if !tensors.is_empty() {
-            let path = self.dir.join(format!("{index:05}.safetensors"));
-            let cpu: Vec<(String, Tensor)> = tensors.iter().map(|(n, t)| Ok((n.clone(), t.f_detach()?.f_to_device(tch::Device::Cpu)?.f_contiguous()?))).collect::<Result<_>>()?;
-            // A full disk leaves no partial file behind, and the call is not committed.
-            super::write_safetensors_atomic(&path, &cpu)?;
-        }
+        self.finish()?;
+        // A copy the script cannot change while it is written (training goes on in place).
+        let copy = |t: &Tensor| -> Result<Tensor> {
+            let cpu = t.f_detach()?.f_to_device(tch::Device::Cpu)?.f_contiguous()?;
+            if t.device() != tch::Device::Cpu {
+                return Ok(cpu); // already a copy
+            }
+            let mut copy = cpu.f_empty_like()?;
+            copy.f_copy_(&cpu)?;
+            Ok(copy)
+        };
+        let cpu: Vec<(String, Tensor)> = tensors.iter().map(|(n, t)| Ok((n.clone(), copy(t)?))).collect::<Result<_>>()?;
         let entry = Entry { index, kind: kind.into(), key: key.into(), output, rows_after, tensors: !tensors.is_empty() };
-        super::write_atomic(&self.dir.join(format!("{index:05}.json")), serde_json::to_string(&entry)?.as_bytes())?;
+        let marker = serde_json::to_string(&entry)?;
+        let dir = self.dir.clone();
+        let writer = std::thread::Builder::new().name("journal".into()).spawn(move || -> Result<()> {
+            if !cpu.is_empty() {
+                // A full disk leaves no partial file behind, and the call is not committed.
+                super::write_safetensors_atomic(&dir.join(format!("{index:05}.safetensors")), &cpu)?;
+            }
+            super::write_atomic(&dir.join(format!("{index:05}.json")), marker.as_bytes())
+        })?;
+        self.writing = Some((index, writer));
         self.done.push(entry);
         tch::manual_seed(mix(self.seed, index, 1));
         Ok(())
+    }
+
+    /// Waits for the last commit's files to be written (the end of a run, and every commit).
+    pub fn finish(&mut self) -> Result<()> {
+        match self.writing.take() {
+            None => Ok(()),
+            Some((index, writer)) => {
+                let written = writer.join().map_err(|_| anyhow::anyhow!("the writer thread stopped"))?;
+                written.with_context(|| format!("resume journal: writing call {index} (the run cannot resume past it)"))
+            }
+        }
+    }
+}
+
+impl Drop for Journal {
+    /// A run that ends without `finish` (an error on the way out) still completes the write.
+    fn drop(&mut self) {
+        let _ = self.finish();
     }
 }
 
