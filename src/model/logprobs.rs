@@ -221,11 +221,17 @@ impl CausalLM {
     /// is applied only at scored positions, in chunks of `chunk` rows, so `[B, T, V]` logits are
     /// never built. Differentiable when the weights require gradients.
     pub fn logprobs(&self, packed: &Packed, chunk: i64) -> Result<Tensor> {
+        self.response_logprobs(&self.packed_hidden(packed)?, packed, chunk)
+    }
+
+    /// Final hidden states of a packed batch: `[1, N, H]` where it has padding (the layers run
+    /// on its tokens alone), else `[B, T, H]`.
+    fn packed_hidden(&self, packed: &Packed) -> Result<Tensor> {
         let (mut x, shared) = self.embed_packed(packed)?;
         for l in 0..self.cfg.num_layers {
             x = self.layer(l, &x, &shared, None)?;
         }
-        self.response_logprobs(&self.finish(&x)?, packed, chunk)
+        self.finish(&x)
     }
 
     /// The embeddings of a packed batch (its tokens alone where it has padding) and what its
@@ -305,7 +311,11 @@ impl CausalLM {
     /// averaged over the response tokens (at the prompt's last token when the response is empty).
     pub fn features(&self, prompts: &[&[i64]], responses: &[&[i64]], pool: Pooling) -> Result<Tensor> {
         let packed = self.pack(prompts, responses)?;
-        let hidden = self.hidden(&packed.ids, &packed.positions, None, None)?; // right-padded
+        let hidden = self.packed_hidden(&packed)?;
+        let hidden = match &packed.unpadded {
+            Some(u) => u.pad(&hidden)?, // right-padded rows again, to pool
+            None => hidden,
+        };
         match pool {
             Pooling::Last => {
                 let last: Vec<i64> = prompts.iter().zip(responses).map(|(p, r)| (p.len() + r.len()) as i64 - 1).collect();
