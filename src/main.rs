@@ -411,22 +411,19 @@ fn cmd_run(script_path: Option<PathBuf>, resume: Option<PathBuf>, sets: Vec<Stri
     // Recording the status can fail for the reason the script did (a full disk): say so, but the
     // script's own error is the one to report.
     let recorded = s.run.as_mut().map_or(Ok(()), |run| run.finish(status));
-    if let Err(e) = journaled {
-        if let Err(f) = &recorded {
-            eprintln!("warning: the run's status was not recorded: {f:#}");
+    let failure = match (journaled, result) {
+        (Err(e), _) => Failure::Other(e),
+        (Ok(()), Err(e)) => {
+            let mut e = ScriptError::from_eval(*e, &script_path.display().to_string());
+            e.interrupted |= stopped_rank;
+            if e.usage { Failure::Usage(e.message) } else { Failure::Script(e) }
         }
-        return Err(Failure::Other(e));
+        (Ok(()), Ok(())) => return Ok(recorded?),
+    };
+    if let Err(f) = &recorded {
+        eprintln!("warning: the run's status was not recorded: {f:#}");
     }
-    if let Err(e) = result {
-        if let Err(f) = &recorded {
-            eprintln!("warning: the run's status was not recorded: {f:#}");
-        }
-        let mut e = ScriptError::from_eval(*e, &script_path.display().to_string());
-        e.interrupted |= stopped_rank;
-        return Err(if e.usage { Failure::Usage(e.message) } else { Failure::Script(e) });
-    }
-    recorded?;
-    Ok(())
+    Err(failure)
 }
 
 fn cmd_check(script_path: PathBuf, sets: Vec<String>) -> Result<(), Failure> {

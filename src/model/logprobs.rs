@@ -227,11 +227,8 @@ impl CausalLM {
     /// Final hidden states of a packed batch: `[1, N, H]` where it has padding (the layers run
     /// on its tokens alone), else `[B, T, H]`.
     fn packed_hidden(&self, packed: &Packed) -> Result<Tensor> {
-        let (mut x, shared) = self.embed_packed(packed)?;
-        for l in 0..self.cfg.num_layers {
-            x = self.layer(l, &x, &shared, None)?;
-        }
-        self.finish(&x)
+        let (x, shared) = self.embed_packed(packed)?;
+        self.layers_and_finish(x, &shared, None, 0)
     }
 
     /// The embeddings of a packed batch (its tokens alone where it has padding) and what its

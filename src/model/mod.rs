@@ -63,13 +63,19 @@ impl CausalLM {
     /// means plain causal attention, exact for unpadded or right-padded rows without a cache
     /// (a real position never sees padding, and padded positions' outputs are never read), and
     /// lets SDPA use its fused causal kernels.
-    pub fn hidden(&self, ids: &Tensor, positions: &Tensor, mask: Option<&Tensor>, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
-        let (mut x, shared) = self.embed(ids, positions, mask)?;
+    pub fn hidden(&self, ids: &Tensor, positions: &Tensor, mask: Option<&Tensor>, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let (x, shared) = self.embed(ids, positions, mask)?;
+        self.layers_and_finish(x, &shared, cache, ids.size()[1])
+    }
+
+    /// Every layer on the embeddings `x`, then the final norm; the cache (if any) advanced by
+    /// `new` positions.
+    pub(crate) fn layers_and_finish(&self, mut x: Tensor, shared: &layers::Shared, mut cache: Option<&mut KvCache>, new: i64) -> Result<Tensor> {
         for l in 0..self.cfg.num_layers {
-            x = self.layer(l, &x, &shared, cache.as_deref_mut())?;
+            x = self.layer(l, &x, shared, cache.as_deref_mut())?;
         }
         if let Some(c) = cache {
-            c.advance(ids.size()[1]);
+            c.advance(new);
         }
         self.finish(&x)
     }

@@ -146,15 +146,7 @@ impl Journal {
         }
         self.finish()?;
         // A copy the script cannot change while it is written (training goes on in place).
-        let copy = |t: &Tensor| -> Result<Tensor> {
-            let cpu = t.f_detach()?.f_to_device(tch::Device::Cpu)?.f_contiguous()?;
-            if t.device() != tch::Device::Cpu {
-                return Ok(cpu); // already a copy
-            }
-            let mut copy = cpu.f_empty_like()?;
-            copy.f_copy_(&cpu)?;
-            Ok(copy)
-        };
+        let copy = |t: &Tensor| -> Result<Tensor> { Ok(t.f_detach()?.f_to_device_(tch::Device::Cpu, t.kind(), false, true)?.f_contiguous()?) };
         let cpu: Vec<(String, Tensor)> = tensors.iter().map(|(n, t)| Ok((n.clone(), copy(t)?))).collect::<Result<_>>()?;
         let entry = Entry { index, kind: kind.into(), key: key.into(), output, rows_after, tensors: !tensors.is_empty() };
         let marker = serde_json::to_string(&entry)?;
