@@ -49,6 +49,14 @@ for s in ("like", "defaults"):
     if "cache_hit_unshared" in ours:
         line("  the same, prompt not shared", ours["cache_hit_unshared"], trl[1])
     print(f"final loss: host {ours['cache_hit']['loss']:.4f}, TRL {trl[1]['last_loss']}")
+    if s == "like":
+        # The first run's floor: its model FLOPs (counted as the host's MFU counts them: training
+        # 6 and the reference pass 2 per linear weight per token, the LM head where a response
+        # token is predicted; attention left out) at the matmul peak measured in the same run.
+        m = ours["cache_miss"]
+        floor, target = m["model_flops"] / m["matmul_peak"], trl[1]["seconds"] / 2
+        print(f"first run: {m['model_flops'] / 1e12:.2f} TFLOP of model FLOPs at the measured matmul peak {m['matmul_peak'] / 1e9:.0f} GFLOP/s: at least {floor:.1f} s;"
+              f" host {m['seconds']:.1f} s (MFU {floor / m['seconds']:.2f}); 2x TRL ({target:.1f} s) needs MFU {floor / target:.2f}; TRL's {trl[1]['seconds']:.1f} s is MFU {floor / trl[1]['seconds']:.2f} of these FLOPs")
 print(f"host tokens/s (cached): {ours['cache_hit']['tokens_per_s']:.0f}; host peak RSS {ours['cache_hit'].get('peak_rss_mib', 0):.0f} MiB")
 PY
 rm -rf "$out"
