@@ -48,7 +48,9 @@ for s in ("like", "defaults"):
     line("cached reference (later runs)", ours["cache_hit"], trl[1])
     if "cache_hit_unshared" in ours:
         line("  the same, prompt not shared", ours["cache_hit_unshared"], trl[1])
-    print(f"final loss: host {ours['cache_hit']['loss']:.4f}, TRL {trl[1]['last_loss']}")
+    # host's loss is the mean over the epoch's pairs; TRL logs each step's mean (logging_steps=1),
+    # so the mean of its steps is the same statistic (the same pairs, batched in another order).
+    print(f"loss, mean over the epoch: host {ours['cache_hit']['loss']:.4f}, TRL {trl[1]['mean_loss']:.4f} (the same pairs, batched in another order)")
     if s == "like":
         # The first run's floor: its model FLOPs (counted as the host's MFU counts them: training
         # 6 and the reference pass 2 per linear weight per token, the LM head where a response

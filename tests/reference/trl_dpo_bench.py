@@ -1,6 +1,7 @@
 """The peer side of scripts/bench_dpo.sh: TRL's DPOTrainer on the same model (the folder host
 saved), pairs, batch size, max length, beta and learning rate. Prints one JSON line with the
-training wall time and pairs per second.
+training wall time, pairs per second and the losses (first step, last step, mean over the
+epoch's steps).
 
 SETTINGS `like` is the same work as host's step: f32, no activation recomputation
 (`bf16=False, gradient_checkpointing=False`); `defaults` keeps DPOConfig's own precision and
@@ -36,4 +37,5 @@ t0 = time.perf_counter()
 out = trainer.train()
 secs = time.perf_counter() - t0
 losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-print(json.dumps({"settings": settings, "bf16": bool(args.bf16), "gradient_checkpointing": bool(args.gradient_checkpointing), "seconds": secs, "pairs": len(rows), "pairs_per_s": len(rows) / secs, "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None}))
+print(json.dumps({"settings": settings, "bf16": bool(args.bf16), "gradient_checkpointing": bool(args.gradient_checkpointing), "seconds": secs, "pairs": len(rows), "pairs_per_s": len(rows) / secs, "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
+                  "mean_loss": sum(losses) / len(losses) if losses else None}))
