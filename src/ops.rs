@@ -99,9 +99,11 @@ mod tests {
         let x = Tensor::randn([3, 5, 64], (Kind::Float, Device::Cpu));
         let w = Tensor::randn([48, 64], (Kind::Float, Device::Cpu));
         let b = Tensor::randn([48], (Kind::Float, Device::Cpu));
-        for input in [x.shallow_clone(), x.transpose(0, 1)] {
-            let ours = linear(&input, &w, Some(&b)).unwrap();
-            let torch = without_onednn(|| linear(&input, &w, Some(&b))).unwrap();
+        // With a bias (oneDNN's linear primitive) and without (its matmul), on a plain and a
+        // transposed input.
+        for (input, bias) in [(x.shallow_clone(), Some(&b)), (x.transpose(0, 1), Some(&b)), (x.shallow_clone(), None), (x.transpose(0, 1), None)] {
+            let ours = linear(&input, &w, bias).unwrap();
+            let torch = without_onednn(|| linear(&input, &w, bias)).unwrap();
             assert_eq!(ours.size(), vec![input.size()[0], input.size()[1], 48]);
             // f32 rounding of 64-term sums of values ~8 in size.
             let d = (&ours - &torch).abs().max().double_value(&[]);
