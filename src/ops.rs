@@ -51,12 +51,13 @@ pub fn fused_adamw(_: &[[Tensor; 4]], _: f64, _: (f64, f64), _: f64, _: f64, _: 
     anyhow::bail!("optimizer: this build has no fused AdamW kernel")
 }
 
-/// `x Wᵀ + b` (`W` stored `[out, in]`). For f32 CPU tensors, oneDNN's matmul
-/// (`mkldnn::_linear_pointwise`), with a backward of its own on oneDNN when autograd records the
-/// call: on AMD CPUs MKL's sgemm, which torch's own linear calls, takes a generic code path, and
-/// oneDNN's kernels were 1.1-1.45x faster at this project's shapes (README). Everything else, and
-/// every build or torch without it, takes torch's linear; both give the same result up to f32
-/// rounding.
+/// `x Wᵀ + b` (`W` stored `[out, in]`). For f32 CPU tensors, oneDNN's kernels, with a backward of
+/// its own on oneDNN when autograd records the call: its matmul (`at::native::mkldnn_matmul`,
+/// reading `Wᵀ` and `dyᵀ` in place) for the product without a bias and the weight gradient, its
+/// linear primitive (`mkldnn::_linear_pointwise`) with a bias and for the input's gradient. On AMD
+/// CPUs MKL's sgemm, which torch's own linear calls, takes a generic code path, and oneDNN's kernels
+/// were 1.1-1.45x faster at this project's shapes (README). Everything else, and every build or
+/// torch without them, takes torch's linear; both give the same result up to f32 rounding.
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     #[cfg(dualign_ops_shim)]
     if ONEDNN.with(|on| on.get()) {
