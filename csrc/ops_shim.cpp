@@ -75,8 +75,12 @@ torch::autograd::variable_list linear_backward(torch::autograd::AutogradContext*
   torch::autograd::variable_list out(bias ? 3 : 2);
   if (ctx->needs_input_grad(0)) out[0] = onednn_mm(g, w.t(), at::Tensor());
   if (ctx->needs_input_grad(1)) {
-    out[1] = at::empty({g2.size(1), x.size(-1)}, x.options());
-    at::native::mkldnn_matmul(g2.contiguous().t(), x.reshape({-1, x.size(-1)}).contiguous(), out[1], 0.f, 1.f);
+    if (g2.size(0) == 0) {
+      out[1] = at::zeros({g2.size(1), x.size(-1)}, x.options());  // no rows: the matmul would leave `out` unwritten
+    } else {
+      out[1] = at::empty({g2.size(1), x.size(-1)}, x.options());
+      at::native::mkldnn_matmul(g2.contiguous().t(), x.reshape({-1, x.size(-1)}).contiguous(), out[1], 0.f, 1.f);
+    }
   }
   if (bias && ctx->needs_input_grad(2)) out[2] = g2.sum(0);
   return out;

@@ -113,6 +113,12 @@ mod tests {
             // bits, which shows oneDNN ran (where this build has the shim).
             assert_eq!(d > 0.0, AVAILABLE, "oneDNN vs torch linear: {d}");
         }
+        // No rows: the weight's gradient is zeros (oneDNN's matmul leaves an output with an empty
+        // sum unwritten).
+        let empty = Tensor::zeros([0, 64], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let wg = w.copy().set_requires_grad(true);
+        linear(&empty, &wg, None).unwrap().sum(Kind::Float).backward();
+        assert_eq!(wg.grad().abs().max().double_value(&[]), 0.0);
         // Gradients through oneDNN's backward against torch's: input, weight and bias, and a frozen
         // weight without a bias (LoRA's base layer in Llama: the input's gradient only).
         let coef = Tensor::randn([3, 5, 48], (Kind::Float, Device::Cpu));
