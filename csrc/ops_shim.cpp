@@ -50,14 +50,22 @@ at::Tensor onednn_mm(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
   return stack.at(0).toTensor();
 }
 
+// a · b for 2-D f32 tensors by oneDNN's matmul (each operand contiguous or the transpose of a
+// contiguous one, read in place). Zeros when the inner dimension is empty: the matmul leaves such
+// an output unwritten.
+at::Tensor onednn_matmul(const at::Tensor& a, const at::Tensor& b) {
+  if (a.size(1) == 0) return at::zeros({a.size(0), b.size(1)}, a.options());
+  auto y = at::empty({a.size(0), b.size(1)}, a.options());
+  at::native::mkldnn_matmul(a, b, y, 0.f, 1.f);
+  return y;
+}
+
 // x Wᵀ without a bias by oneDNN's matmul, reading W [out, in] in place as the transpose of x's
 // operand: the linear primitive reorders W into a blocked layout on every call, which made the LM
 // head's product ([n, 576] · [576, 49152], a 113 MB weight) run at 160-170 GFLOP/s against the
 // matmul's 180-196; the other layers' shapes measure the same either way.
 at::Tensor onednn_mm_nt(const at::Tensor& x, const at::Tensor& w) {
-  auto x2 = x.reshape({-1, x.size(-1)}).contiguous();
-  auto y = at::empty({x2.size(0), w.size(0)}, x.options());
-  at::native::mkldnn_matmul(x2, w.contiguous().t(), y, 0.f, 1.f);
+  auto y = onednn_matmul(x.reshape({-1, x.size(-1)}).contiguous(), w.contiguous().t());
   auto shape = x.sizes().vec();
   shape.back() = w.size(0);
   return y.view(shape);
@@ -74,14 +82,7 @@ torch::autograd::variable_list linear_backward(torch::autograd::AutogradContext*
   auto g2 = g.reshape({-1, g.size(-1)});
   torch::autograd::variable_list out(bias ? 3 : 2);
   if (ctx->needs_input_grad(0)) out[0] = onednn_mm(g, w.t(), at::Tensor());
-  if (ctx->needs_input_grad(1)) {
-    if (g2.size(0) == 0) {
-      out[1] = at::zeros({g2.size(1), x.size(-1)}, x.options());  // no rows: the matmul would leave `out` unwritten
-    } else {
-      out[1] = at::empty({g2.size(1), x.size(-1)}, x.options());
-      at::native::mkldnn_matmul(g2.contiguous().t(), x.reshape({-1, x.size(-1)}).contiguous(), out[1], 0.f, 1.f);
-    }
-  }
+  if (ctx->needs_input_grad(1)) out[1] = onednn_matmul(g2.contiguous().t(), x.reshape({-1, x.size(-1)}).contiguous());
   if (bias && ctx->needs_input_grad(2)) out[2] = g2.sum(0);
   return out;
 }
